@@ -5,11 +5,15 @@
 Reads each run's config.yaml and metrics.jsonl (the `diag/...` metrics of train/diagnostics.py,
 defined in docs/neuron_death.md) and writes into --out:
     neuron_death.md       the settings, then one row per run: activation-dead and starved fractions
-                          at steps 100 and 500 and at the end, leverage CV, final val loss, tokens/s
+                          at steps 100 and 500 and at the end, leverage CV, final val loss, tokens/s;
+                          where runs differ only in their seed, a second table of the mean and range
+                          over those seeds
     death_vs_step.png     both death fractions against step, one panel row per MLP expansion
     leverage_hist.png     the mlp.up leverage histograms at step 500 (or the nearest histogram step)
 A value at step s is the one logged at the diagnostic step nearest s, marked "(@step)" when that
-is not s itself; "-" means not logged (or the run ended before s).
+is not s itself; "-" means not logged (or the run ended before s). Settings that differ between
+runs of the same optimizer (an lr, a schedule; not the seed or the MLP expansion, which have their
+own columns) get a "settings" column, so that every row says what was run.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import yaml
 from train.cli import exit_code
 from train.diagnostics import LEVERAGE_HIST_EDGES, LOW_LEVERAGE_THRESHOLD
 from train.metrics import read_metrics, summarize_run
+from train.rundir import flatten
 
 TABLE_STEPS = (100, 500)
 HISTOGRAM_STEP = 500
@@ -34,6 +39,10 @@ STARVED_DOWN = "diag/mlp.down/starved_frac"
 LEVERAGE_CV_UP = "diag/mlp.up/leverage_cv"
 LEVERAGE_HIST_UP = "diag/mlp.up/leverage_hist"
 OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
+# Config keys that never distinguish two runs in the table: they have their own columns, or they
+# cannot change what a run measures.
+OWN_COLUMNS = ("seed", "optim.name", "model.mlp_expansion", "train.steps")
+NOT_SETTINGS = ("out_dir", "wandb.", "eval.", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
 
 
 class NotARunDir(ValueError):
@@ -45,6 +54,7 @@ class Run:
 
     def __init__(self, path: Path, config: dict[str, Any], records: list[dict[str, Any]], summary: dict[str, Any]):
         self.path, self.config, self.records, self.summary = path, config, records, summary
+        self.variant = ""  # the settings that set this run apart from others of its optimizer (varied_settings)
 
     @property
     def optimizer(self) -> str:
@@ -60,7 +70,12 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.optimizer} seed {self.seed}"
+        return " ".join(filter(None, (self.optimizer, f"seed {self.seed}", self.variant)))
+
+    @property
+    def replicate_key(self) -> tuple:
+        """Runs with equal keys differ only in their seed."""
+        return (self.expansion, *optimizer_rank(self.optimizer), self.variant, self.summary["steps"])
 
     def series(self, key: str) -> list[tuple[int, Any]]:
         return [(r["step"], r[key]) for r in self.records if key in r]
@@ -91,7 +106,24 @@ def optimizer_rank(name: str) -> tuple[int, str]:
 
 
 def sort_key(run: Run) -> tuple:
-    return (run.expansion, *optimizer_rank(run.optimizer), run.seed)
+    return (*run.replicate_key, run.seed)
+
+
+def varied_settings(runs: list[Run]) -> list[str]:
+    """Config keys whose value differs between two runs of the same optimizer; sets each run's
+    `variant` to those keys' values, e.g. "optim.matrix.lr=0.1"."""
+    flat = [flatten(run.config) for run in runs]
+    candidates = sorted({key for config in flat for key in config if not key.startswith(NOT_SETTINGS) and key not in OWN_COLUMNS})
+    varied = []
+    for key in candidates:
+        seen: dict[str, set[str]] = {}
+        for run, config in zip(runs, flat):
+            seen.setdefault(run.optimizer, set()).add(repr(config.get(key, "-")))
+        if any(len(found) > 1 for found in seen.values()):
+            varied.append(key)
+    for run, config in zip(runs, flat):
+        run.variant = ", ".join(f"{key}={config.get(key, '-')}" for key in varied)
+    return varied
 
 
 def cell(run: Run, key: str, step: int | None = None) -> str:
@@ -102,28 +134,76 @@ def cell(run: Run, key: str, step: int | None = None) -> str:
     return f"{value:.3f}" if step is None or logged == step else f"{value:.3f} (@{logged})"
 
 
-def markdown_table(runs: list[Run]) -> str:
+def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def identity_cells(run: Run, with_variant: bool) -> list[str]:
+    return [run.optimizer, f"{run.expansion:g}"] + ([run.variant] if with_variant else [])
+
+
+def identity_header(with_variant: bool) -> list[str]:
+    return ["optimizer", "MLP ×"] + (["settings"] if with_variant else [])
+
+
+def markdown_table(runs: list[Run], with_variant: bool) -> str:
     at = [f"@{s}" for s in TABLE_STEPS]
     header = (
-        ["optimizer", "MLP ×", "seed", "steps"]
+        identity_header(with_variant)
+        + ["seed", "steps"]
         + [f"dead {a}" for a in at]
         + ["dead @end", "nearly dead @end"]
         + [f"starved {a}" for a in at]
         + ["starved @end", "starved down @end", "leverage CV @end", "final val loss", "tokens/s"]
     )
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    rows = []
     for run in runs:
         val = run.summary["final_val_loss"]
         row = (
-            [run.optimizer, f"{run.expansion:g}", str(run.seed), str(run.summary["steps"])]
+            identity_cells(run, with_variant)
+            + [str(run.seed), str(run.summary["steps"])]
             + [cell(run, DEAD, s) for s in TABLE_STEPS]
             + [cell(run, DEAD), cell(run, NEARLY_DEAD)]
             + [cell(run, STARVED_UP, s) for s in TABLE_STEPS]
             + [cell(run, STARVED_UP), cell(run, STARVED_DOWN), cell(run, LEVERAGE_CV_UP)]
             + ["-" if val is None else f"{val:.4f}", f"{run.summary['tokens_per_s']:,.0f}"]
         )
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return markdown_rows(header, rows)
+
+
+def spread(found: list[float], digits: int) -> str:
+    """"mean (min–max)" of the values; the mean alone when they agree to `digits`; "-" for none."""
+    if not found:
+        return "-"
+    mean, low, high = (f"{value:.{digits}f}" for value in (sum(found) / len(found), min(found), max(found)))
+    return mean if low == high else f"{mean} ({low}–{high})"
+
+
+def seed_table(runs: list[Run], with_variant: bool) -> str | None:
+    """Mean and range over the seeds of each group of runs that differ only in their seed; None
+    when no group has two seeds."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.replicate_key, []).append(run)
+    if all(len(group) < 2 for group in groups.values()):
+        return None
+
+    def at_end(group: list[Run], key: str) -> list[float]:
+        return [found[1] for found in (run.near(key, None) for run in group) if found is not None]
+
+    header = identity_header(with_variant) + ["steps", "seeds", "dead @end", "starved @end", "leverage CV @end", "final val loss"]
+    rows = []
+    for group in groups.values():
+        losses = [run.summary["final_val_loss"] for run in group if run.summary["final_val_loss"] is not None]
+        rows.append(
+            identity_cells(group[0], with_variant)
+            + [str(group[0].summary["steps"]), ", ".join(str(run.seed) for run in group)]
+            + [spread(at_end(group, key), 3) for key in (DEAD, STARVED_UP, LEVERAGE_CV_UP)]
+            + [spread(losses, 4)]
+        )
+    return markdown_rows(header, rows)
 
 
 def setting(*keys: str):
@@ -250,14 +330,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (config.yaml + metrics.jsonl)")
     parser.add_argument("--out", type=Path, required=True, help="where the table and plots go")
     args = parser.parse_args(argv)
-    runs = sorted((load_run(path) for path in args.run_dirs), key=sort_key)
+    runs = [load_run(path) for path in args.run_dirs]
+    with_variant = bool(varied_settings(runs))
+    runs.sort(key=sort_key)
 
     import matplotlib
 
     matplotlib.use("Agg")
     args.out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(runs)
-    report = f"# Neuron death\n\n{settings(runs)}\n\n{table}\n\n{LEGEND}\n"
+    report = f"# Neuron death\n\n{settings(runs)}\n\n{markdown_table(runs, with_variant)}\n\n{LEGEND}\n"
+    over_seeds = seed_table(runs, with_variant)
+    if over_seeds:
+        report += f"\nOver seeds: mean (min–max) of the values at the end of each run.\n\n{over_seeds}\n"
     (args.out / "neuron_death.md").write_text(report)
     outputs = [args.out / "neuron_death.md"]
     if any(run.series(DEAD) or run.series(NEARLY_DEAD) for run in runs):

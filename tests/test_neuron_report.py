@@ -17,15 +17,16 @@ from train.metrics import summarize_run
 PNG_MAGIC = b"\x89PNG"
 
 
-def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every: int = 30) -> Path:
+def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every: int = 30, seed: int = 0,
+              matrix_lr: float = 0.02) -> Path:
     """A run directory as the loop writes it, with diagnostics every `every` steps: activation-dead
-    fraction step/1000, starved fraction step/2000 (once 4 diagnostics exist), leverage CV 0.5,
-    leverage histograms at steps 90 and 480."""
+    fraction (1 + seed)·step/1000, starved fraction step/2000 (once 4 diagnostics exist), leverage
+    CV 0.5, leverage histograms at steps 90 and 480; final val loss 4.25 + seed/100."""
     config = {
-        "seed": 0,
+        "seed": seed,
         "out_dir": str(path),
         "model": {"name": "tiny", "d_model": 128, "n_layer": 4, "activation": "relu2", "mlp_expansion": expansion},
-        "optim": {"name": optimizer},
+        "optim": {"name": optimizer, "matrix": {"lr": matrix_lr}},
         "data": {"name": "shakespeare", "val_tokens": 16384},
         "train": {"steps": last_step, "batch_tokens": 1024, "micro_batch": 16, "seq_len": 64},
         "diagnostics": {"every": every, "probe_tokens": 1024, "starvation_window": 4, "histogram_steps": [90, 480]},
@@ -35,7 +36,7 @@ def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every:
         record = {"step": step, "total_steps": last_step, "tokens": 1024 * step, "train_loss": 5.0, "tokens_per_s": 1000.0,
                   "optim_step_ms": 10.0, "elapsed_s": float(step)}
         if step % every == 0:
-            record["diag/mlp.hidden/act_dead_frac"] = step / 1000
+            record["diag/mlp.hidden/act_dead_frac"] = (1 + seed) * step / 1000
             record["diag/mlp.hidden/act_nearly_dead_frac"] = step / 500
             record["diag/mlp.up/leverage_cv"] = 0.5
             if step >= 4 * every:
@@ -43,7 +44,7 @@ def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every:
             if step in (90, 480):
                 record["diag/mlp.up/leverage_hist"] = [0] * 9 + [3, 10] + [0] * 9
         if step == last_step:
-            record["val_loss"] = 4.25
+            record["val_loss"] = 4.25 + seed / 100
         records.append(record)
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -77,8 +78,34 @@ def test_report_reads_values_at_the_nearest_diagnostic_step_and_draws_both_plots
     }  # starved is first logged at 120, when the window fills; starved down is never logged
     assert aurora[4:7] == ["-", "-", "0.060"]  # the run ended before steps 100 and 500
     assert "seeds 0" in text and "{60, 510} steps of 1024 tokens" in text and "every 30 steps" in text
+    assert "Over seeds" not in text  # no two runs differ only in their seed
     for plot in ("death_vs_step.png", "leverage_hist.png"):
         assert (out / plot).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_names_the_settings_that_set_runs_apart_and_averages_runs_that_differ_only_in_seed(tmp_path):
+    report = load_script("neuron_death_report")
+    runs = [
+        write_run(tmp_path / "muon-seed0", "muon", 8, last_step=120),
+        write_run(tmp_path / "muon-seed1", "muon", 8, last_step=120, seed=1),
+        write_run(tmp_path / "muon-lr0.1-seed0", "muon", 8, last_step=120, matrix_lr=0.1),
+        write_run(tmp_path / "adamw-seed0", "adamw", 8, last_step=120, matrix_lr=0.001),  # another optimizer's own lr
+    ]
+    out = tmp_path / "report"
+    assert report.main([*map(str, runs), "--out", str(out)]) == 0
+
+    per_run, over_seeds = (table_rows(part) for part in (out / "neuron_death.md").read_text().split("Over seeds"))
+    assert [row[:4] for row in per_run] == [
+        ["adamw", "8", "optim.matrix.lr=0.001", "0"],
+        ["muon", "8", "optim.matrix.lr=0.02", "0"],
+        ["muon", "8", "optim.matrix.lr=0.02", "1"],
+        ["muon", "8", "optim.matrix.lr=0.1", "0"],
+    ]
+    assert over_seeds[1] == [
+        "muon", "8", "optim.matrix.lr=0.02", "120", "0, 1",
+        "0.180 (0.120–0.240)", "0.060", "0.500", "4.2550 (4.2500–4.2600)",
+    ]
+    assert over_seeds[2][4:6] == ["0", "0.120"]  # a group of one seed: its value, no range
 
 
 def test_report_works_on_two_tiny_run_directories_made_by_the_training_loop(micro_config, tmp_path):
