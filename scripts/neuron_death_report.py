@@ -5,7 +5,8 @@
 Reads each run's config.yaml and metrics.jsonl (the `diag/...` metrics of train/diagnostics.py,
 defined in docs/neuron_death.md) and writes into --out:
     neuron_death.md       the settings, then one row per run: activation-dead and starved fractions
-                          at steps 100 and 500 and at the end, leverage CV, final val loss, tokens/s;
+                          at steps 100 and 500 and at the end, leverage CV, the smallest up-projection
+                          row norm, final val loss, tokens/s;
                           where runs differ only in their seed, a second table of the mean and range
                           over those seeds
     death_vs_step.png     both death fractions against step, one panel row per MLP expansion
@@ -19,6 +20,7 @@ own columns) get a "settings" column, so that every row says what was run.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,15 @@ STARVED_UP = "diag/mlp.up/starved_frac"
 STARVED_DOWN = "diag/mlp.down/starved_frac"
 LEVERAGE_CV_UP = "diag/mlp.up/leverage_cv"
 LEVERAGE_HIST_UP = "diag/mlp.up/leverage_hist"
+ROW_NORM_MIN_UP = re.compile(r"diag/blocks\.\d+\.mlp\.up/weight_row_norm_rel_min")
 OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
 # Config keys that never distinguish two runs in the table: they have their own columns, or they
 # cannot change what a run measures.
 OWN_COLUMNS = ("seed", "optim.name", "model.mlp_expansion", "train.steps")
-NOT_SETTINGS = ("out_dir", "wandb.", "eval.", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
+NOT_SETTINGS = (
+    "out_dir", "wandb.", "eval.", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "diagnostics.histogram_steps",
+)
 
 
 class NotARunDir(ValueError):
@@ -134,6 +140,16 @@ def cell(run: Run, key: str, step: int | None = None) -> str:
     return f"{value:.3f}" if step is None or logged == step else f"{value:.3f} (@{logged})"
 
 
+def up_row_norm_min(run: Run) -> str:
+    """The smallest up-projection weight row norm relative to its matrix's mean row norm, over
+    all blocks, at the last diagnostic: how far the most-shrunk neuron has fallen behind."""
+    for record in reversed(run.records):
+        found = [value for key, value in record.items() if ROW_NORM_MIN_UP.fullmatch(key)]
+        if found:
+            return f"{min(found):.3f}"
+    return "-"
+
+
 def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -155,7 +171,7 @@ def markdown_table(runs: list[Run], with_variant: bool) -> str:
         + [f"dead {a}" for a in at]
         + ["dead @end", "nearly dead @end"]
         + [f"starved {a}" for a in at]
-        + ["starved @end", "starved down @end", "leverage CV @end", "final val loss", "tokens/s"]
+        + ["starved @end", "starved down @end", "leverage CV @end", "up row norm min @end", "final val loss", "tokens/s"]
     )
     rows = []
     for run in runs:
@@ -166,7 +182,7 @@ def markdown_table(runs: list[Run], with_variant: bool) -> str:
             + [cell(run, DEAD, s) for s in TABLE_STEPS]
             + [cell(run, DEAD), cell(run, NEARLY_DEAD)]
             + [cell(run, STARVED_UP, s) for s in TABLE_STEPS]
-            + [cell(run, STARVED_UP), cell(run, STARVED_DOWN), cell(run, LEVERAGE_CV_UP)]
+            + [cell(run, STARVED_UP), cell(run, STARVED_DOWN), cell(run, LEVERAGE_CV_UP), up_row_norm_min(run)]
             + ["-" if val is None else f"{val:.4f}", f"{run.summary['tokens_per_s']:,.0f}"]
         )
         rows.append(row)
@@ -253,6 +269,8 @@ LEGEND = f"""\
 - starved: rows of the tall MLP up-projections (the neurons) whose update leverage stayed
   below {LOW_LEVERAGE_THRESHOLD}·n/m in each of the last k diagnostics; "starved down": the same
   for the down-projections' columns. leverage CV: of the up-projections' update leverage.
+- up row norm min: the smallest row norm of an up-projection weight over its matrix's mean row
+  norm, the lowest over all blocks (a neuron whose row shrinks fires less: relu² scales as its square).
 - A value "x (@s)" was logged at diagnostic step s, the one nearest the column's step."""
 
 

@@ -21,7 +21,8 @@ def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every:
               matrix_lr: float = 0.02) -> Path:
     """A run directory as the loop writes it, with diagnostics every `every` steps: activation-dead
     fraction (1 + seed)·step/1000, starved fraction step/2000 (once 4 diagnostics exist), leverage
-    CV 0.5, leverage histograms at steps 90 and 480; final val loss 4.25 + seed/100."""
+    CV 0.5, up-projection row-norm minima 0.5 and 0.25 in blocks 0 and 1, leverage histograms at
+    steps 90 and 480; final val loss 4.25 + seed/100."""
     config = {
         "seed": seed,
         "out_dir": str(path),
@@ -39,6 +40,9 @@ def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every:
             record["diag/mlp.hidden/act_dead_frac"] = (1 + seed) * step / 1000
             record["diag/mlp.hidden/act_nearly_dead_frac"] = step / 500
             record["diag/mlp.up/leverage_cv"] = 0.5
+            record["diag/blocks.0.mlp.up/weight_row_norm_rel_min"] = 0.5
+            record["diag/blocks.1.mlp.up/weight_row_norm_rel_min"] = 0.25
+            record["diag/blocks.1.mlp.down/weight_row_norm_rel_min"] = 0.125  # not an up-projection
             if step >= 4 * every:
                 record["diag/mlp.up/starved_frac"] = step / 2000
             if step in (90, 480):
@@ -69,12 +73,12 @@ def test_report_reads_values_at_the_nearest_diagnostic_step_and_draws_both_plots
     muon, aurora = (row for row in table_rows(text) if row[0] in ("muon", "aurora"))
     header = ["optimizer", "MLP ×", "seed", "steps", "dead @100", "dead @500", "dead @end", "nearly dead @end",
               "starved @100", "starved @500", "starved @end", "starved down @end", "leverage CV @end",
-              "final val loss", "tokens/s"]
+              "up row norm min @end", "final val loss", "tokens/s"]
     assert dict(zip(header, muon)) == {
         "optimizer": "muon", "MLP ×": "8", "seed": "0", "steps": "510",
         "dead @100": "0.090 (@90)", "dead @500": "0.510 (@510)", "dead @end": "0.510", "nearly dead @end": "1.020",
         "starved @100": "0.060 (@120)", "starved @500": "0.255 (@510)", "starved @end": "0.255", "starved down @end": "-",
-        "leverage CV @end": "0.500", "final val loss": "4.2500", "tokens/s": "1,000",
+        "leverage CV @end": "0.500", "up row norm min @end": "0.250", "final val loss": "4.2500", "tokens/s": "1,000",
     }  # starved is first logged at 120, when the window fills; starved down is never logged
     assert aurora[4:7] == ["-", "-", "0.060"]  # the run ended before steps 100 and 500
     assert "seeds 0" in text and "{60, 510} steps of 1024 tokens" in text and "every 30 steps" in text
