@@ -50,7 +50,7 @@ class NorMuon(MatrixOptimizer):
         normalised = O / (second_moment.sqrt() + group["eps"])
         frobenius = O.norm(dim=(-2, -1), keepdim=True)
         normalised = normalised * (frobenius / (normalised.norm(dim=(-2, -1), keepdim=True) + group["eps"]))
-        return normalised, {"row_second_moment": second_moment}
+        return normalised.to(X.dtype), {"row_second_moment": second_moment}
 
 
 class UNorMuon(NorMuon):

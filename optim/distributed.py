@@ -1,4 +1,4 @@
-"""The optimizer's view of torch.distributed: split orthogonalisation work, gather results.
+"""The optimizer's view of torch.distributed: share out orthogonalisation work, gather results.
 
 Assumptions: when a process group is initialised, every rank calls step() with the same
 gradients (DDP has averaged them, or FSDP2 holds them sharded as DTensors), so every rank
@@ -33,30 +33,130 @@ def like_param(full: Tensor, param: Tensor) -> Tensor:
     return full
 
 
-def map_split_across_ranks(fn, X: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """fn(X, state) for a stack X [B, m, n], each rank computing only its slice of the stack.
+def polar_cost(rows: int, cols: int) -> int:
+    """Work of orthogonalising one rows×cols matrix, up to a constant: each Newton–Schulz
+    iteration costs a few products of m·n·min(m, n) flops."""
+    return rows * cols * min(rows, cols)
 
-    The stack is cut into W equal slices (the last padded with copies of the first matrix, so
-    padding is numerically harmless); rank r computes slice r, and an all-gather gives every
-    rank the whole result, so all ranks go on to apply identical updates.
+
+def assign_owners(costs: list[int], world_size: int) -> list[int]:
+    """The rank that computes each matrix: longest first, each to the least-loaded rank.
+
+    Greedy longest-processing-time: matrices in decreasing cost (ties: lower index first) each
+    go to the rank with the least total cost so far (ties: lower rank). Deterministic, so every
+    rank computes the same owners; the busiest rank carries at most the optimal load plus one
+    matrix.
     """
+    loads = [0] * world_size
+    owners = [0] * len(costs)
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        owners[index] = rank
+        loads[rank] += costs[index]
+    return owners
+
+
+def owners_by_stack(shapes: list[tuple[int, int, int]], world_size: int) -> list[list[int]]:
+    """For stacks of (count, rows, cols) matrices, the owning rank of each matrix, per stack."""
+    flat = assign_owners([polar_cost(rows, cols) for count, rows, cols in shapes for _ in range(count)], world_size)
+    owners, start = [], 0
+    for count, _, _ in shapes:
+        owners.append(flat[start : start + count])
+        start += count
+    return owners
+
+
+def rank_bytes(piece_bytes: list[int], owners: list[list[int]], world_size: int) -> list[int]:
+    """Bytes of results each rank contributes to the all-gather, given the bytes one matrix of
+    each stack takes (its update and state) and the owners from `owners_by_stack`."""
+    return [sum(size * owner.count(r) for size, owner in zip(piece_bytes, owners)) for r in range(world_size)]
+
+
+Stack = tuple[Tensor, dict[str, Tensor]]
+ALIGN_BYTES = 16  # every piece of the gathered byte buffer starts aligned for any dtype
+
+
+def _piece_bytes(t: Tensor) -> int:
+    """Bytes one matrix of stack `t` [B, ...] takes in the buffer, rounded up for alignment."""
+    size = t[0].numel() * t.element_size()
+    return -(-size // ALIGN_BYTES) * ALIGN_BYTES
+
+
+def map_balanced_across_ranks(fn, stacks: list[Stack]) -> list[Stack]:
+    """[fn(X, state) for X, state in stacks], each rank computing only the matrices it owns.
+
+    X is a stack [B, m, n] and state a dict of per-matrix tensors stacked [B, ...]. Whole
+    matrices of all stacks are shared out by cost (`assign_owners`); each rank calls fn once
+    per stack on the matrices it owns there (same-shape matrices stay batched), and one
+    all-gather of a flat byte buffer, padded only to the busiest rank's size, gives every rank
+    every result in the original order, so all ranks apply identical updates. fn must return U
+    with X's shape and dtype and the state tensors with their input shapes and dtypes: every
+    rank then knows every piece's place in the buffer without asking.
+    """
+    fn = _checked(fn)
     rank, world_size = world()
     if world_size == 1:
-        return fn(X, state)
-    count = X.shape[0]
-    per_rank = -(-count // world_size)
-    padding = per_rank * world_size - count
+        return [fn(X, state) for X, state in stacks]
+    owners = owners_by_stack([(X.shape[0], *X.shape[-2:]) for X, _ in stacks], world_size)
 
-    def my_slice(t: Tensor) -> Tensor:
-        if padding:
-            t = torch.cat([t, t[:1].expand(padding, *t.shape[1:])])
-        return t[rank * per_rank : (rank + 1) * per_rank].contiguous()
+    pieces: list[Tensor] = []  # this rank's results, in (stack, matrix, tensor) order
+    for (X, state), owner in zip(stacks, owners):
+        mine = [j for j, r in enumerate(owner) if r == rank]
+        if not mine:
+            continue
+        index = torch.tensor(mine, device=X.device)
+        U, new_state = fn(X[index], {key: value[index] for key, value in state.items()})
+        for j in range(len(mine)):
+            for t in (U, *(new_state[key] for key in state)):
+                pieces.append(_padded_bytes(t[j]))
 
-    U, new_state = fn(my_slice(X), {key: my_slice(value) for key, value in state.items()})
-    return _gather(U, count), {key: _gather(value, count) for key, value in new_state.items()}
+    piece_bytes = [sum(_piece_bytes(t) for t in (X, *state.values())) for X, state in stacks]
+    size = max(rank_bytes(piece_bytes, owners, world_size))
+    device = stacks[0][0].device
+    local = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8, device=device)
+    local = torch.cat([local, local.new_zeros(size - local.numel())])
+    parts = [torch.empty_like(local) for _ in range(world_size)]
+    dist.all_gather(parts, local)
+
+    offsets = [0] * world_size
+    results = []
+    for (X, state), owner in zip(stacks, owners):
+        columns: list[list[Tensor]] = [[] for _ in range(1 + len(state))]
+        for r in owner:
+            for column, like in zip(columns, (X, *state.values())):
+                nbytes = _piece_bytes(like)
+                raw = parts[r][offsets[r] : offsets[r] + nbytes]
+                column.append(raw[: like[0].numel() * like.element_size()].view(like.dtype).view(like.shape[1:]))
+                offsets[r] += nbytes
+        U, *values = (torch.stack(column) for column in columns)
+        results.append((U, dict(zip(state, values))))
+    return results
 
 
-def _gather(local: Tensor, count: int) -> Tensor:
-    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, local.contiguous())
-    return torch.cat(parts)[:count]
+def _checked(fn):
+    """fn, raising TypeError unless it returns U like X and every state tensor like its input
+    (shapes and dtypes only: no host sync), on one rank as on N."""
+
+    def check(got: Tensor, expected: Tensor, what: str) -> None:
+        if got.shape != expected.shape or got.dtype != expected.dtype:
+            raise TypeError(
+                f"an update direction must return {what} with shape {tuple(expected.shape)} and dtype "
+                f"{expected.dtype}, got {tuple(got.shape)} {got.dtype}"
+            )
+
+    def checked_fn(X: Tensor, state: dict[str, Tensor]) -> Stack:
+        U, new_state = fn(X, state)
+        check(U, X, "the update")
+        if new_state.keys() != state.keys():
+            raise TypeError(f"an update direction must return the state keys {sorted(state)}, got {sorted(new_state)}")
+        for key, value in state.items():
+            check(new_state[key], value, f"state {key!r}")
+        return U, new_state
+
+    return checked_fn
+
+
+def _padded_bytes(t: Tensor) -> Tensor:
+    raw = t.contiguous().view(-1).view(torch.uint8)
+    padding = -raw.numel() % ALIGN_BYTES
+    return torch.cat([raw, raw.new_zeros(padding)]) if padding else raw

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .adamw import ADAMW_DEFAULTS, adamw_update, init_adamw_state
-from .distributed import like_param, map_split_across_ranks, whole
+from .distributed import like_param, map_balanced_across_ranks, whole
 from .polar import NS_DTYPES, POLAR_METHODS, ns_coefficients
 
 MATRIX, ADAMW = "matrix", "adamw"
@@ -205,7 +205,8 @@ class MatrixOptimizer(Optimizer):
         return loss
 
     def _matrix_updates(self, group: dict):
-        """Momentum for every matrix, then one orthogonalisation per same-shape stack."""
+        """Momentum for every matrix, then one orthogonalisation per same-shape stack (shared
+        out across ranks by optim/distributed.py)."""
         momentum = group["momentum"]
         indices = [i for i, p in enumerate(group["params"]) if p.grad is not None]
         directions = {}
@@ -222,17 +223,20 @@ class MatrixOptimizer(Optimizer):
         for i in indices:
             param = group["params"][i]
             stacks.setdefault((tuple(param.shape), param.dtype), []).append(i)
-        for stack in stacks.values():
+        stacks = list(stacks.values())
+        inputs = []
+        for stack in stacks:
             params = [group["params"][i] for i in stack]
-            X = torch.stack([whole(directions[i]) for i in stack])
             rule_keys = [key for key in self.state[params[0]] if key != "momentum_buffer"]
             rule_state = {key: torch.stack([self.state[p][key] for p in params]) for key in rule_keys}
-            U, rule_state = map_split_across_ranks(lambda x, s: self._direction(x, group, s), X, rule_state)
-            rows, cols = X.shape[-2:]
-            scale = lr_scale_factor(group["lr_scale"], rows, cols)
-            for j, (i, param) in enumerate(zip(stack, params)):
-                for key in rule_keys:
-                    self.state[param][key].copy_(rule_state[key][j])
+            inputs.append((torch.stack([whole(directions[i]) for i in stack]), rule_state))
+        results = map_balanced_across_ranks(lambda x, s: self._direction(x, group, s), inputs)
+        for stack, (U, rule_state) in zip(stacks, results):
+            scale = lr_scale_factor(group["lr_scale"], *U.shape[-2:])
+            for j, i in enumerate(stack):
+                param = group["params"][i]
+                for key, value in rule_state.items():
+                    self.state[param][key].copy_(value[j])
                 yield group, i, param, like_param(U[j], param), group["lr"] * scale
 
     def _adamw_updates(self, group: dict):

@@ -1,4 +1,5 @@
-"""The README's main job (scripts/compare_optimizers.py) on a micro GPT."""
+"""The scripts: the README's main job (scripts/compare_optimizers.py) on a micro GPT, the sweep
+driver, and the communication-volume calculator."""
 
 from __future__ import annotations
 
@@ -61,3 +62,17 @@ def test_sweep_launches_one_torchrun_per_point(micro_shards, tmp_path):
     overrides = micro_overrides(micro_shards, f"out_dir={tmp_path}/seed" + "${seed}", "seed=0,1", "train.steps=2")
     assert sweep.main(["--nproc", "1", *overrides]) == 0
     assert (tmp_path / "seed0" / "metrics.jsonl").is_file() and (tmp_path / "seed1" / "metrics.jsonl").is_file()
+
+
+def test_comm_volume_prints_the_gathered_bytes_of_the_gpt124m_matrices_per_world_size(capsys):
+    assert load_script("comm_volume").main(["--world-sizes", "8", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "48 of 768x768, 12 of 3072x768, 12 of 768x3072" in out
+    # 8 ranks: perfectly balanced, the ideal 7/8 of 340 MB; 64: one 3072x768 fp32 matrix from each of 63 ranks
+    assert "| 8 | 297 MB | 297 MB | 1,136 MB | 1.00 |" in out
+    assert "| 64 | 595 MB | 334 MB | 1,279 MB | 1.78 |" in out
+
+
+def test_comm_volume_refuses_an_unknown_model_preset():
+    with pytest.raises(ValueError, match="--model must be one of .*'gpt124m'.*got 'gpt2'"):
+        load_script("comm_volume").main(["--model", "gpt2"])
