@@ -104,8 +104,10 @@ def map_balanced_across_ranks(fn, stacks: list[Stack]) -> list[Stack]:
         mine = [j for j, r in enumerate(owner) if r == rank]
         if not mine:
             continue
-        index = torch.tensor(mine, device=X.device)
-        U, new_state = fn(X[index], {key: value[index] for key, value in state.items()})
+        def take(t: Tensor) -> Tensor:  # stacking views: no index tensor to copy to the device
+            return torch.stack([t[j] for j in mine])
+
+        U, new_state = fn(take(X), {key: take(value) for key, value in state.items()})
         for j in range(len(mine)):
             for t in (U, *(new_state[key] for key in state)):
                 pieces.append(_padded_bytes(t[j]))
