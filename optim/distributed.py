@@ -95,7 +95,7 @@ def map_balanced_across_ranks(fn, stacks: list[Stack]) -> list[Stack]:
     """
     fn = _checked(fn)
     rank, world_size = world()
-    if world_size == 1:
+    if world_size == 1 or not stacks:
         return [fn(X, state) for X, state in stacks]
     owners = owners_by_stack([(X.shape[0], *X.shape[-2:]) for X, _ in stacks], world_size)
 
@@ -104,10 +104,7 @@ def map_balanced_across_ranks(fn, stacks: list[Stack]) -> list[Stack]:
         mine = [j for j, r in enumerate(owner) if r == rank]
         if not mine:
             continue
-        def take(t: Tensor) -> Tensor:  # stacking views: no index tensor to copy to the device
-            return torch.stack([t[j] for j in mine])
-
-        U, new_state = fn(take(X), {key: take(value) for key, value in state.items()})
+        U, new_state = fn(_take(X, mine), {key: _take(value, mine) for key, value in state.items()})
         for j in range(len(mine)):
             for t in (U, *(new_state[key] for key in state)):
                 pieces.append(_padded_bytes(t[j]))
@@ -158,7 +155,13 @@ def _checked(fn):
     return checked_fn
 
 
+def _take(t: Tensor, indices: list[int]) -> Tensor:
+    """The matrices `indices` of stack t, stacked from views (no index tensor copied to the device)."""
+    return torch.stack([t[j] for j in indices])
+
+
 def _padded_bytes(t: Tensor) -> Tensor:
+    """t's bytes, zero-padded to a multiple of ALIGN_BYTES (its piece of the buffer)."""
     raw = t.contiguous().view(-1).view(torch.uint8)
     padding = -raw.numel() % ALIGN_BYTES
     return torch.cat([raw, raw.new_zeros(padding)]) if padding else raw
