@@ -9,7 +9,8 @@ defined in docs/neuron_death.md) and writes into --out:
                           row norm, final val loss, tokens/s;
                           where runs differ only in their seed, a second table of the mean and range
                           over those seeds
-    death_vs_step.png     both death fractions against step, one panel row per MLP expansion
+    death_vs_step.png     exactly-dead, nearly-dead and starved fractions against step, one
+                          panel row per MLP expansion
     leverage_hist.png     the mlp.up leverage histograms at step 500 (or the nearest histogram step)
 A value at step s is the one logged at the diagnostic step nearest s, marked "(@step)" when that
 is not s itself; "-" means not logged (or the run ended before s). Settings that differ between
@@ -288,23 +289,27 @@ def save_figure(fig, path: Path) -> None:
 
 
 def plot_death(runs: list[Run], path: Path) -> None:
+    """Exactly-dead, nearly-dead and starved fractions against step: one row of panels per
+    expansion, one line per run (a run without a metric, e.g. exact death under SwiGLU, has no line)."""
     import matplotlib.pyplot as plt
 
     expansions = sorted({run.expansion for run in runs})
-    colors = optimizer_colors(runs)
-    fig, axes = plt.subplots(len(expansions), 2, figsize=(11, 3.2 * len(expansions)), squeeze=False)
+    styles = run_styles(runs)
+    panels = (
+        (DEAD, "activation-dead fraction (all MLP units)"),
+        (NEARLY_DEAD, "nearly-dead fraction (all MLP units)"),
+        (STARVED_UP, "starved fraction (mlp.up rows)"),
+    )
+    fig, axes = plt.subplots(len(expansions), len(panels), figsize=(15, 3.2 * len(expansions)), squeeze=False)
     for row, expansion in zip(axes, expansions):
         for run in (r for r in runs if r.expansion == expansion):
-            exact = bool(run.series(DEAD))  # other activations have only the nearly-dead count
-            dead_key, dead_label = (DEAD, run.label) if exact else (NEARLY_DEAD, f"{run.label} (nearly dead)")
-            for ax, key, label in ((row[0], dead_key, dead_label), (row[1], STARVED_UP, run.label)):
+            for ax, (key, _) in zip(row, panels):
                 points = run.series(key)
                 if points:
                     steps, fracs = zip(*points)
-                    ax.plot(steps, fracs, color=colors[run.optimizer], label=label, marker=".", alpha=0.85)
-        row[0].set_title(f"MLP x{expansion:g}: activation-dead fraction (all MLP units)")
-        row[1].set_title(f"MLP x{expansion:g}: starved fraction (mlp.up rows)")
-        for ax in row:
+                    ax.plot(steps, fracs, **styles[run.path], label=run.label, marker=".", alpha=0.85)
+        for ax, (_, title) in zip(row, panels):
+            ax.set_title(f"MLP x{expansion:g}: {title}", fontsize=9)
             ax.set_xlabel("step")
             ax.set_xlim(left=0)
             ax.set_ylim(bottom=0)
@@ -315,7 +320,7 @@ def plot_leverage_histograms(runs: list[Run], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     expansions = sorted({run.expansion for run in runs})
-    colors = optimizer_colors(runs)
+    styles = run_styles(runs)
     # The open end bins get a finite width on the log axis: [0, 1e-3) drawn from 10^-3.25, the last to 10^1.75.
     edges = [10**-3.25, *LEVERAGE_HIST_EDGES[1:-1], 10**1.75]
     fig, axes = plt.subplots(1, len(expansions), figsize=(5.5 * len(expansions), 3.6), squeeze=False)
@@ -326,7 +331,7 @@ def plot_leverage_histograms(runs: list[Run], path: Path) -> None:
                 continue
             step, counts = found
             total = sum(counts)
-            ax.stairs([c / total for c in counts], edges, color=colors[run.optimizer], label=f"{run.label} (step {step})")
+            ax.stairs([c / total for c in counts], edges, **styles[run.path], label=f"{run.label} (step {step})")
         ax.axvline(LOW_LEVERAGE_THRESHOLD, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("update leverage / (n/m)  (dashed: starvation threshold)")
@@ -335,12 +340,24 @@ def plot_leverage_histograms(runs: list[Run], path: Path) -> None:
     save_figure(fig, path)
 
 
-def optimizer_colors(runs: list[Run]) -> dict[str, Any]:
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def run_styles(runs: list[Run]) -> dict[Path, dict[str, Any]]:
+    """Plot style of each run (by path): a color per optimizer, and a line style per run within
+    its optimizer in table order, so that seeds and settings of one optimizer stay apart."""
     import matplotlib.pyplot as plt
 
     names = sorted({run.optimizer for run in runs}, key=optimizer_rank)
     palette = plt.get_cmap("tab10")
-    return {name: palette(i % 10) for i, name in enumerate(names)}
+    styles, seen = {}, {name: 0 for name in names}
+    for run in sorted(runs, key=sort_key):
+        styles[run.path] = {
+            "color": palette(names.index(run.optimizer) % 10),
+            "linestyle": LINE_STYLES[seen[run.optimizer] % len(LINE_STYLES)],
+        }
+        seen[run.optimizer] += 1
+    return styles
 
 
 def main(argv: list[str]) -> int:
