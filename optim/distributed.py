@@ -66,10 +66,10 @@ def owners_by_stack(shapes: list[tuple[int, int, int]], world_size: int) -> list
     return owners
 
 
-def rank_bytes(piece_bytes: list[int], owners: list[list[int]], world_size: int) -> list[int]:
-    """Bytes of results each rank contributes to the all-gather, given the bytes one matrix of
-    each stack takes (its update and state) and the owners from `owners_by_stack`."""
-    return [sum(size * owner.count(r) for size, owner in zip(piece_bytes, owners)) for r in range(world_size)]
+def rank_totals(per_matrix: list[int], owners: list[list[int]], world_size: int) -> list[int]:
+    """Per rank, the sum over the matrices it owns of a per-stack quantity (`per_matrix[s]` for
+    each matrix of stack s; owners from `owners_by_stack`): the bytes it sends, or its work."""
+    return [sum(size * owner.count(r) for size, owner in zip(per_matrix, owners)) for r in range(world_size)]
 
 
 Stack = tuple[Tensor, dict[str, Tensor]]
@@ -110,7 +110,7 @@ def map_balanced_across_ranks(fn, stacks: list[Stack]) -> list[Stack]:
                 pieces.append(_padded_bytes(t[j]))
 
     piece_bytes = [sum(_piece_bytes(t) for t in (X, *state.values())) for X, state in stacks]
-    size = max(rank_bytes(piece_bytes, owners, world_size))
+    size = max(rank_totals(piece_bytes, owners, world_size))
     device = stacks[0][0].device
     local = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8, device=device)
     local = torch.cat([local, local.new_zeros(size - local.numel())])

@@ -219,11 +219,11 @@ class MatrixOptimizer(Optimizer):
             buffer = state["momentum_buffer"]
             buffer.lerp_(param.grad, 1 - momentum)
             directions[i] = param.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-        stacks: dict[tuple, list[int]] = {}
+        by_shape: dict[tuple, list[int]] = {}
         for i in indices:
             param = group["params"][i]
-            stacks.setdefault((tuple(param.shape), param.dtype), []).append(i)
-        stacks = list(stacks.values())
+            by_shape.setdefault((tuple(param.shape), param.dtype), []).append(i)
+        stacks = list(by_shape.values())
         inputs = []
         for stack in stacks:
             params = [group["params"][i] for i in stack]

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from model import build_model
-from optim.distributed import owners_by_stack, polar_cost, rank_bytes
+from optim.distributed import owners_by_stack, polar_cost, rank_totals
 from optim.groups import assign_groups
 from train.cli import exit_code
 
@@ -48,15 +48,15 @@ def volume_rows(stacks: list[tuple[int, int, int]], parameters: int, world_sizes
     rows = []
     for world_size in world_sizes:
         owners = owners_by_stack(stacks, world_size)
-        costs = rank_bytes([polar_cost(r, c) for _, r, c in stacks], owners, world_size)  # same sum, by work
-        busiest = max(rank_bytes(piece_bytes, owners, world_size))
+        work = rank_totals([polar_cost(r, c) for _, r, c in stacks], owners, world_size)
+        busiest = max(rank_totals(piece_bytes, owners, world_size))
         rows.append(
             [
                 str(world_size),
                 f"{(world_size - 1) * busiest / 1e6:,.0f} MB",
                 f"{(world_size - 1) / world_size * total / 1e6:,.0f} MB",
                 f"{2 * (world_size - 1) / world_size * parameters * FP32_BYTES / 1e6:,.0f} MB",
-                f"{max(costs) / (sum(costs) / world_size):.2f}",
+                f"{max(work) / (sum(work) / world_size):.2f}",
             ]
         )
     return rows

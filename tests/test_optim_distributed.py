@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from optim import OPTIMIZERS, build_optimizer
-from optim.distributed import assign_owners, map_balanced_across_ranks, owners_by_stack, rank_bytes, whole
+from optim.distributed import assign_owners, map_balanced_across_ranks, owners_by_stack, rank_totals, whole
 from tests.test_optimizers import StandInGPT, fake_gradients, load_config
 
 WORLD_SIZE = 2
@@ -123,7 +123,7 @@ def test_uneven_stacks_of_mixed_dtypes_shared_across_two_ranks_equal_one_process
     shapes = [(X.shape[0], *X.shape[-2:]) for X, _ in uneven_stacks()]
     owners = owners_by_stack(shapes, WORLD_SIZE)
     piece_bytes = [128 + 16, 208, 80 + 16]  # fp32 8x4 + bf16 8x1; fp64 5x5; fp32 6x3 + bf16 6x1: each rounded up to 16
-    assert len(set(rank_bytes(piece_bytes, owners, WORLD_SIZE))) == 2, "the case must pad one rank's buffer"
+    assert len(set(rank_totals(piece_bytes, owners, WORLD_SIZE))) == 2, "the case must pad one rank's buffer"
     assert any(set(owner) == {0} or set(owner) == {1} for owner in owners), "the case must leave a rank a stack short"
     expected = [scaled_by_state(X, state) for X, state in uneven_stacks()]
     for rank, results in enumerate(two_rank_results):
@@ -149,8 +149,8 @@ def test_gpt124m_matrices_shared_out_gather_the_ideal_bytes_on_8_ranks_and_one_m
     shapes = [(48, 768, 768), (12, 3072, 768), (12, 768, 3072)]  # q, k, v, out; up; down
     piece_bytes = [rows * cols * 4 for _, rows, cols in shapes]  # fp32 updates, no state (Muon)
     total = sum(count * size for (count, _, _), size in zip(shapes, piece_bytes))
-    assert rank_bytes(piece_bytes, owners_by_stack(shapes, 8), 8) == [total // 8] * 8
-    assert max(rank_bytes(piece_bytes, owners_by_stack(shapes, 64), 64)) == 3072 * 768 * 4
+    assert rank_totals(piece_bytes, owners_by_stack(shapes, 8), 8) == [total // 8] * 8
+    assert max(rank_totals(piece_bytes, owners_by_stack(shapes, 64), 64)) == 3072 * 768 * 4
 
 
 def test_an_update_direction_that_changes_dtype_or_state_is_refused():
