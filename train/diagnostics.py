@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
+from optim.distributed import whole
 from optim.groups import assign_groups
 from train.data import validation_batches
 
@@ -174,6 +176,10 @@ class NeuronDiagnostics:
     The probe forward runs under torch.no_grad() in eval mode (train mode is restored after) and
     draws no random numbers; nothing here writes to the model or the optimizer, so turning
     diagnostics on or off leaves the loss curve bit-identical.
+
+    With FSDP2-sharded parameters (DTensors) every rank must call `measure` at the same steps:
+    the probe forward and the whole weights are collectives. The probe forward then runs to
+    the end, since stopping it inside an FSDP module's forward would skip its resharding.
     """
 
     def __init__(
@@ -204,6 +210,7 @@ class NeuronDiagnostics:
         self.weights = {name: params[name] for name in matrix_names}
         self.relu_family = relu_family
         self.every = every
+        self.sharded = any(isinstance(param, DTensor) for param in model.parameters())
         self.starvation = StarvationTracker(starvation_window)
 
     @classmethod
@@ -247,7 +254,8 @@ class NeuronDiagnostics:
         with_histograms = any(step - self.every < wanted <= step for wanted in self.histogram_steps)
         self._leverage_metrics(metrics, updates, with_histograms)
         for name, weight in self.weights.items():
-            if weight.detach().any():  # an all-zero matrix has no row-norm distribution
+            weight = whole(weight.detach())
+            if weight.any():  # an all-zero matrix has no row-norm distribution
                 metrics.update(_named(_module(name), weight_row_norm_stats(weight)))
         return metrics
 
@@ -266,7 +274,7 @@ class NeuronDiagnostics:
         def hook_for(name: str):
             def hook(module, inputs, output):
                 deaths[name] = activation_death(output, self.relu_family)
-                if len(deaths) == len(self.hidden_modules):
+                if len(deaths) == len(self.hidden_modules) and not self.sharded:
                     raise _ProbeDone
 
             return hook

@@ -92,11 +92,11 @@ def evaluate(model: torch.nn.Module, batches: Iterator, runtime: Runtime, precis
 
 
 def neuron_diagnostics(cfg: dict[str, Any], model: torch.nn.Module, val_files: list, runtime: Runtime) -> NeuronDiagnostics | None:
-    """Rank 0's per-layer neuron diagnostics (docs/neuron_death.md), or None when they are off."""
-    if cfg["diagnostics"]["every"] and runtime.distributed and cfg["train"]["parallelism"] == "fsdp2":
-        # Rank 0 alone runs the probe forward, which under FSDP2 would wait for the other ranks.
-        raise ValueError("diagnostics.every needs train.parallelism=ddp under torchrun")
-    if not runtime.is_main:
+    """The per-layer neuron diagnostics (docs/neuron_death.md), or None when they are off: on
+    rank 0 alone with replicated parameters; on every rank under FSDP2, whose probe forward and
+    whole weights need them all (only rank 0 logs)."""
+    sharded = runtime.distributed and cfg["train"]["parallelism"] == "fsdp2"
+    if not (runtime.is_main or sharded):
         return None
     return NeuronDiagnostics.from_config(cfg["diagnostics"], model, val_files, cfg["train"]["seq_len"])
 
