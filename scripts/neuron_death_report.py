@@ -45,7 +45,7 @@ ROW_NORM_MIN_UP = re.compile(r"diag/blocks\.\d+\.mlp\.up/weight_row_norm_rel_min
 OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
 # Config keys that never distinguish two runs in the table: they have their own columns, or they
 # cannot change what a run measures.
-OWN_COLUMNS = ("seed", "optim.name", "model.mlp_expansion", "train.steps")
+OWN_COLUMNS = ("seed", "optim.name", "model.mlp_expansion")
 NOT_SETTINGS = (
     "out_dir", "wandb.", "eval.", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "diagnostics.histogram_steps",
