@@ -210,14 +210,16 @@ def seed_table(runs: list[Run], with_variant: bool) -> str | None:
     def at_end(group: list[Run], key: str) -> list[float]:
         return [found[1] for found in (run.near(key, None) for run in group) if found is not None]
 
-    header = identity_header(with_variant) + ["steps", "seeds", "dead @end", "starved @end", "leverage CV @end", "final val loss"]
+    header = identity_header(with_variant) + [
+        "steps", "seeds", "dead @end", "nearly dead @end", "starved @end", "leverage CV @end", "final val loss"
+    ]
     rows = []
     for group in groups.values():
         losses = [run.summary["final_val_loss"] for run in group if run.summary["final_val_loss"] is not None]
         rows.append(
             identity_cells(group[0], with_variant)
             + [str(group[0].summary["steps"]), ", ".join(str(run.seed) for run in group)]
-            + [spread(at_end(group, key), 3) for key in (DEAD, STARVED_UP, LEVERAGE_CV_UP)]
+            + [spread(at_end(group, key), 3) for key in (DEAD, NEARLY_DEAD, STARVED_UP, LEVERAGE_CV_UP)]
             + [spread(losses, 4)]
         )
     return markdown_rows(header, rows)

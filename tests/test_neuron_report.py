@@ -107,7 +107,7 @@ def test_report_names_the_settings_that_set_runs_apart_and_averages_runs_that_di
     ]
     assert over_seeds[1] == [
         "muon", "8", "optim.matrix.lr=0.02", "120", "0, 1",
-        "0.180 (0.120–0.240)", "0.060", "0.500", "4.2550 (4.2500–4.2600)",
+        "0.180 (0.120–0.240)", "0.240", "0.060", "0.500", "4.2550 (4.2500–4.2600)",
     ]
     assert over_seeds[2][4:6] == ["0", "0.120"]  # a group of one seed: its value, no range
 
