@@ -118,7 +118,8 @@ def sort_key(run: Run) -> tuple:
 
 def varied_settings(runs: list[Run]) -> list[str]:
     """Config keys whose value differs between two runs of the same optimizer; sets each run's
-    `variant` to those keys' values, e.g. "optim.matrix.lr=0.1"."""
+    `variant` to those keys' values under their last name when that is unambiguous, e.g.
+    "lr=0.1" for optim.matrix.lr (the report's settings list gives the full keys)."""
     flat = [flatten(run.config) for run in runs]
     candidates = sorted({key for config in flat for key in config if not key.startswith(NOT_SETTINGS) and key not in OWN_COLUMNS})
     varied = []
@@ -128,8 +129,10 @@ def varied_settings(runs: list[Run]) -> list[str]:
             seen.setdefault(run.optimizer, set()).add(repr(config.get(key, "-")))
         if any(len(found) > 1 for found in seen.values()):
             varied.append(key)
+    last = [key.rsplit(".", 1)[-1] for key in varied]
+    shown = last if len(set(last)) == len(last) else varied
     for run, config in zip(runs, flat):
-        run.variant = ", ".join(f"{key}={config.get(key, '-')}" for key in varied)
+        run.variant = ", ".join(f"{name}={config.get(key, '-')}" for name, key in zip(shown, varied))
     return varied
 
 
@@ -246,10 +249,15 @@ def values(runs: list[Run], get) -> str:
     return shown[0] if len(shown) == 1 else "{" + ", ".join(shown) + "}"
 
 
-def settings(runs: list[Run]) -> str:
+def settings(runs: list[Run], varied: list[str]) -> str:
     def of(*keys: str) -> str:
         return values(runs, setting(*keys))
 
+    lines = (
+        [f"- settings that differ between runs of one optimizer (the settings column): {', '.join(varied)}"]
+        if varied
+        else []
+    )
     return "\n".join(
         [
             f"- runs: {len(runs)}; optimizers {values(runs, lambda r: r.optimizer)}; "
@@ -261,6 +269,7 @@ def settings(runs: list[Run]) -> str:
             f"val on {of('data', 'val_tokens')} tokens",
             f"- diagnostics every {of('diagnostics', 'every')} steps on {of('diagnostics', 'probe_tokens')} probe "
             f"tokens; starvation window {of('diagnostics', 'starvation_window')} diagnostics",
+            *lines,
         ]
     )
 
@@ -278,15 +287,13 @@ LEGEND = f"""\
 
 
 def save_figure(fig, path: Path) -> None:
-    """Grid and legend on every axis that has lines, then write the PNG and free the figure."""
+    """Grid on every axis, then write the PNG and free the figure."""
     import matplotlib.pyplot as plt
 
     for ax in fig.axes:
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -309,12 +316,19 @@ def plot_death(runs: list[Run], path: Path) -> None:
                 points = run.series(key)
                 if points:
                     steps, fracs = zip(*points)
-                    ax.plot(steps, fracs, **styles[run.path], label=run.label, marker=".", alpha=0.85)
+                    ax.plot(steps, fracs, **styles[run.path], label=run.label, alpha=0.85)
         for ax, (_, title) in zip(row, panels):
             ax.set_title(f"MLP x{expansion:g}: {title}", fontsize=9)
             ax.set_xlabel("step")
             ax.set_xlim(left=0)
             ax.set_ylim(bottom=0)
+        # One legend per row (its panels show the same runs), beside the last panel.
+        handles: dict[str, Any] = {}
+        for ax in row:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        if handles:
+            row[-1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     save_figure(fig, path)
 
 
@@ -333,16 +347,20 @@ def plot_leverage_histograms(runs: list[Run], path: Path) -> None:
                 continue
             step, counts = found
             total = sum(counts)
-            ax.stairs([c / total for c in counts], edges, **styles[run.path], label=f"{run.label} (step {step})")
+            style = styles[run.path]
+            ax.stairs([c / total for c in counts], edges, color=style["color"], linestyle=style["linestyle"],
+                      label=f"{run.label} (step {step})")
         ax.axvline(LOW_LEVERAGE_THRESHOLD, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("update leverage / (n/m)  (dashed: starvation threshold)")
         ax.set_ylabel("fraction of mlp.up rows")
         ax.set_title(f"MLP x{expansion:g}: leverage near step {HISTOGRAM_STEP}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     save_figure(fig, path)
 
 
-LINE_STYLES = ("-", "--", ":", "-.")
+LINE_STYLES = [(line, marker) for marker in (".", "x", "^") for line in ("-", "--", ":", "-.")]
 
 
 def run_styles(runs: list[Run]) -> dict[Path, dict[str, Any]]:
@@ -356,7 +374,8 @@ def run_styles(runs: list[Run]) -> dict[Path, dict[str, Any]]:
     for run in sorted(runs, key=sort_key):
         styles[run.path] = {
             "color": palette(names.index(run.optimizer) % 10),
-            "linestyle": LINE_STYLES[seen[run.optimizer] % len(LINE_STYLES)],
+            "linestyle": LINE_STYLES[seen[run.optimizer] % len(LINE_STYLES)][0],
+            "marker": LINE_STYLES[seen[run.optimizer] % len(LINE_STYLES)][1],
         }
         seen[run.optimizer] += 1
     return styles
@@ -368,14 +387,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where the table and plots go")
     args = parser.parse_args(argv)
     runs = [load_run(path) for path in args.run_dirs]
-    with_variant = bool(varied_settings(runs))
+    varied = varied_settings(runs)
+    with_variant = bool(varied)
     runs.sort(key=sort_key)
 
     import matplotlib
 
     matplotlib.use("Agg")
     args.out.mkdir(parents=True, exist_ok=True)
-    report = f"# Neuron death\n\n{settings(runs)}\n\n{markdown_table(runs, with_variant)}\n\n{LEGEND}\n"
+    report = f"# Neuron death\n\n{settings(runs, varied)}\n\n{markdown_table(runs, with_variant)}\n\n{LEGEND}\n"
     over_seeds = seed_table(runs, with_variant)
     if over_seeds:
         report += f"\nOver seeds: mean (min–max) of the values at the end of each run.\n\n{over_seeds}\n"

@@ -98,15 +98,17 @@ def test_report_names_the_settings_that_set_runs_apart_and_averages_runs_that_di
     out = tmp_path / "report"
     assert report.main([*map(str, runs), "--out", str(out)]) == 0
 
-    per_run, over_seeds = (table_rows(part) for part in (out / "neuron_death.md").read_text().split("Over seeds"))
+    text = (out / "neuron_death.md").read_text()
+    assert "- settings that differ between runs of one optimizer (the settings column): optim.matrix.lr\n" in text
+    per_run, over_seeds = (table_rows(part) for part in text.split("Over seeds"))
     assert [row[:4] for row in per_run] == [
-        ["adamw", "8", "optim.matrix.lr=0.001", "0"],
-        ["muon", "8", "optim.matrix.lr=0.02", "0"],
-        ["muon", "8", "optim.matrix.lr=0.02", "1"],
-        ["muon", "8", "optim.matrix.lr=0.1", "0"],
+        ["adamw", "8", "lr=0.001", "0"],
+        ["muon", "8", "lr=0.02", "0"],
+        ["muon", "8", "lr=0.02", "1"],
+        ["muon", "8", "lr=0.1", "0"],
     ]
     assert over_seeds[1] == [
-        "muon", "8", "optim.matrix.lr=0.02", "120", "0, 1",
+        "muon", "8", "lr=0.02", "120", "0, 1",
         "0.180 (0.120–0.240)", "0.240", "0.060", "0.500", "4.2550 (4.2500–4.2600)",
     ]
     assert over_seeds[2][4:6] == ["0", "0.120"]  # a group of one seed: its value, no range
