@@ -364,20 +364,20 @@ LINE_STYLES = [(line, marker) for marker in (".", "x", "^") for line in ("-", "-
 
 
 def run_styles(runs: list[Run]) -> dict[Path, dict[str, Any]]:
-    """Plot style of each run (by path): a color per optimizer, and a line style per run within
-    its optimizer in table order, so that seeds and settings of one optimizer stay apart."""
+    """Plot style of each run (by path): a color per optimizer, and a line style and marker per
+    run among those of its optimizer and expansion (one panel's lines), in table order, so that
+    seeds and settings of one optimizer stay apart and seed 0 looks the same in every panel."""
     import matplotlib.pyplot as plt
 
     names = sorted({run.optimizer for run in runs}, key=optimizer_rank)
     palette = plt.get_cmap("tab10")
-    styles, seen = {}, {name: 0 for name in names}
+    styles: dict[Path, dict[str, Any]] = {}
+    seen: dict[tuple[str, float], int] = {}
     for run in sorted(runs, key=sort_key):
-        styles[run.path] = {
-            "color": palette(names.index(run.optimizer) % 10),
-            "linestyle": LINE_STYLES[seen[run.optimizer] % len(LINE_STYLES)][0],
-            "marker": LINE_STYLES[seen[run.optimizer] % len(LINE_STYLES)][1],
-        }
-        seen[run.optimizer] += 1
+        index = seen.get((run.optimizer, run.expansion), 0)
+        seen[(run.optimizer, run.expansion)] = index + 1
+        line, marker = LINE_STYLES[index % len(LINE_STYLES)]
+        styles[run.path] = {"color": palette(names.index(run.optimizer) % 10), "linestyle": line, "marker": marker}
     return styles
 
 

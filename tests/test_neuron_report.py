@@ -145,3 +145,16 @@ def test_neuron_death_experiment_sweeps_five_optimizers_by_three_expansions_for_
     assert cfg["out_dir"] == "runs/neuron_death/normuon-x16-seed3"
     assert cfg["train"]["steps"] >= 500 and cfg["train"]["batch_tokens"] == 16 * 64
     assert cfg["diagnostics"]["every"] > 0 and cfg["diagnostics"]["histogram_steps"] == [100, 500]
+
+
+def test_plot_styles_tell_apart_the_runs_of_one_panel_and_repeat_across_panels(tmp_path):
+    report = load_script("neuron_death_report")
+    runs = [
+        report.load_run(write_run(tmp_path / f"muon-x{expansion}-seed{seed}", "muon", expansion, last_step=60, seed=seed))
+        for expansion in (4, 8)
+        for seed in (0, 1)
+    ]
+    styles = report.run_styles(runs)
+    by_name = {run.path.name: styles[run.path] for run in runs}
+    assert by_name["muon-x4-seed0"] != by_name["muon-x4-seed1"]  # one panel: two looks
+    assert by_name["muon-x4-seed0"] == by_name["muon-x8-seed0"]  # seed 0 looks the same in every panel
