@@ -76,10 +76,13 @@ Stack = tuple[Tensor, dict[str, Tensor]]
 ALIGN_BYTES = 16  # every piece of the gathered byte buffer starts aligned for any dtype
 
 
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN_BYTES) * ALIGN_BYTES
+
+
 def _piece_bytes(t: Tensor) -> int:
     """Bytes one matrix of stack `t` [B, ...] takes in the buffer, rounded up for alignment."""
-    size = t[0].numel() * t.element_size()
-    return -(-size // ALIGN_BYTES) * ALIGN_BYTES
+    return _aligned(t[0].numel() * t.element_size())
 
 
 def map_balanced_across_ranks(fn, stacks: list[Stack]) -> list[Stack]:
@@ -163,5 +166,5 @@ def _take(t: Tensor, indices: list[int]) -> Tensor:
 def _padded_bytes(t: Tensor) -> Tensor:
     """t's bytes, zero-padded to a multiple of ALIGN_BYTES (its piece of the buffer)."""
     raw = t.contiguous().view(-1).view(torch.uint8)
-    padding = -raw.numel() % ALIGN_BYTES
+    padding = _aligned(raw.numel()) - raw.numel()
     return torch.cat([raw, raw.new_zeros(padding)]) if padding else raw
