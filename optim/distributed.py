@@ -23,14 +23,15 @@ def whole(t: Tensor) -> Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def like_param(full: Tensor, param: Tensor) -> Tensor:
-    """A full update laid out like `param`: this rank's shard of it for a DTensor param.
+def like_param(update: Tensor, param: Tensor) -> Tensor:
+    """An update laid out like `param`: this rank's shard of a full update for a DTensor param;
+    an update that is already a DTensor (AdamW's, from sharded gradients) is returned as is.
 
-    Every rank holds the same full tensor, so each takes its own shard without communication.
+    Every rank holds the same full update, so each takes its own shard without communication.
     """
-    if isinstance(param, DTensor):
-        return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-    return full
+    if isinstance(param, DTensor) and not isinstance(update, DTensor):
+        return distribute_tensor(update, param.device_mesh, param.placements, src_data_rank=None)
+    return update
 
 
 def polar_cost(rows: int, cols: int) -> int:

@@ -237,7 +237,7 @@ class MatrixOptimizer(Optimizer):
                 param = group["params"][i]
                 for key, value in rule_state.items():
                     self.state[param][key].copy_(value[j])
-                yield group, i, param, like_param(U[j], param), group["lr"] * scale
+                yield group, i, param, U[j], group["lr"] * scale  # whole: _apply shards it
 
     def _adamw_updates(self, group: dict):
         for i, param in enumerate(group["params"]):
@@ -250,11 +250,13 @@ class MatrixOptimizer(Optimizer):
             yield group, i, param, direction, step_size
 
     def _apply(self, updates) -> None:
+        # Matrix directions arrive whole, so capturing or checking them needs no gather under
+        # FSDP2; each is sharded like its parameter only here. AdamW's already are.
         for group, index, param, direction, step_size in updates:
             if self.captured_updates is not None:
                 self.captured_updates[_param_label(group, index)] = whole(direction).detach().clone()
             param.mul_(1 - group["lr"] * group["weight_decay"])
-            param.add_(direction, alpha=-step_size)
+            param.add_(like_param(direction, param), alpha=-step_size)
 
     @staticmethod
     def _check_finite(what: str, tensors) -> None:
