@@ -3,7 +3,11 @@
 Importing this module registers it with lm-eval as "aurora-bench":
 
     import eval.adapter, lm_eval
-    lm_eval.simple_evaluate(model="aurora-bench", model_args="checkpoint=runs/x,batch_size=32", tasks=[...])
+    lm_eval.simple_evaluate(model="aurora-bench", model_args="pretrained=runs/x,batch_size=32", tasks=[...])
+
+`pretrained=` (lm-eval's own name for the model argument, from which it names result
+folders) and `checkpoint=` are the same argument. The tokenizer is the checkpoint's
+(its run's data.tokenizer: GPT-2 BPE or bytes).
 
 The command line is `python -m eval.lm_eval_cli` (lm-eval's own CLI with this
 module imported). Under torchrun every process builds one AuroraLM: it joins the
@@ -25,37 +29,44 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from eval.scoring import check_vocabulary, positive_int, score_continuations
-from model.tokenizer import EOT_TOKEN, get_tokenizer
-from train.checkpoint import CheckpointError, load_model, read_meta, resolve_checkpoint
+from model.tokenizer import get_tokenizer
+from train.checkpoint import CheckpointError, checkpoint_tokenizer, load_model, read_meta, resolve_checkpoint
+from train.config import PRECISIONS
 from train.dist import init_runtime
-from train.loop import PRECISIONS
 
 MODEL_NAME = "aurora-bench"
 
 
 @register_model(MODEL_NAME)
 class AuroraLM(TemplateLM):
-    """Log-likelihoods from a GPT with the GPT-2 tokenizer.
+    """Log-likelihoods from a GPT, with the tokenizer it was trained with.
 
-    Give `checkpoint` (a checkpoint directory, or a run directory: its newest
-    checkpoint), or `model` (an unwrapped GPT already on its device) with `max_length`.
-    max_length defaults to the checkpoint's training seq_len; longer contexts
-    are cut from the left.
+    Give `checkpoint` or its lm-eval spelling `pretrained` (a checkpoint directory, or a run
+    directory: its newest checkpoint), or `model` (an unwrapped GPT already on its device) with
+    `max_length` and `tokenizer`. max_length defaults to the checkpoint's training seq_len; longer
+    contexts are cut from the left (`contexts_cut` counts them). batch_size "auto" (or "auto:N",
+    lm-eval's spelling) picks the largest that fits: see `auto_batch_size`.
     """
 
     def __init__(
         self,
         checkpoint: str | os.PathLike | None = None,
         *,
+        pretrained: str | os.PathLike | None = None,
         model: torch.nn.Module | None = None,
+        tokenizer: str = "gpt2",
         max_length: int | None = None,
         batch_size: int | str = 32,
+        max_batch_size: int | None = None,
         device: str = "auto",
         precision: str = "auto",
     ):
         super().__init__()
+        if checkpoint is not None and pretrained is not None:
+            raise ValueError("give the checkpoint once: checkpoint=PATH or pretrained=PATH, not both")
+        checkpoint = checkpoint if checkpoint is not None else pretrained
         if (checkpoint is None) == (model is None):
-            raise ValueError("AuroraLM needs exactly one of checkpoint=PATH or model=GPT")
+            raise ValueError("AuroraLM needs exactly one of checkpoint=PATH (or pretrained=PATH) or model=GPT")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.checkpoint: Path | None = None
@@ -64,15 +75,18 @@ class AuroraLM(TemplateLM):
         if checkpoint is not None:
             self.checkpoint = resolve_checkpoint(checkpoint).resolve()
             model, self.config = load_model(self.checkpoint, init_runtime(device_kind(device)).device)
-            self.step = read_meta(self.checkpoint)["step"]
+            meta = read_meta(self.checkpoint)
+            self.step = meta["step"]
+            tokenizer = checkpoint_tokenizer(meta)
             max_length = max_length or training_seq_len(self.config, self.checkpoint)
         elif max_length is None:
             raise ValueError("AuroraLM(model=...) needs max_length (the training seq_len)")
-        check_vocabulary(model)
+        self.encoding = get_tokenizer(tokenizer)
+        check_vocabulary(model, self.encoding)
         self.model = model
         self.max_length = positive_int("max_length", max_length)
-        self.batch_size = positive_int("batch_size", batch_size)
-        self.encoding = get_tokenizer()
+        self.batch_size = resolve_batch_size(batch_size, max_batch_size, model, self.max_length)
+        self.contexts_cut = 0  # scored requests whose context was cut from the left to max_length
         self._device = next(model.parameters()).device
         # autocast_context's rule for "auto", resolved so that results record what ran
         self.precision = precision if precision != "auto" else ("bf16" if self._device.type == "cuda" else "fp32")
@@ -83,21 +97,23 @@ class AuroraLM(TemplateLM):
 
     @property
     def eot_token_id(self) -> int:
-        return EOT_TOKEN
+        return self.encoding.eot_token
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        # GPT-2 adds no BOS; "<|endoftext|>" in text is the special token, as with Hugging Face's GPT-2 tokenizer.
+        # No BOS; "<|endoftext|>" in text is the special token, as with Hugging Face's GPT-2 tokenizer.
         return self.encoding.encode(string, allowed_special="all")
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         scores = score_continuations(
             self.model,
             [(context, continuation) for _, context, continuation in requests],
+            tokenizer=self.encoding,
             max_length=self.max_length,
             batch_size=self.batch_size,
             precision=self.precision,
             progress=not disable_tqdm and self.rank == 0,
         )
+        self.contexts_cut += sum(score.context_cut for score in scores)
         return [(score.logprob, score.greedy) for score in scores]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -135,6 +151,40 @@ class AuroraLM(TemplateLM):
 
     def barrier(self) -> None:
         dist.barrier()
+
+
+AUTO_BATCH_CAP = 512  # the largest batch "auto" tries; lm-eval's --max_batch_size lowers it
+CPU_AUTO_BATCH = 32  # memory is not the limit on a CPU, and larger batches are no faster there
+
+
+def resolve_batch_size(batch_size: int | str, max_batch_size: int | None, model: torch.nn.Module, max_length: int) -> int:
+    """A positive int, or "auto" / "auto:N" (lm-eval's spellings; N re-tunes in lm-eval's own
+    models, here the batch is picked once) resolved by `auto_batch_size`."""
+    if isinstance(batch_size, str) and batch_size.split(":")[0] == "auto":
+        cap = positive_int("max_batch_size", max_batch_size) if max_batch_size is not None else AUTO_BATCH_CAP
+        return auto_batch_size(model, max_length, cap)
+    return positive_int("batch_size", batch_size)
+
+
+def auto_batch_size(model: torch.nn.Module, max_length: int, cap: int) -> int:
+    """The largest power of two up to `cap` whose full-length forward pass fits on a CUDA device
+    (tried largest first; the head on 32 positions a row, more than a multiple-choice ending
+    needs); min(32, cap) on a CPU, where memory is not the limit."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return min(CPU_AUTO_BATCH, cap)
+    size = 1 << (cap.bit_length() - 1)
+    while size > 1:
+        try:
+            with torch.no_grad():
+                hidden = model.hidden_states(torch.zeros(size, max_length, dtype=torch.long, device=device))
+                model.logits(hidden[:, -32:])
+            break
+        except torch.cuda.OutOfMemoryError:
+            size //= 2
+        finally:
+            torch.cuda.empty_cache()
+    return size
 
 
 def device_kind(device: str) -> str:

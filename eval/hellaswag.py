@@ -22,6 +22,12 @@ Scores, both in the output and clearly named:
            published with lm-eval.
   llmc     the llm.c / modded-nanoGPT completion style, computed here.
 
+limit=N scores N rows evenly spaced through the split (row i*len/N), the rows the in-training
+score uses with eval.hellaswag_examples=N, so the two are comparable (the split's first 3,243
+rows are all ActivityNet: its head is not a sample). With source=hub lm-eval takes its first N.
+Contexts longer than max_length (default: the run's train.seq_len) are cut from the left; the
+command prints how many.
+
 Output: <run>/eval/hellaswag.json, or hellaswag.2.json, hellaswag.3.json, ... when taken
 (an earlier result is never overwritten; each file records its checkpoint step). Sent to
 W&B as well when the run's wandb.mode is not disabled. See docs/eval.md.
@@ -37,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +52,7 @@ import torch
 import torch.distributed as dist
 
 from eval.scoring import mean_and_stderr, positive_int, predictions, score_continuations
-from model.tokenizer import cached_from_registry, sha256_of
+from model.tokenizer import cached_from_registry, get_tokenizer, sha256_of
 from train.cli import exit_code
 from train.corpus import hub_unreachable_reason
 from train.metrics import wandb_run_id
@@ -215,16 +222,22 @@ def lm_eval_style(lm: AuroraLM, rows: Sequence[dict[str, Any]]) -> list[Outcome]
     return outcomes
 
 
-def llmc_style(lm: AuroraLM, rows: Sequence[dict[str, Any]]) -> list[Outcome]:
+def llmc_style(lm: AuroraLM, rows: Sequence[dict[str, Any]], progress: bool = False) -> list[Outcome]:
     """llm.c's convention: raw ctx, each ending tokenised on its own as ' ' + ending."""
     requests = [
         (lm.tok_encode(row["ctx"]), lm.tok_encode(" " + ending)) for row in rows for ending in row["endings"]
     ]
-    scores = iter(
-        score_continuations(
-            lm.model, requests, max_length=lm.max_length, batch_size=lm.batch_size, precision=lm.precision
-        )
+    scored = score_continuations(
+        lm.model,
+        requests,
+        tokenizer=lm.encoding,
+        max_length=lm.max_length,
+        batch_size=lm.batch_size,
+        precision=lm.precision,
+        progress=progress and lm.rank == 0,
     )
+    lm.contexts_cut += sum(score.context_cut for score in scored)
+    scores = iter(scored)
     outcomes = []
     for row in rows:
         chosen = [next(scores) for _ in row["endings"]]
@@ -255,42 +268,50 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, float | None]:
 # --- during training -----------------------------------------------------------------
 
 
-def load_subset(n: int = 500, path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """A fixed subset for scoring during training: n rows evenly spaced through the file (all sources mixed)."""
-    rows = read_examples(path if path is not None else prepare_validation())
+def evenly_spaced(rows: Sequence[Any], n: int) -> list[Any]:
+    """n rows evenly spaced through `rows` (row i*len/n), all of them when n >= len: the split's
+    sources (ActivityNet first, then WikiHow) mixed as in the whole."""
     n = min(positive_int("n", n), len(rows))
     return [rows[i * len(rows) // n] for i in range(n)]
+
+
+def load_subset(n: int = 500, path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """A fixed subset for scoring during training: n rows evenly spaced through the file."""
+    return evenly_spaced(read_examples(path if path is not None else prepare_validation()), n)
+
+
+# Each metric under its convention's name; no bare "acc_norm", which llm.c users and lm-eval users read differently.
+QUICK_SCORE_KEYS = (
+    "hellaswag_lm_eval_acc", "hellaswag_lm_eval_acc_norm", "hellaswag_llmc_acc", "hellaswag_llmc_acc_norm", "hellaswag_n"
+)
 
 
 def quick_score(
     model: torch.nn.Module,
     examples: Sequence[dict[str, Any]],
     *,
+    tokenizer: str,
     max_length: int,
     batch_size: int = 32,
     precision: str = "auto",
 ) -> dict[str, float | int]:
-    """Both conventions on `examples` with an in-memory model, as flat metrics for metrics.jsonl.
-
-    Under torch.distributed every rank must call it: each scores its share, all get the result.
+    """Both conventions on `examples` with an in-memory model, as flat metrics for metrics.jsonl
+    (the QUICK_SCORE_KEYS). Under torch.distributed every rank must call it: each scores its
+    share, all get the result.
     """
     from eval.adapter import AuroraLM
 
     was_training = model.training
     model.eval()
     try:
-        lm = AuroraLM(model=model, max_length=max_length, batch_size=batch_size, precision=precision)
+        lm = AuroraLM(model=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, precision=precision)
         lm_eval_scores = summarize(on_ranks(lm, examples, lm_eval_style))
         llmc_scores = summarize(on_ranks(lm, examples, llmc_style))
     finally:
         model.train(was_training)
-    return {
-        "hellaswag_acc": lm_eval_scores["acc"],
-        "hellaswag_acc_norm": lm_eval_scores["acc_norm"],
-        "hellaswag_llmc_acc": llmc_scores["acc"],
-        "hellaswag_llmc_acc_norm": llmc_scores["acc_norm"],
-        "hellaswag_n": len(examples),
-    }
+    return dict(zip(QUICK_SCORE_KEYS, (
+        lm_eval_scores["acc"], lm_eval_scores["acc_norm"], llmc_scores["acc"], llmc_scores["acc_norm"], len(examples)
+    )))
 
 
 # --- the full evaluation through lm-eval -------------------------------------------
@@ -330,16 +351,44 @@ def lm_eval_task(source: DataSource, workdir: Path):
     return LOCAL_TASK, TaskManager(include_path=str(workdir), include_defaults=False)
 
 
+def subset_file(source: DataSource, limit: int | None, workdir: Path) -> DataSource:
+    """The source itself, or with `limit` a local source of its evenly spaced rows (the hub's
+    rows are lm-eval's to pick: it takes the first `limit`)."""
+    if limit is None or source.kind == "hub":
+        return source
+    path = workdir / "hellaswag_subset.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in evenly_spaced(read_examples(source.path), limit)))
+    return DataSource("local", path)
+
+
+def total_over_ranks(lm: AuroraLM, value: int) -> int:
+    if lm.world_size == 1:
+        return value
+    gathered: list[int] = [0] * lm.world_size
+    dist.all_gather_object(gathered, value)
+    return sum(gathered)
+
+
 def evaluate_hellaswag(lm: AuroraLM, source: DataSource, limit: int | None = None) -> dict[str, Any] | None:
-    """Both scores of `lm` on the first `limit` examples (all by default). Every rank calls it; rank 0 gets the result."""
+    """Both scores of `lm` on `limit` evenly spaced examples (all by default). Every rank calls
+    it; rank 0 gets the result."""
     import lm_eval
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        task_name, manager = lm_eval_task(source, Path(workdir))
+        scored = subset_file(source, limit, Path(workdir))
+        lm_eval_limit = limit if scored.kind == "hub" else None
+        task_name, manager = lm_eval_task(scored, Path(workdir))
         task = manager.load([task_name])["tasks"][task_name]
-    results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=False)
-    llmc = summarize(on_ranks(lm, list(islice(task.eval_docs, limit)), llmc_style))
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=[task], task_manager=manager, limit=lm_eval_limit, log_samples=False
+        )
+        cut_lm_eval = total_over_ranks(lm, lm.contexts_cut)
+        docs = list(islice(task.eval_docs, lm_eval_limit))
+    if lm.rank == 0:
+        print(f"llm.c-style score of {len(docs):,} examples", file=sys.stderr, flush=True)
+    llmc = summarize(on_ranks(lm, docs, partial(llmc_style, progress=True)))
+    cut_llmc = total_over_ranks(lm, lm.contexts_cut) - cut_lm_eval
     if results is None:  # lm-eval returns its results on rank 0 only
         return None
     metrics = results["results"][task_name]
@@ -349,6 +398,9 @@ def evaluate_hellaswag(lm: AuroraLM, source: DataSource, limit: int | None = Non
         "step": lm.step,
         "n": results["n-samples"][task_name]["effective"],
         "limit": limit,
+        "rows": "all" if limit is None else (
+            f"lm-eval's first {limit} (source=hub)" if source.kind == "hub" else f"{limit} evenly spaced (row i*len/{limit})"
+        ),
         "data_source": source.describe(),
         "scores": {
             "lm_eval": {
@@ -358,7 +410,10 @@ def evaluate_hellaswag(lm: AuroraLM, source: DataSource, limit: int | None = Non
             "llmc": {"convention": LLMC_CONVENTION, **llmc},
         },
         "settings": {
+            "tokenizer": lm.encoding.name,
             "max_length": lm.max_length,
+            # requests whose context was cut from the left to max_length (4 per example)
+            "contexts_cut": {"lm_eval": cut_lm_eval, "llmc": cut_llmc, "requests_per_convention": 4 * len(docs)},
             "batch_size": lm.batch_size,
             "precision": lm.precision,
             "device": str(lm.device),
@@ -503,11 +558,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         read_examples(data_path)
         print(write_local_task(data_path, options["out"]))
         return 0
-    path = run(args.target, parse_options(args.options, allowed=RUN_OPTIONS))
+    options = parse_options(args.options, allowed=RUN_OPTIONS)
+    path = run(args.target, options)
     if path is not None:
         result = json.loads(path.read_text())
+        settings = result["settings"]
+        origin = "given" if "max_length" in options else "the run's train.seq_len"
+        cut = settings["contexts_cut"]
+        print(
+            f"max_length {settings['max_length']} ({origin}): contexts cut from the left in {cut['lm_eval']:,} "
+            f"(lm_eval) and {cut['llmc']:,} (llmc) of {cut['requests_per_convention']:,} requests each"
+        )
         for name, score in result["scores"].items():
-            print(f"{name:8s} acc {score['acc']:.4f}  acc_norm {score['acc_norm']:.4f}  (n={result['n']})")
+            print(f"{name:8s} acc {score['acc']:.4f}  acc_norm {score['acc_norm']:.4f}  (n={result['n']}, {result['rows']} rows)")
         print(f"wrote {path}")
     return 0
 

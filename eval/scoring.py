@@ -4,9 +4,11 @@
 continuation's summed log-probability: one forward pass per distinct pair,
 pairs sorted by length and batched with right padding (causal attention keeps
 the real positions blind to it), the output head run only where a continuation
-token is predicted. Contexts are cut from the left to the model's length;
-continuations are never cut. Only the real GPT-2 vocabulary takes part in the
-softmax, not the padding rows of the output layer.
+token is predicted. Contexts are cut from the left to the model's length
+(each score says whether its context was); continuations are never cut. Only the
+tokenizer's real vocabulary takes part in the softmax, not the padding rows of
+the output layer. Log-likelihood does not care how text is tokenized, so a
+byte-level model scores the same tasks as a GPT-2 one.
 
 The lm-eval adapter (eval/adapter.py) and the in-process HellaSwag scores
 (eval/hellaswag.py) both go through here. No lm-eval import.
@@ -20,7 +22,6 @@ from typing import NamedTuple
 
 import torch
 
-from model.tokenizer import EOT_TOKEN, VOCAB_SIZE
 from train.dist import autocast_context
 
 
@@ -28,6 +29,7 @@ class ContinuationScore(NamedTuple):
     logprob: float  # summed log-probability of the continuation's tokens
     n_tokens: int
     greedy: bool  # every continuation token is the model's most likely next token
+    context_cut: bool  # the context was cut from the left to fit max_length
 
 
 # (context + continuation cut to max_length + 1 tokens, continuation length):
@@ -52,11 +54,11 @@ def make_window(context: Sequence[int], continuation: Sequence[int], max_length:
     return (tuple(context) + tuple(continuation))[-(max_length + 1) :], len(continuation)
 
 
-def check_vocabulary(model: torch.nn.Module) -> None:
-    if model.config.vocab_size < VOCAB_SIZE:
+def check_vocabulary(model: torch.nn.Module, tokenizer) -> None:
+    if model.config.vocab_size < tokenizer.n_vocab:
         raise ValueError(
-            f"the model's vocabulary ({model.config.vocab_size}) does not cover GPT-2's {VOCAB_SIZE} tokens; "
-            "HellaSwag needs a model trained on GPT-2 tokens"
+            f"the model's vocabulary ({model.config.vocab_size}) does not cover the {tokenizer.n_vocab} ids of its "
+            f"tokenizer {tokenizer.name!r}; was it trained with another data.tokenizer?"
         )
 
 
@@ -65,13 +67,15 @@ def score_continuations(
     model: torch.nn.Module,
     requests: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
+    tokenizer,
     max_length: int,
     batch_size: int,
     precision: str = "auto",
     progress: bool = False,
 ) -> list[ContinuationScore]:
-    """The score of each (context, continuation) pair, in the order given (a model over GPT-2's vocabulary)."""
+    """The score of each (context, continuation) pair of `tokenizer`'s ids, in the order given."""
     windows = [make_window(context, continuation, max_length) for context, continuation in requests]
+    cut = [len(context) + len(continuation) > max_length + 1 for context, continuation in requests]
     # Identical requests (lm-eval pads uneven ranks with copies) are scored once.
     # Longest first: similar lengths share a batch, and running out of memory shows at once.
     distinct = sorted(set(windows), key=lambda w: (-len(w[0]), w))
@@ -80,16 +84,17 @@ def score_continuations(
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="scoring", unit="batch")
-    scores: dict[Window, ContinuationScore] = {}
+    scores: dict[Window, tuple[float, int, bool]] = {}
     for batch in batches:
-        scores.update(zip(batch, _score_batch(model, batch, precision)))
-    return [scores[w] for w in windows]
+        scores.update(zip(batch, _score_batch(model, batch, precision, tokenizer)))
+    return [ContinuationScore(*scores[w], context_cut) for w, context_cut in zip(windows, cut)]
 
 
-def _score_batch(model: torch.nn.Module, batch: Sequence[Window], precision: str) -> list[ContinuationScore]:
+def _score_batch(model: torch.nn.Module, batch: Sequence[Window], precision: str, tokenizer) -> list[tuple[float, int, bool]]:
+    """(logprob, n_tokens, greedy) of each window."""
     device = next(model.parameters()).device
     width = max(len(tokens) for tokens, _ in batch) - 1
-    inputs = torch.full((len(batch), width), EOT_TOKEN, dtype=torch.long)
+    inputs = torch.full((len(batch), width), tokenizer.eot_token, dtype=torch.long)
     rows, positions, targets = [], [], []
     for row, (tokens, n) in enumerate(batch):
         inputs[row, : len(tokens) - 1] = torch.tensor(tokens[:-1])
@@ -98,15 +103,15 @@ def _score_batch(model: torch.nn.Module, batch: Sequence[Window], precision: str
         targets += tokens[len(tokens) - n :]
     rows_t, positions_t = torch.tensor(rows, device=device), torch.tensor(positions, device=device)
     with autocast_context(precision, device):
-        # The 50k-wide head is most of a small model's cost; run it only where a continuation token is predicted.
+        # A 50k-wide head is most of a small model's cost; run it only where a continuation token is predicted.
         logits = model.logits(model.hidden_states(inputs.to(device))[rows_t, positions_t])
-    picked = logits[:, :VOCAB_SIZE].float().log_softmax(-1)
+    picked = logits[:, : tokenizer.n_vocab].float().log_softmax(-1)
     targets_t = torch.tensor(targets, device=device)
     token_logprobs = picked.gather(1, targets_t[:, None]).squeeze(1).double().cpu()
     token_greedy = (picked.argmax(-1) == targets_t).cpu()
     lengths = [n for _, n in batch]
     return [
-        ContinuationScore(logprob.sum().item(), n, bool(greedy.all()))
+        (logprob.sum().item(), n, bool(greedy.all()))
         for logprob, greedy, n in zip(token_logprobs.split(lengths), token_greedy.split(lengths), lengths)
     ]
 

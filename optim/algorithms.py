@@ -35,7 +35,7 @@ class NorMuon(MatrixOptimizer):
     def __init__(
         self, params, lr: float = 0.025, weight_decay: float = 0.05, beta2: float = 0.95, eps: float = 1e-10, **kwargs
     ):
-        super().__init__(params, lr=lr, weight_decay=weight_decay, beta2=beta2, eps=eps, **kwargs)
+        super().__init__(params, lr=lr, weight_decay=weight_decay, rule_options=dict(beta2=beta2, eps=eps), **kwargs)
 
     def check_rule_options(self, group):
         require(is_number(group["beta2"]) and 0 <= group["beta2"] < 1, "beta2", group["beta2"], "in [0, 1)")
@@ -98,16 +98,18 @@ class Aurora(MatrixOptimizer):
             params,
             lr=lr,
             weight_decay=weight_decay,
-            variant=variant,
-            apply_to=apply_to,
-            pp_iterations=pp_iterations,
-            pp_beta=pp_beta,
-            pp_eps=pp_eps,
-            pp_warm_start=pp_warm_start,
-            riemannian_outer_steps=riemannian_outer_steps,
-            riemannian_cg_steps=riemannian_cg_steps,
-            riemannian_step_size=riemannian_step_size,
-            riemannian_retraction_rounds=riemannian_retraction_rounds,
+            rule_options=dict(
+                variant=variant,
+                apply_to=apply_to,
+                pp_iterations=pp_iterations,
+                pp_beta=pp_beta,
+                pp_eps=pp_eps,
+                pp_warm_start=pp_warm_start,
+                riemannian_outer_steps=riemannian_outer_steps,
+                riemannian_cg_steps=riemannian_cg_steps,
+                riemannian_step_size=riemannian_step_size,
+                riemannian_retraction_rounds=riemannian_retraction_rounds,
+            ),
             **kwargs,
         )
 

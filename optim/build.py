@@ -1,5 +1,6 @@
 """build_optimizer: a config from conf/optim/<name>.yaml plus a model → one optimizer object."""
 
+import re
 from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
@@ -74,4 +75,10 @@ def build_optimizer(cfg, model: nn.Module) -> Optimizer:
                 f"optim.matrix.{key} must be {value!r} for optim.name={name!r}, got {matrix_options[key]!r}"
             )
     groups.insert(0, {**_named(assigned["matrix"]), "kind": "matrix", "name": "matrix"})
-    return optimizer_class(groups, **matrix_options, **object_options)
+    try:
+        return optimizer_class(groups, **matrix_options, **object_options)
+    except TypeError as err:  # a keyword the class does not take: an option of another optimizer
+        foreign = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if foreign is None:
+            raise
+        raise ValueError(f"optim.matrix.{foreign.group(1)} is not an option of {name}; remove it") from None

@@ -67,7 +67,8 @@ class MatrixOptimizer(Optimizer):
         lr_scale: "original" or "match_rms_adamw" (see `lr_scale_factor`).
         compile: torch.compile the update-direction function.
         debug: check every gradient and update for NaN/inf (synchronises; off by default).
-        **rule_options: the subclass's own hyperparameters, stored in every matrix group.
+        rule_options: the subclass's own hyperparameters, stored in every matrix group. Any other
+            keyword is refused (TypeError), so a misspelt or foreign option never passes silently.
     """
 
     default_kind = MATRIX
@@ -85,7 +86,7 @@ class MatrixOptimizer(Optimizer):
         lr_scale: str = "original",
         compile: bool = False,
         debug: bool = False,
-        **rule_options,
+        rule_options: dict | None = None,
     ):
         require(isinstance(compile, bool), "compile", compile, "a bool")
         require(isinstance(debug, bool), "debug", debug, "a bool")
@@ -98,7 +99,7 @@ class MatrixOptimizer(Optimizer):
             ns_steps=ns_steps,
             ns_dtype=ns_dtype,
             lr_scale=lr_scale,
-            **rule_options,
+            **(rule_options or {}),
         )
         self.debug = debug
         # Set to a dict before step() to receive every parameter's update direction (whole,

@@ -10,21 +10,16 @@ import math
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from model import build_model
 from optim import build_optimizer
+from train.config import accumulation_steps, compose_config
 from train.data import TokenLoader, resolve_shards
 from train.diagnostics import NeuronDiagnostics
 from train.dist import set_determinism
-from train.loop import accumulation_steps
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def benchmark_overhead(cfg: dict[str, Any], steps: int) -> dict[str, float]:
@@ -77,8 +72,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps (half with a diagnostic; the first is a warm-up)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: experiment=neuron_death)")
     args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = OmegaConf.to_container(compose("config", overrides=["experiment=neuron_death", *args.overrides]), resolve=True)
+    cfg = compose_config(["experiment=neuron_death", *args.overrides])
     result = benchmark_overhead(cfg, args.steps)
     model = cfg["model"]
     print(

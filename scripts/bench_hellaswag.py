@@ -5,8 +5,8 @@
 
 Times evaluate_hellaswag, the whole `python -m eval.hellaswag` route less the
 checkpoint load: lm-eval's hellaswag task on the local validation file (both
-scores: lm-eval's through lm-eval, then the llm.c style), on the first
---examples rows. A warm-up on 8 rows keeps imports and dataset caching out of the
+scores: lm-eval's through lm-eval, then the llm.c style), on --examples evenly
+spaced rows. A warm-up on 8 rows keeps imports and dataset caching out of the
 timing. Data: --data FILE, else the registry copy (prepared on first use).
 The GPU target is `--model gpt124m --examples 10042 --device cuda`: under 60 s.
 """
@@ -21,11 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from eval.adapter import AuroraLM  # noqa: E402
 from eval.hellaswag import DataSource, evaluate_hellaswag, prepare_validation, read_examples  # noqa: E402
 from model import build_model  # noqa: E402
+from train.config import model_preset  # noqa: E402
 from train.dist import pick_device  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     source = DataSource("local", args.data.resolve()) if args.data else DataSource("registry", prepare_validation())
     read_examples(source.path)
-    model_cfg = yaml.safe_load((REPO / "conf" / "model" / f"{args.model}.yaml").read_text())
+    model_cfg = model_preset(args.model)
     torch.manual_seed(0)
     model = build_model(model_cfg).to(pick_device(args.device, 0)).eval()
     lm = AuroraLM(model=model, max_length=args.max_length, batch_size=args.batch_size, precision=args.precision)

@@ -1,9 +1,12 @@
-"""Training throughput: tokens/s of one full step (forward, backward, optimizer step).
+"""Training throughput (forward, backward, optimizer step) of model presets, per data tokenizer.
 
-    python scripts/bench_train.py --model tiny gpt124m --optim adamw --steps 3
+    python scripts/bench_train.py                                      # tiny on GPT-2 tokens and on bytes
+    python scripts/bench_train.py --model gpt124m --data fineweb10b --optim adamw aurora --device cuda
 
-Times `--steps` steps after one warm-up step on random tokens, and prints the
-median. Record results in docs/benchmarks.md with the command, machine and date.
+Each row times `--steps` steps of one micro-batch after a warm-up step (median), on random token
+ids of the data config's tokenizer: a preset's vocabulary, and so its output layer, follows the
+data (50,304 for GPT-2, 320 for bytes). With several --data, the last column compares each row
+with the first data's row of the same model and optimizer, measured in this same run.
 """
 
 from __future__ import annotations
@@ -12,27 +15,22 @@ import argparse
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
-import yaml
 
 from model import build_model
+from model.tokenizer import get_tokenizer
 from optim import build_optimizer
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
-
-
-def load_yaml(group: str, name: str) -> dict:
-    return yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+from train.config import compose_config
 
 
-def time_steps(model_name: str, optim_name: str, micro_batch: int, seq_len: int, steps: int, device: str) -> dict:
+def time_steps(model_name: str, data: str, optim_name: str, micro_batch: int, seq_len: int, steps: int, device: str) -> dict:
+    cfg = compose_config([f"model={model_name}", f"data={data}", f"optim={optim_name}"])
     torch.manual_seed(0)
-    model_cfg = load_yaml("model", model_name)
-    model = build_model(model_cfg).to(device)
-    optimizer = build_optimizer(load_yaml("optim", optim_name), model)
-    tokens = torch.randint(0, 50257, (micro_batch, seq_len + 1), device=device)
+    model = build_model(cfg["model"]).to(device)
+    optimizer = build_optimizer(cfg["optim"], model)
+    n_vocab = get_tokenizer(cfg["data"]["tokenizer"]).n_vocab
+    tokens = torch.randint(0, n_vocab, (micro_batch, seq_len + 1), device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     times = []
@@ -50,6 +48,7 @@ def time_steps(model_name: str, optim_name: str, micro_batch: int, seq_len: int,
     step_s = statistics.median(times[1:])
     return {
         "model": model_name,
+        "data": f"{data} ({cfg['data']['tokenizer']}, vocab {cfg['model']['vocab_size']:,})",
         "params": sum(p.numel() for p in model.parameters()),
         "optim": optim_name,
         "batch": f"{micro_batch}x{seq_len}",
@@ -60,21 +59,29 @@ def time_steps(model_name: str, optim_name: str, micro_batch: int, seq_len: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", default=["tiny", "gpt124m"])
+    parser.add_argument("--model", nargs="+", default=["tiny"])
+    parser.add_argument("--data", nargs="+", default=["shakespeare", "shakespeare_bytes"], help="conf/data options")
     parser.add_argument("--optim", nargs="+", default=["adamw"])
-    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.device}")
-    print("| model | params | optimizer | batch | step (s) | tokens/s |")
-    print("|---|---:|---|---|---:|---:|")
+    print(f"| model | data | params | optimizer | batch | step (s) | tokens/s | vs {args.data[0]} |")
+    print("|---|---|---:|---|---|---:|---:|---:|")
     for model_name in args.model:
         for optim_name in args.optim:
-            r = time_steps(model_name, optim_name, args.micro_batch, args.seq_len, args.steps, args.device)
-            print(f"| {r['model']} | {r['params']:,} | {r['optim']} | {r['batch']} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} |", flush=True)
+            first = None
+            for data in args.data:
+                r = time_steps(model_name, data, optim_name, args.micro_batch, args.seq_len, args.steps, args.device)
+                first = first or r["tokens_per_s"]
+                print(
+                    f"| {r['model']} | {r['data']} | {r['params']:,} | {r['optim']} | {r['batch']} | {r['step_s']:.3f} | "
+                    f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / first:.1f}x |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -15,29 +15,26 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from pathlib import Path
 
 import torch
-import yaml
 
 from model import build_model
 from optim.distributed import owners_by_stack, polar_cost, rank_totals
 from optim.groups import assign_groups
 from train.cli import exit_code
+from train.config import group_options, model_preset
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 FP32_BYTES = 4
 
 
 def matrix_stacks(model_name: str) -> tuple[list[tuple[int, int, int]], int]:
     """(count, rows, cols) of each same-shape stack of the matrix group, in model order, and
     the model's parameter count; the model is built on the meta device (no memory)."""
-    path = CONF / "model" / f"{model_name}.yaml"
-    if not path.is_file():
-        presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
+    presets = group_options("model")
+    if model_name not in presets:
         raise ValueError(f"--model must be one of {presets}, got {model_name!r}")
     with torch.device("meta"):
-        model = build_model(yaml.safe_load(path.read_text()))
+        model = build_model(model_preset(model_name))
     shapes = Counter(tuple(param.shape) for _, param in assign_groups(model)["matrix"])
     return [(count, rows, cols) for (rows, cols), count in shapes.items()], sum(p.numel() for p in model.parameters())
 

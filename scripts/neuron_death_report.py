@@ -26,12 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from eval.plots import pyplot, save_figure
+from eval.runs import Run, label_runs, load_runs, optimizer_rank
 from train.cli import exit_code
 from train.diagnostics import LEVERAGE_HIST_EDGES, LOW_LEVERAGE_THRESHOLD
-from train.metrics import read_metrics, summarize_run
-from train.rundir import flatten
 
 TABLE_STEPS = (100, 500)
 HISTOGRAM_STEP = 500
@@ -42,98 +40,29 @@ STARVED_DOWN = "diag/mlp.down/starved_frac"
 LEVERAGE_CV_UP = "diag/mlp.up/leverage_cv"
 LEVERAGE_HIST_UP = "diag/mlp.up/leverage_hist"
 ROW_NORM_MIN_UP = re.compile(r"diag/blocks\.\d+\.mlp\.up/weight_row_norm_rel_min")
-OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
-# Config keys that never distinguish two runs in the table: they have their own columns, or they
-# cannot change what a run measures.
-OWN_COLUMNS = ("seed", "optim.name", "model.mlp_expansion")
-NOT_SETTINGS = (
-    "out_dir", "wandb.", "eval.", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "diagnostics.histogram_steps",
-)
+OWN_COLUMNS = ("model.mlp_expansion",)  # its own column, so never a "setting"
 
 
-class NotARunDir(ValueError):
-    pass
+def variant(run: Run) -> str:
+    """The settings that set this run apart from other runs of its optimizer (its label, less the optimizer)."""
+    return run.label.removeprefix(run.optimizer).strip()
 
 
-class Run:
-    """One run directory: its config, metrics records and summary (train/metrics.py)."""
-
-    def __init__(self, path: Path, config: dict[str, Any], records: list[dict[str, Any]], summary: dict[str, Any]):
-        self.path, self.config, self.records, self.summary = path, config, records, summary
-        self.variant = ""  # the settings that set this run apart from others of its optimizer (varied_settings)
-
-    @property
-    def optimizer(self) -> str:
-        return self.config["optim"]["name"]
-
-    @property
-    def expansion(self) -> float:
-        return float(self.config["model"]["mlp_expansion"])
-
-    @property
-    def seed(self) -> int:
-        return self.config["seed"]
-
-    @property
-    def label(self) -> str:
-        return " ".join(filter(None, (self.optimizer, f"seed {self.seed}", self.variant)))
-
-    @property
-    def replicate_key(self) -> tuple:
-        """Runs with equal keys differ only in their seed."""
-        return (self.expansion, *optimizer_rank(self.optimizer), self.variant, self.summary["steps"])
-
-    def series(self, key: str) -> list[tuple[int, Any]]:
-        return [(r["step"], r[key]) for r in self.records if key in r]
-
-    def near(self, key: str, step: int | None) -> tuple[int, Any] | None:
-        """(logged step, value) of `key` at the logged step nearest `step` (None: the last one);
-        None when never logged or when the run ended before `step`."""
-        points = self.series(key)
-        if not points or (step is not None and step > self.records[-1]["step"]):
-            return None
-        if step is None:
-            return points[-1]
-        return min(points, key=lambda point: abs(point[0] - step))
+def plot_label(run: Run) -> str:
+    return " ".join(filter(None, (run.optimizer, f"seed {run.seed}", variant(run))))
 
 
-def load_run(path: Path) -> Run:
-    missing = [name for name in ("config.yaml", "metrics.jsonl") if not (path / name).is_file()]
-    if missing:
-        raise NotARunDir(f"{path} is not a run directory: it has no {' or '.join(missing)}")
-    records = read_metrics(path)
-    if not records:
-        raise NotARunDir(f"{path} is a run directory that has logged no step yet")
-    return Run(path, yaml.safe_load((path / "config.yaml").read_text()), records, summarize_run(path))
-
-
-def optimizer_rank(name: str) -> tuple[int, str]:
-    return (OPTIMIZER_ORDER.index(name) if name in OPTIMIZER_ORDER else len(OPTIMIZER_ORDER), name)
+def replicate_key(run: Run) -> tuple:
+    """Runs with equal keys differ only in their seed."""
+    return (run.expansion, *optimizer_rank(run.optimizer), variant(run), run.steps)
 
 
 def sort_key(run: Run) -> tuple:
-    return (*run.replicate_key, run.seed)
+    return (*replicate_key(run), run.seed)
 
 
-def varied_settings(runs: list[Run]) -> list[str]:
-    """Config keys whose value differs between two runs of the same optimizer; sets each run's
-    `variant` to those keys' values under their last name when that is unambiguous, e.g.
-    "lr=0.1" for optim.matrix.lr (the report's settings list gives the full keys)."""
-    flat = [flatten(run.config) for run in runs]
-    candidates = sorted({key for config in flat for key in config if not key.startswith(NOT_SETTINGS) and key not in OWN_COLUMNS})
-    varied = []
-    for key in candidates:
-        seen: dict[str, set[str]] = {}
-        for run, config in zip(runs, flat):
-            seen.setdefault(run.optimizer, set()).add(repr(config.get(key, "-")))
-        if any(len(found) > 1 for found in seen.values()):
-            varied.append(key)
-    last = [key.rsplit(".", 1)[-1] for key in varied]
-    shown = last if len(set(last)) == len(last) else varied
-    for run, config in zip(runs, flat):
-        run.variant = ", ".join(f"{name}={config.get(key, '-')}" for name, key in zip(shown, varied))
-    return varied
+def final_loss(run: Run) -> str:
+    return "-" if run.final_val_loss is None else f"{run.final_val_loss:.4f}"
 
 
 def cell(run: Run, key: str, step: int | None = None) -> str:
@@ -160,7 +89,7 @@ def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
 
 
 def identity_cells(run: Run, with_variant: bool) -> list[str]:
-    return [run.optimizer, f"{run.expansion:g}"] + ([run.variant] if with_variant else [])
+    return [run.optimizer, f"{run.expansion:g}"] + ([variant(run)] if with_variant else [])
 
 
 def identity_header(with_variant: bool) -> list[str]:
@@ -179,15 +108,14 @@ def markdown_table(runs: list[Run], with_variant: bool) -> str:
     )
     rows = []
     for run in runs:
-        val = run.summary["final_val_loss"]
         row = (
             identity_cells(run, with_variant)
-            + [str(run.seed), str(run.summary["steps"])]
+            + [str(run.seed), str(run.steps)]
             + [cell(run, DEAD, s) for s in TABLE_STEPS]
             + [cell(run, DEAD), cell(run, NEARLY_DEAD)]
             + [cell(run, STARVED_UP, s) for s in TABLE_STEPS]
             + [cell(run, STARVED_UP), cell(run, STARVED_DOWN), cell(run, LEVERAGE_CV_UP), up_row_norm_min(run)]
-            + ["-" if val is None else f"{val:.4f}", f"{run.summary['tokens_per_s']:,.0f}"]
+            + [final_loss(run), f"{run.median('tokens_per_s') or 0:,.0f}"]
         )
         rows.append(row)
     return markdown_rows(header, rows)
@@ -206,7 +134,7 @@ def seed_table(runs: list[Run], with_variant: bool) -> str | None:
     when no group has two seeds."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        groups.setdefault(run.replicate_key, []).append(run)
+        groups.setdefault(replicate_key(run), []).append(run)
     if all(len(group) < 2 for group in groups.values()):
         return None
 
@@ -218,10 +146,10 @@ def seed_table(runs: list[Run], with_variant: bool) -> str | None:
     ]
     rows = []
     for group in groups.values():
-        losses = [run.summary["final_val_loss"] for run in group if run.summary["final_val_loss"] is not None]
+        losses = [run.final_val_loss for run in group if run.final_val_loss is not None]
         rows.append(
             identity_cells(group[0], with_variant)
-            + [str(group[0].summary["steps"]), ", ".join(str(run.seed) for run in group)]
+            + [str(group[0].steps), ", ".join(str(run.seed) for run in group)]
             + [spread(at_end(group, key), 3) for key in (DEAD, NEARLY_DEAD, STARVED_UP, LEVERAGE_CV_UP)]
             + [spread(losses, 4)]
         )
@@ -264,7 +192,7 @@ def settings(runs: list[Run], varied: list[str]) -> str:
             f"MLP expansion {values(runs, lambda r: r.expansion)}; seeds {of('seed')}",
             f"- model {of('model', 'name')}: d_model {of('model', 'd_model')}, {of('model', 'n_layer')} layers, "
             f"activation {of('model', 'activation')}",
-            f"- {values(runs, lambda r: r.summary['steps'])} steps of {of('train', 'batch_tokens')} tokens "
+            f"- {values(runs, lambda r: r.steps)} steps of {of('train', 'batch_tokens')} tokens "
             f"({of('train', 'micro_batch')} x {of('train', 'seq_len')}); data {of('data', 'name')}, "
             f"val on {of('data', 'val_tokens')} tokens",
             f"- diagnostics every {of('diagnostics', 'every')} steps on {of('diagnostics', 'probe_tokens')} probe "
@@ -286,22 +214,10 @@ LEGEND = f"""\
 - A value "x (@s)" was logged at diagnostic step s, the one nearest the column's step."""
 
 
-def save_figure(fig, path: Path) -> None:
-    """Grid on every axis, then write the PNG and free the figure."""
-    import matplotlib.pyplot as plt
-
-    for ax in fig.axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
 def plot_death(runs: list[Run], path: Path) -> None:
     """Exactly-dead, nearly-dead and starved fractions against step: one row of panels per
     expansion, one line per run (a run without a metric, e.g. exact death under SwiGLU, has no line)."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     expansions = sorted({run.expansion for run in runs})
     styles = run_styles(runs)
     panels = (
@@ -316,7 +232,7 @@ def plot_death(runs: list[Run], path: Path) -> None:
                 points = run.series(key)
                 if points:
                     steps, fracs = zip(*points)
-                    ax.plot(steps, fracs, **styles[run.path], label=run.label, alpha=0.85)
+                    ax.plot(steps, fracs, **styles[run.path], label=plot_label(run), alpha=0.85)
         for ax, (_, title) in zip(row, panels):
             ax.set_title(f"MLP x{expansion:g}: {title}", fontsize=9)
             ax.set_xlabel("step")
@@ -333,8 +249,7 @@ def plot_death(runs: list[Run], path: Path) -> None:
 
 
 def plot_leverage_histograms(runs: list[Run], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     expansions = sorted({run.expansion for run in runs})
     styles = run_styles(runs)
     # The open end bins get a finite width on the log axis: [0, 1e-3) drawn from 10^-3.25, the last to 10^1.75.
@@ -349,7 +264,7 @@ def plot_leverage_histograms(runs: list[Run], path: Path) -> None:
             total = sum(counts)
             style = styles[run.path]
             ax.stairs([c / total for c in counts], edges, color=style["color"], linestyle=style["linestyle"],
-                      label=f"{run.label} (step {step})")
+                      label=f"{plot_label(run)} (step {step})")
         ax.axvline(LOW_LEVERAGE_THRESHOLD, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("update leverage / (n/m)  (dashed: starvation threshold)")
@@ -367,8 +282,7 @@ def run_styles(runs: list[Run]) -> dict[Path, dict[str, Any]]:
     """Plot style of each run (by path): a color per optimizer, and a line style and marker per
     run among those of its optimizer and expansion (one panel's lines), in table order, so that
     seeds and settings of one optimizer stay apart and seed 0 looks the same in every panel."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = sorted({run.optimizer for run in runs}, key=optimizer_rank)
     palette = plt.get_cmap("tab10")
     styles: dict[Path, dict[str, Any]] = {}
@@ -386,16 +300,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (config.yaml + metrics.jsonl)")
     parser.add_argument("--out", type=Path, required=True, help="where the table and plots go")
     args = parser.parse_args(argv)
-    runs = [load_run(path) for path in args.run_dirs]
-    varied = varied_settings(runs)
+    loaded = load_runs(args.run_dirs)
+    left_out = [run for run in loaded if not run.records]
+    runs = [run for run in loaded if run.records]
+    if not runs:
+        raise ValueError("no run has logged a step: " + "; ".join(f"{run.path}: {', '.join(run.problems)}" for run in loaded))
+    varied = label_runs(runs, OWN_COLUMNS)
     with_variant = bool(varied)
     runs.sort(key=sort_key)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
     args.out.mkdir(parents=True, exist_ok=True)
     report = f"# Neuron death\n\n{settings(runs, varied)}\n\n{markdown_table(runs, with_variant)}\n\n{LEGEND}\n"
+    incomplete = [run for run in loaded if run.problems]
+    if incomplete:
+        report += "\nRuns with missing or partial metrics" + (" (left out of the tables when they logged nothing)" if left_out else "")
+        report += ":\n" + "".join(f"- {run.path}: {'; '.join(run.problems)}\n" for run in incomplete)
     over_seeds = seed_table(runs, with_variant)
     if over_seeds:
         report += f"\nOver seeds: mean (min–max) of the values at the end of each run.\n\n{over_seeds}\n"

@@ -6,18 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+from train import config
 from train.data import write_shard
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = config.CONF_DIR
 MICRO_VOCAB = 512
 
 
 def compose_config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+    return config.compose_config(overrides)
 
 
 def markov_tokens(n: int, seed: int) -> np.ndarray:

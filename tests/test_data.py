@@ -262,17 +262,20 @@ def test_builtin_corpus_is_built_once_even_concurrently(tmp_path, small_builtin)
         t.join()
     assert corpus.ensure_builtin_corpus(data_dir) == data_dir
     assert len(small_builtin) == 1
-    assert sorted(p.name for p in data_dir.iterdir()) == ["shakespeare_train_000001.bin", "shakespeare_val_000000.bin"]
-    assert read_shard_header(data_dir / "shakespeare_val_000000.bin") == corpus.DEFAULT_VAL_TOKENS
-    assert [p.name for p in data_dir.parent.iterdir() if p.name.endswith(".tmp")] == []
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        "manifest.json", "shakespeare_train_000001.bin", "shakespeare_val_000000.bin"
+    ]
+    assert read_shard_header(data_dir / "shakespeare_val_000000.bin") == corpus.DEFAULT_VAL_TOKENS["gpt2"]
+    assert [p.name for p in data_dir.parent.iterdir() if p.name.endswith((".tmp", ".old"))] == []
 
 
-@pytest.mark.parametrize("name", ["shakespeare", "local", "fineweb10b"])
+@pytest.mark.parametrize("name", ["shakespeare", "shakespeare_bytes", "local", "fineweb10b"])
 def test_data_configs_have_the_schema(name, monkeypatch):
     monkeypatch.setenv("AURORA_BENCH_DATA", "/somewhere")
     cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")
-    assert set(cfg) == {"name", "dir", "train_pattern", "val_pattern", "val_tokens"}
+    assert set(cfg) == {"name", "tokenizer", "dir", "train_pattern", "val_pattern", "val_tokens", "verify_checksums"}
     assert cfg.dir == f"/somewhere/{name}"
+    assert cfg.tokenizer == ("bytes" if name.endswith("bytes") else "gpt2")
 
 
 def test_resolve_shards_prepares_the_builtin_corpus(tmp_path, small_builtin, monkeypatch):

@@ -162,7 +162,7 @@ def test_rolling_loglikelihood_of_a_short_text_is_one_forward_pass_after_endofte
 
 def test_a_continuation_longer_than_the_model_is_refused(lm):
     with pytest.raises(ValueError, match="does not fit max_length=64"):
-        score_continuations(lm.model, [([1], list(range(65)))], max_length=64, batch_size=2)
+        score_continuations(lm.model, [([1], list(range(65)))], tokenizer=lm.encoding, max_length=64, batch_size=2)
 
 
 def test_generation_is_refused_with_a_clear_message(lm):
@@ -214,7 +214,7 @@ HAND_ROWS = [
     # tokens [1, 1, 2, 5], characters [3, 8, 7, 18]: picks acc 0, lm-eval acc_norm 1, llm.c acc_norm 0
     {"endings": ["cat", "elephant", "cat sat", "cat sat on the mat"], "label": "0"},
 ]
-HAND_SCORES = {"acc": 3 / 4, "acc_norm": 1 / 4, "llmc_acc": 3 / 4, "llmc_acc_norm": 2 / 4}
+HAND_SCORES = {"lm_eval_acc": 3 / 4, "lm_eval_acc_norm": 1 / 4, "llmc_acc": 3 / 4, "llmc_acc_norm": 2 / 4}
 
 
 def hand_rows() -> list[dict]:
@@ -237,18 +237,18 @@ def test_acc_and_acc_norm_match_hand_values_through_lm_eval_and_in_memory(unifor
     lm_eval_scores, llmc_scores = result["scores"]["lm_eval"], result["scores"]["llmc"]
     assert (lm_eval_scores["acc"], lm_eval_scores["acc_norm"]) == pytest.approx((3 / 4, 1 / 4))
     assert (llmc_scores["acc"], llmc_scores["acc_norm"]) == pytest.approx((3 / 4, 2 / 4))
-    in_memory = quick_score(lm.model, hand_rows(), max_length=SEQ_LEN)
+    in_memory = quick_score(lm.model, hand_rows(), tokenizer="gpt2", max_length=SEQ_LEN)
     assert {k.removeprefix("hellaswag_"): v for k, v in in_memory.items() if k != "hellaswag_n"} == pytest.approx(
         HAND_SCORES
     )
 
 
 def test_local_file_and_in_memory_paths_agree_on_real_rows(sample_result, lm):
-    in_memory = quick_score(lm.model, read_examples(SAMPLE), max_length=lm.max_length, batch_size=3)
+    in_memory = quick_score(lm.model, read_examples(SAMPLE), tokenizer="gpt2", max_length=lm.max_length, batch_size=3)
     scores = sample_result["scores"]
     assert sample_result["n"] == in_memory["hellaswag_n"] == 8
-    assert in_memory["hellaswag_acc"] == scores["lm_eval"]["acc"]
-    assert in_memory["hellaswag_acc_norm"] == scores["lm_eval"]["acc_norm"]
+    assert in_memory["hellaswag_lm_eval_acc"] == scores["lm_eval"]["acc"]
+    assert in_memory["hellaswag_lm_eval_acc_norm"] == scores["lm_eval"]["acc_norm"]
     assert in_memory["hellaswag_llmc_acc"] == scores["llmc"]["acc"]
     assert in_memory["hellaswag_llmc_acc_norm"] == scores["llmc"]["acc_norm"]
 
@@ -285,17 +285,36 @@ def test_result_records_source_conventions_step_and_versions(sample_result):
     assert sample_result["settings"]["max_length"] == SEQ_LEN
 
 
-def test_limit_scores_only_the_first_examples(lm, first_five_result):
+def test_limit_scores_evenly_spaced_rows_the_same_as_the_in_training_subset(lm, first_five_result):
     result = first_five_result
-    head = quick_score(lm.model, read_examples(SAMPLE)[:5], max_length=lm.max_length)
-    assert result["n"] == result["limit"] == 5
-    assert result["scores"]["lm_eval"]["acc_norm"] == head["hellaswag_acc_norm"]
-    assert result["scores"]["llmc"]["acc_norm"] == head["hellaswag_llmc_acc_norm"]
+    subset = load_subset(5, SAMPLE)
+    assert [row["ind"] for row in subset] != [row["ind"] for row in read_examples(SAMPLE)[:5]]  # not the head
+    in_training = quick_score(lm.model, subset, tokenizer="gpt2", max_length=lm.max_length)
+    assert result["n"] == result["limit"] == 5 and "evenly spaced" in result["rows"]
+    assert result["scores"]["lm_eval"]["acc_norm"] == in_training["hellaswag_lm_eval_acc_norm"]
+    assert result["scores"]["llmc"]["acc_norm"] == in_training["hellaswag_llmc_acc_norm"]
+
+
+def test_result_counts_the_contexts_cut_to_max_length(lm):
+    from eval.adapter import AuroraLM
+
+    short = AuroraLM(model=lm.model, max_length=64, batch_size=4)
+    result = evaluate_hellaswag(short, DataSource("local", SAMPLE), limit=3)
+    cut = result["settings"]["contexts_cut"]
+    enc = get_tokenizer()
+    expected_llmc = sum(
+        len(enc.encode(row["ctx"])) + len(enc.encode(" " + ending)) > 64 + 1
+        for row in load_subset(3, SAMPLE)
+        for ending in row["endings"]
+    )
+    assert cut["requests_per_convention"] == 12 and result["settings"]["max_length"] == 64
+    assert 0 < expected_llmc < 12 and cut["llmc"] == expected_llmc
+    assert 0 < cut["lm_eval"] < 12
 
 
 def test_quick_score_puts_the_model_back_in_training_mode(lm):
     lm.model.train()
-    quick_score(lm.model, read_examples(SAMPLE)[:2], max_length=lm.max_length)
+    quick_score(lm.model, read_examples(SAMPLE)[:2], tokenizer="gpt2", max_length=lm.max_length)
     assert lm.model.training
     lm.model.eval()
 
@@ -321,20 +340,35 @@ def test_write_result_takes_the_next_free_name(tmp_path):
     assert [json.loads(p.read_text())["n"] for p in paths] == [0, 1, 2]
 
 
-def test_lm_eval_cli_runs_the_registered_model_on_the_local_task(random_run, first_five_result, tmp_path):
+def test_lm_eval_cli_runs_the_registered_model_on_the_local_task(random_run, lm, tmp_path):
+    """lm-eval's own options: --limit (its first N rows), --batch_size auto, --output_path named after the run."""
     assert main(["task", f"out={tmp_path / 'tasks'}", f"data_path={SAMPLE}"]) == 0
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     command = [
         sys.executable, "-m", "eval.lm_eval_cli", "--model", "aurora-bench", "--model_args", f"checkpoint={random_run}",
-        "--batch_size", "4", "--tasks", "hellaswag_local", "--include_path", str(tmp_path / "tasks"), "--limit", "5",
+        "--batch_size", "auto", "--tasks", "hellaswag_local", "--include_path", str(tmp_path / "tasks"), "--limit", "5",
         "--output_path", str(tmp_path / "out"),
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     [results_file] = (tmp_path / "out").rglob("results_*.json")
+    assert results_file.parent.name.endswith("run")  # lm-eval names the folder after the run directory
     metrics = json.loads(results_file.read_text())["results"]["hellaswag_local"]
-    expected = first_five_result["scores"]["lm_eval"]
-    assert (metrics["acc,none"], metrics["acc_norm,none"]) == (expected["acc"], expected["acc_norm"])
+    expected = quick_score(lm.model, read_examples(SAMPLE)[:5], tokenizer="gpt2", max_length=lm.max_length)
+    assert (metrics["acc,none"], metrics["acc_norm,none"]) == (
+        expected["hellaswag_lm_eval_acc"], expected["hellaswag_lm_eval_acc_norm"]
+    )
+
+
+def test_adapter_takes_lm_evals_spellings_of_its_arguments(random_run):
+    from eval.adapter import AuroraLM
+
+    built = AuroraLM.create_from_arg_string(f"pretrained={random_run}", {"batch_size": "auto", "max_batch_size": 8})
+    assert built.checkpoint == (random_run / "checkpoints" / f"step_{STEP:07d}").resolve()
+    assert built.batch_size == 8  # auto on a CPU: 32, capped by max_batch_size
+    assert AuroraLM.create_from_arg_string(f"checkpoint={random_run}", {"batch_size": "auto:4"}).batch_size == 32
+    with pytest.raises(ValueError, match="not both"):
+        AuroraLM(random_run, pretrained=random_run)
 
 
 def test_scores_go_to_the_training_runs_wandb_run_when_wandb_is_on(tmp_path):
@@ -431,7 +465,7 @@ def test_missing_checkpoint_is_one_clear_line(capsys, tmp_path):
     assert code == 2 and "does not exist" in err and "nowhere" in err and "Traceback" not in err
     (tmp_path / "empty_run").mkdir()
     code, err = run_cli(capsys, tmp_path / "empty_run", f"data_path={SAMPLE}")
-    assert code == 2 and "no checkpoint found" in err
+    assert code == 2 and "no intact checkpoint" in err
 
 
 def test_incompatible_checkpoints_are_refused(capsys, tmp_path):
@@ -439,10 +473,24 @@ def test_incompatible_checkpoints_are_refused(capsys, tmp_path):
     foreign.mkdir(parents=True)
     torch.save({"weights": 1}, foreign / "meta.pt")
     code, err = run_cli(capsys, foreign, f"data_path={SAMPLE}")
-    assert code == 2 and "not an aurora-bench checkpoint" in err
+    assert code == 2 and "is not intact: no checksums.json" in err
     small_vocab = save_run(tmp_path / "run", tiny_gpt(vocab_size=512))
     code, err = run_cli(capsys, small_vocab, f"data_path={SAMPLE}")
-    assert code == 2 and "does not cover GPT-2's 50257 tokens" in err
+    assert code == 2 and "does not cover the 50257 ids of its tokenizer 'gpt2'" in err
+
+
+def test_a_byte_level_model_scores_hellaswag_with_its_own_tokenizer(tmp_path):
+    """Log-likelihood of a continuation does not care how it is tokenized: bytes score too."""
+    from eval.adapter import AuroraLM
+
+    torch.manual_seed(0)
+    run = save_run(tmp_path / "run", tiny_gpt(vocab_size=320), data={"tokenizer": "bytes"})
+    lm = AuroraLM(run, max_length=512, batch_size=8)
+    assert lm.encoding.name == "bytes" and lm.eot_token_id == 256
+    result = evaluate_hellaswag(lm, DataSource("local", SAMPLE), limit=4)
+    assert result["settings"]["tokenizer"] == "bytes"
+    for score in result["scores"].values():
+        assert 0.0 <= score["acc"] <= 1.0 and math.isfinite(score["acc_norm_stderr"])
 
 
 @pytest.mark.parametrize(

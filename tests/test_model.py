@@ -1,17 +1,14 @@
-from pathlib import Path
-
 import pytest
 import torch
-import yaml
 
 from model import GPT, GPTConfig, build_model
 from model.gpt import softcap
+from train.config import compose_config
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 
-
-def preset(name: str) -> dict:
-    return yaml.safe_load((CONF / f"{name}.yaml").read_text())
+def preset(name: str, data: str = "shakespeare") -> dict:
+    """A model preset as a run composes it: its vocabulary follows the data's tokenizer."""
+    return compose_config([f"model={name}", f"data={data}"])["model"]
 
 
 def meta_model(cfg: dict) -> GPT:
@@ -36,6 +33,12 @@ def test_gpt124m_preset_has_the_optimization_track_parameter_count():
 )
 def test_presets_have_their_advertised_sizes(name, low, high):
     assert low <= meta_model(preset(name)).num_parameters() <= high
+
+
+@pytest.mark.parametrize("data, vocab", [("shakespeare", 50304), ("shakespeare_bytes", 320), ("fineweb10b", 50304)])
+def test_every_preset_takes_its_vocabulary_from_the_datas_tokenizer(data, vocab):
+    for name in ("tiny", "gpt124m", "gpt350m", "gpt1b"):
+        assert preset(name, data)["vocab_size"] == vocab
 
 
 def test_mlp_up_projection_is_tall_and_down_projection_wide():

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-
-from tests.conftest import CONF_DIR, compose_config
+from eval.runs import load_run
+from tests.conftest import compose_config
+from train.config import recipe_sweep
 from tests.test_scripts import load_script
 from train.loop import train
 from train.metrics import summarize_run
@@ -128,17 +128,26 @@ def test_report_works_on_two_tiny_run_directories_made_by_the_training_loop(micr
         assert row[-2] == f"{summarize_run(run)['final_val_loss']:.4f}"
 
 
-def test_report_refuses_a_directory_that_is_not_a_run_directory(tmp_path):
+def test_report_refuses_a_directory_that_holds_no_run(tmp_path):
     report = load_script("neuron_death_report")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="empty is not a run directory: it has no config.yaml or metrics.jsonl"):
+    with pytest.raises(FileNotFoundError, match="empty holds no run directories"):
         report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "report")])
     assert not (tmp_path / "report").exists()
 
 
+def test_report_lists_a_run_without_metrics_instead_of_failing(tmp_path):
+    report = load_script("neuron_death_report")
+    done = write_run(tmp_path / "runs" / "muon-x8", "muon", 8, last_step=60)
+    (tmp_path / "runs" / "aurora-x8" / "checkpoints").mkdir(parents=True)  # launched, never logged
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "neuron_death.md").read_text()
+    assert [row[0] for row in table_rows(text)] == ["muon"] and str(done) not in text.split("Runs with missing")[-1]
+    assert f"{tmp_path / 'runs' / 'aurora-x8'}: no config.yaml; no metrics.jsonl" in text
+
+
 def test_neuron_death_experiment_sweeps_five_optimizers_by_three_expansions_for_500_steps():
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        sweep = compose("config", overrides=["experiment=neuron_death"], return_hydra_config=True).hydra.sweeper.params
+    sweep = recipe_sweep(["experiment=neuron_death"])
     assert sweep["optim"].split(",") == ["adamw", "muon", "normuon", "unormuon", "aurora"]
     assert sweep["model.mlp_expansion"].split(",") == ["4", "8", "16"]
     cfg = compose_config("experiment=neuron_death", "optim=normuon", "model.mlp_expansion=16", "seed=3")
@@ -150,7 +159,7 @@ def test_neuron_death_experiment_sweeps_five_optimizers_by_three_expansions_for_
 def test_plot_styles_tell_apart_the_runs_of_one_panel_and_repeat_across_panels(tmp_path):
     report = load_script("neuron_death_report")
     runs = [
-        report.load_run(write_run(tmp_path / f"muon-x{expansion}-seed{seed}", "muon", expansion, last_step=60, seed=seed))
+        load_run(write_run(tmp_path / f"muon-x{expansion}-seed{seed}", "muon", expansion, last_step=60, seed=seed))
         for expansion in (4, 8)
         for seed in (0, 1)
     ]

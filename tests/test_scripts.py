@@ -4,11 +4,14 @@ driver, and the communication-volume calculator."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import micro_overrides
+from train.cli import exit_code
+from train.config import sweep_points
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -20,17 +23,25 @@ def load_script(name: str):
     return module
 
 
-def test_compare_optimizers_prints_a_table_and_the_output_paths(micro_shards, tmp_path, capsys):
+def test_main_job_at_a_cut_down_size_writes_its_table_figure_samples_and_paths(micro_shards, tmp_path, capsys):
     compare = load_script("compare_optimizers")
     out = tmp_path / "compare"
-    assert compare.main(["--optimizers", "adamw", "muon", "--out", str(out), *micro_overrides(micro_shards)]) == 0
+    argv = ["--optimizers", "adamw", "muon", "--seeds", "0", "1", "--jobs", "2", "--sample-tokens", "12", "--out", str(out)]
+    overrides = micro_overrides(micro_shards, "diagnostics.every=4", "diagnostics.probe_tokens=256")
+    assert compare.main([*argv, *overrides]) == 0
     printed = capsys.readouterr().out
-    rows = [line for line in printed.splitlines() if line.startswith("| adamw") or line.startswith("| muon")]
-    assert len(rows) == 2
-    assert "seed 0, 12 steps of 512 tokens" in printed
-    assert (out / "summary.md").read_text().count("\n| ") == 3  # header + two rows
-    for name in ("adamw", "muon"):
+    report = (out / "report.md").read_text()
+    assert report in printed
+    rows = [line for line in report.splitlines() if line.startswith(("| adamw", "| muon"))]
+    assert len(rows) == 2 and all("2/2" in row for row in rows)  # both seeds pooled in each row
+    assert "exactly dead" in report and "starved up rows" in report and "seeds 0, 1, 12 steps of 512 tokens" in report
+    assert "Lowest final val loss" in report and report.count("### ") == 2  # findings, and a sample per optimizer
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("adamw-seed0", "adamw-seed1", "muon-seed0", "muon-seed1"):
         assert str(out / name) in printed and (out / name / "metrics.jsonl").is_file()
+    assert "ETA" in printed or "sweep: 4 runs" in printed
+    assert compare.main([*argv, *overrides]) == 0  # a rerun skips the finished runs and reports again
+    assert "4 already done and skipped" in capsys.readouterr().out
 
 
 def test_compare_optimizers_rejects_an_unknown_optimizer(tmp_path):
@@ -41,8 +52,7 @@ def test_compare_optimizers_rejects_an_unknown_optimizer(tmp_path):
 
 
 def test_sweep_expands_command_line_sweeps_into_points():
-    sweep = load_script("sweep")
-    points = sweep.sweep_points(["optim=adamw,muon", "seed=0,1", "train.steps=3"])
+    points = sweep_points(["optim=adamw,muon", "seed=0,1", "train.steps=3"])
     assert sorted(" ".join(p) for p in points) == [
         "optim=adamw seed=0 train.steps=3",
         "optim=adamw seed=1 train.steps=3",
@@ -53,15 +63,31 @@ def test_sweep_expands_command_line_sweeps_into_points():
 
 def test_sweep_refuses_points_that_share_an_out_dir(capsys):
     sweep = load_script("sweep")
-    assert sweep.main(["--dry-run", "optim=adamw,muon", "out_dir=runs/same"]) == 2
+    assert exit_code(lambda: sweep.main(["--dry-run", "optim=adamw,muon", "out_dir=runs/same"])) == 2
     assert "share out_dir 'runs/same'" in capsys.readouterr().err
 
 
-def test_sweep_launches_one_torchrun_per_point(micro_shards, tmp_path):
+def test_sweep_dry_run_checks_every_point_value_included(capsys):
     sweep = load_script("sweep")
-    overrides = micro_overrides(micro_shards, f"out_dir={tmp_path}/seed" + "${seed}", "seed=0,1", "train.steps=2")
-    assert sweep.main(["--nproc", "1", *overrides]) == 0
-    assert (tmp_path / "seed0" / "metrics.jsonl").is_file() and (tmp_path / "seed1" / "metrics.jsonl").is_file()
+    assert exit_code(lambda: sweep.main(["--dry-run", "optim=muon", "optim.matrix.ns_method=quintic,bogus"])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sweep point 2 of 2 (optim=muon optim.matrix.ns_method=bogus): ns_method must be one of")
+
+
+def test_sweep_writes_an_index_and_a_relaunch_skips_finished_runs(micro_shards, tmp_path, capsys):
+    sweep = load_script("sweep")
+    overrides = micro_overrides(micro_shards, f"out_dir={tmp_path}/sweep/seed" + "${seed}", "seed=0,1", "train.steps=2")
+    assert sweep.main(["--jobs", "2", *overrides]) == 0
+    index = json.loads((tmp_path / "sweep" / "sweep_index.json").read_text())
+    assert {name: run["status"] for name, run in index["runs"].items()} == {"seed0": "done", "seed1": "done"}
+    assert index["runs"]["seed1"]["overrides"][-1] == "seed=1"
+    printed = capsys.readouterr().out
+    assert "=== sweep point 2/2" in printed and "sweep summary (2 runs)" in printed
+    metrics = (tmp_path / "sweep" / "seed0" / "metrics.jsonl").read_text()
+    assert sweep.main(["--jobs", "2", *overrides]) == 0
+    assert "2 already done and skipped" in capsys.readouterr().out
+    assert (tmp_path / "sweep" / "seed0" / "metrics.jsonl").read_text() == metrics
+    assert len(json.loads((tmp_path / "sweep" / "sweep_index.json").read_text())["launches"]) == 2
 
 
 def test_comm_volume_prints_the_gathered_bytes_of_the_gpt124m_matrices_per_world_size(capsys):

@@ -1,25 +1,85 @@
-"""python -m train [hydra overrides], or under torchrun for several processes."""
+"""python -m train [hydra overrides], or under torchrun for several processes.
+
+Before Hydra runs anything, the overrides are checked (an unknown key, also one added with `+`,
+is one `error:` line naming it), and with -m every sweep point is composed and checked, values
+included, so that a bad point stops the sweep before its first run. A multirun prints a header
+per point and a summary at the end, keeps going past a failed point, and records every point in
+the sweep directory's sweep_index.json (train/sweep.py).
+"""
 
 from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
 from train.cli import exit_code
-from train.loop import train
+from train.config import compose_config, compose_sweep, check_config, register_resolvers, world_size_from_env
+from train.sweep import Point, SweepIndex, header, summary
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    def run() -> None:
-        train(OmegaConf.to_container(cfg, resolve=True))
+class Multirun:
+    """The points of a `-m` launch, composed up front; filled by preflight, used by each job."""
 
-    # Not sys.exit on success: a Hydra multirun calls this once per point.
-    code = exit_code(run)
+    points: list[Point] = []
+    index: SweepIndex | None = None
+
+
+def preflight(argv: list[str]) -> None:
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    if args.multirun:
+        Multirun.points = [Point(overrides, cfg) for overrides, cfg in compose_sweep(args.overrides, world_size_from_env())]
+        if world_size_from_env() == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+            Multirun.index = SweepIndex(Multirun.points, ["python -m train", *argv])
+    else:
+        cfg = compose_config(args.overrides)
+        if args.cfg is None:
+            check_config(cfg, world_size_from_env())
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import DictConfig, OmegaConf
+
+    from train.loop import train
+
+    @hydra.main(version_base=None, config_path="../conf", config_name="config")
+    def run(cfg: DictConfig) -> None:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            code = exit_code(lambda: train(config) and None)  # the run directory is not an exit code
+            if code:
+                sys.exit(code)
+            return
+        number = HydraConfig.get().job.num
+        point = Multirun.points[number]
+        rank0 = Multirun.index is not None
+        if rank0:
+            print(header(number + 1, len(Multirun.points), point), flush=True)
+            point.status = "running"
+            Multirun.index.update(point)
+        try:
+            train(config)
+            point.status = "done"
+        except (ValueError, OSError) as err:  # the run's one-line error; the sweep goes on
+            point.status, point.error = "failed", str(err).splitlines()[0]
+            print(f"error: {point.error}", file=sys.stderr, flush=True)
+        if rank0:
+            Multirun.index.update(point)
+
+    code = exit_code(lambda: preflight(sys.argv[1:]))
     if code:
         sys.exit(code)
+    register_resolvers()
+    run()
+    if Multirun.points and Multirun.index is not None:
+        print(summary(Multirun.points, Multirun.index), flush=True)
+    if any(point.status == "failed" for point in Multirun.points):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,20 @@
                                 rank writing its own shards (DCP reshards on load, so a
                                 run may resume on another world size)
       meta.pt                   step, elapsed time, config, lr schedule, loader position, RNG
+      checksums.json            size and sha256 of every file above, written last
 
-Every rank writes into step_XXXXXXX.tmp/, and rank 0 renames it into place once all
-have finished, so a crash never leaves a torn checkpoint under a checkpoint's name.
+Every rank writes into step_XXXXXXX.tmp/; rank 0 writes meta.pt, then checksums.json, fsyncs
+them and renames the directory into place (then fsyncs its parent), so a crash never leaves a
+torn checkpoint under a checkpoint's name, and a checkpoint without checksums.json is
+incomplete. A failed save (a full disk: ENOSPC) removes its partial directory and says so;
+the previous checkpoint is untouched. Before loading, `newest_intact` checks every file
+against checksums.json and falls back from a damaged checkpoint to the newest intact one.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import random
 import re
@@ -28,13 +35,17 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from model import GPT, build_model
+from model.tokenizer import sha256_of
+from train.files import atomic_write, fsync_dir
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{7})$")
 META = "meta.pt"
+CHECKSUMS = "checksums.json"
+FREE_SPACE_MARGIN = 1.1  # a save needs this many times the last checkpoint's size free
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or not one of ours."""
+    """A checkpoint is missing, damaged, unreadable or not one of ours, or cannot be written."""
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -42,10 +53,77 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Complete checkpoints in `directory`, oldest first."""
+    """Checkpoint directories in `directory` (step_XXXXXXX, complete or not), oldest first."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if CHECKPOINT_NAME.match(p.name) and (p / META).is_file())
+    return sorted(p for p in directory.iterdir() if CHECKPOINT_NAME.match(p.name) and p.is_dir())
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(CHECKPOINT_NAME.match(path.name).group(1))
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted, or None when every file matches checksums.json."""
+    listing = path / CHECKSUMS
+    if not listing.is_file():
+        return f"no {CHECKSUMS} (incomplete, or written before checksums existed)"
+    try:
+        recorded = json.loads(listing.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{CHECKSUMS} is damaged"
+    present = {p.name for p in path.iterdir() if p.is_file() and p.name != CHECKSUMS}
+    missing = sorted(set(recorded) - present)
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for name, entry in sorted(recorded.items()):
+        file = path / name
+        if file.stat().st_size != entry["bytes"]:
+            return f"{name} is truncated or grown ({file.stat().st_size} bytes, {entry['bytes']} recorded)"
+        if sha256_of(file) != entry["sha256"]:
+            return f"{name} is damaged (its sha256 differs from {CHECKSUMS})"
+    return None
+
+
+def newest_intact(directory: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint whose files all match their checksums, and a line for each newer
+    one passed over (its name and what is wrong with it)."""
+    passed_over = []
+    for path in reversed(list_checkpoints(directory)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, passed_over
+        passed_over.append(f"{path.name}: {problem}")
+    return None, passed_over
+
+
+def _write_checksums(directory: Path) -> None:
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in sorted(directory.iterdir()) if p.is_file()}
+    atomic_write(directory / CHECKSUMS, json.dumps({"files": files}, indent=1) + "\n")
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """Whether a failure anywhere in `err` (DCP wraps its writers' errors) is a full disk."""
+    seen, pending = set(), [err]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        pending += [current.__cause__, current.__context__, *getattr(current, "failures", {}).values()]
+        pending += [arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)]
+    return "No space left on device" in str(err)
+
+
+def _agree(error: str | None) -> str | None:
+    """Rank 0's outcome of a step only it performs, made every rank's (so all raise or none)."""
+    if not dist.is_initialized():
+        return error
+    shared = [error]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def _is_main() -> bool:
@@ -65,29 +143,77 @@ def _quiet_single_process() -> Iterator[None]:
         yield
 
 
+def _free_space_problem(directory: Path) -> str | None:
+    """Why a save would likely fill the disk: less free than the last checkpoint's size x 1.1."""
+    previous = list_checkpoints(directory)
+    if not previous:
+        return None
+    needed = FREE_SPACE_MARGIN * sum(p.stat().st_size for p in previous[-1].iterdir() if p.is_file())
+    free = shutil.disk_usage(directory).free
+    if free >= needed:
+        return None
+    return (
+        f"not enough free space in {directory} for a checkpoint: {free / 1e6:,.1f} MB free, about "
+        f"{needed / 1e6:,.1f} MB needed (the last one's size, +10%); free space and run again to resume from "
+        f"{previous[-1].name}"
+    )
+
+
 def save_checkpoint(
     directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any], keep: int | None
 ) -> Path:
-    """Write a checkpoint from every rank, then keep only the `keep` newest (None keeps all)."""
+    """Write a checkpoint from every rank, then keep only the `keep` newest (None keeps all).
+
+    Raises CheckpointError on every rank, leaving no partial directory and the previous
+    checkpoints untouched, when the disk lacks the space (checked first against the last
+    checkpoint's size) or fills up while writing.
+    """
     path = checkpoint_path(directory, step)
     tmp = path.with_name(path.name + ".tmp")
-    if _is_main() and tmp.exists():
-        shutil.rmtree(tmp)  # left by a launch that died while saving
-    _barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
-    with _quiet_single_process():
-        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp)
-    _barrier()
+    problem = None
     if _is_main():
-        with open(tmp / META, "wb") as f:
-            torch.save(meta | {"step": step}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if keep is not None:
-            for old in list_checkpoints(directory)[:-keep]:
-                shutil.rmtree(old)
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a launch that died while saving
+        problem = _free_space_problem(directory)
+    problem = _agree(problem)
+    if problem is not None:
+        raise CheckpointError(problem)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    try:
+        with _quiet_single_process():
+            dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp)
+        failure = None
+    except Exception as err:  # DCP raises its own exception types, wrapping the writers' OSErrors
+        failure = err
     _barrier()
+    error = None
+    if _is_main():
+        try:
+            if failure is not None:
+                raise failure
+            with open(tmp / META, "wb") as f:
+                torch.save(meta | {"step": step}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            _write_checksums(tmp)  # last: a checkpoint without it is incomplete
+            fsync_dir(tmp)
+            os.replace(tmp, path)
+            fsync_dir(directory)
+        except Exception as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = [p.name for p in list_checkpoints(directory)]
+            kept = f"; {previous[-1]} is intact" if previous else ""
+            if _is_disk_full(err):
+                error = f"no space left on the device while writing checkpoint {path} (ENOSPC); removed the partial checkpoint{kept}; free space and run again to resume"
+            else:
+                error = f"writing checkpoint {path} failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); removed the partial checkpoint{kept}"
+        else:
+            if keep is not None:
+                for old in list_checkpoints(directory)[:-keep]:
+                    shutil.rmtree(old)
+    error = _agree(error)
+    if error is not None:
+        raise CheckpointError(error)
     return path
 
 
@@ -104,15 +230,39 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load model and optimizer state in place (on any world size); returns the meta dict."""
+def checkpoint_tokenizer(meta: dict[str, Any]) -> str:
+    """The tokenizer a checkpoint's model was trained with (checkpoints from before the byte
+    tokenizer existed are GPT-2's)."""
+    return meta["config"].get("data", {}).get("tokenizer", "gpt2")
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokenizer: str
+) -> dict[str, Any]:
+    """Load model and optimizer state in place (on any world size); returns the meta dict.
+
+    Refuses a checkpoint trained with another tokenizer than `tokenizer` (the run's data.tokenizer).
+    """
     meta = read_meta(path)
+    if checkpoint_tokenizer(meta) != tokenizer:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained with tokenizer {checkpoint_tokenizer(meta)!r}, "
+            f"but data.tokenizer is {tokenizer!r}; use data of its tokenizer or another out_dir"
+        )
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
-    with _quiet_single_process():
-        dcp.load(state, checkpoint_id=path)
+    try:
+        with _quiet_single_process():
+            dcp.load(state, checkpoint_id=path)
+    except Exception as err:  # DCP's own exception types; its traceback names no file a user can act on
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded into this model and optimizer ({_first_line(err)})") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     return meta
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def rng_state() -> dict[str, Any]:
@@ -136,11 +286,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise CheckpointError(f"{str(path)!r} does not exist; give a run directory or one of its checkpoints/step_XXXXXXX")
     if (path / META).is_file():
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {str(path)!r} is not intact: {problem}")
         return path
-    found = list_checkpoints(path / "checkpoints")
-    if not found:
-        raise CheckpointError(f"no checkpoint found in {str(path)!r} (looked for checkpoints/step_XXXXXXX/)")
-    return found[-1]
+    found, passed_over = newest_intact(path / "checkpoints")
+    if found is None:
+        detail = f" ({'; '.join(passed_over)})" if passed_over else ""
+        raise CheckpointError(f"no intact checkpoint in {str(path)!r} (looked for checkpoints/step_XXXXXXX/){detail}")
+    return found
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
@@ -153,6 +307,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         with _quiet_single_process():
             dcp.load(state, checkpoint_id=checkpoint)
         model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not match this code's model ({err})") from None
+    except Exception as err:  # a model config this code cannot build, or DCP's own exception types
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not match this code's model ({_first_line(err)})") from None
     return model.to(device).eval(), meta["config"]

@@ -1,4 +1,13 @@
-"""One convention for every command: bad input is one line on stderr and exit code 2."""
+"""One convention for every command: a failure is one line on stderr and an exit code that says
+what kind it was.
+
+    0    done
+    1    a sweep with a failed point (its summary names it), or an unexpected crash (traceback)
+    2    bad input: a config key or value, a missing or damaged file, no network; nothing was changed
+    3    the run diverged (non-finite loss or gradients); nothing non-finite was saved
+    75   stopped by SIGTERM or SIGINT at a step boundary after saving a checkpoint: run the same
+         command again to resume (EX_TEMPFAIL, "try again later": a scheduler can requeue on it)
+"""
 
 from __future__ import annotations
 
@@ -6,15 +15,36 @@ import os
 import sys
 from typing import Callable
 
+BAD_INPUT = 2
+DIVERGED = 3
+STOPPED = 75
+
+
+class RunFailure(Exception):
+    """A run that started but cannot go on, for a reason its message gives in one line."""
+
+    exit_code = 1
+    prefix = "error"
+
+
+class Diverged(RunFailure):
+    exit_code = DIVERGED
+
+
+class RunStopped(RunFailure):
+    exit_code = STOPPED
+    prefix = "stopped"
+
 
 def exit_code(main: Callable[[], int | None]) -> int:
-    """main()'s exit code; a ValueError or OSError (bad input, missing files, no network) is
-    printed as one `error: ...` line on stderr instead, and gives 2. AURORA_BENCH_TRACEBACK=1
-    lets the traceback through."""
+    """main()'s exit code. A RunFailure, ValueError or OSError (bad input, missing files, no
+    network) is printed as one `error: ...` (or `stopped: ...`) line on stderr instead and gives
+    its code. AURORA_BENCH_TRACEBACK=1 lets the traceback through."""
     try:
         return main() or 0
-    except (ValueError, OSError) as err:
+    except (RunFailure, ValueError, OSError) as err:
         if os.environ.get("AURORA_BENCH_TRACEBACK"):
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        prefix, code = (err.prefix, err.exit_code) if isinstance(err, RunFailure) else ("error", BAD_INPUT)
+        print(f"{prefix}: {err}", file=sys.stderr)
+        return code

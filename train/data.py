@@ -2,7 +2,9 @@
 
 Shard format (llm.c / modded-nanoGPT `.bin`): a header of 256 little-endian int32,
 [20240520 (magic), 1 (version), ntok, 0, ...], then ntok little-endian uint16
-GPT-2 tokens. Shards made by llm.c or modded-nanoGPT load here and ours load there.
+tokens (GPT-2 BPE or bytes). Shards made by llm.c or modded-nanoGPT load here and ours
+load there. A directory prepared here also holds manifest.json: its tokenizer and each
+shard's token count and sha256, checked when training uses the shards.
 
 Training order (TokenLoader): every shard is cut into non-overlapping windows of
 seq_len + 1 tokens (a window never crosses a shard boundary; a shard's last
@@ -16,6 +18,7 @@ remainder is skipped); the next epoch reshuffles everything.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,11 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.tokenizer import TOKENIZERS, sha256_of
+
 MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
+MANIFEST = "manifest.json"
 
 
 class DataError(ValueError):
@@ -87,6 +93,53 @@ def load_shard(path: str | os.PathLike) -> np.memmap:
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(ntok,))
 
 
+# --- the manifest of a prepared directory ---------------------------------------
+
+
+def write_manifest(directory: str | os.PathLike, tokenizer: str, source: str) -> Path:
+    """Record the tokenizer and every shard's token count and sha256 in directory/manifest.json."""
+    directory = Path(directory)
+    shards = {p.name: {"tokens": read_shard_header(p), "sha256": sha256_of(p)} for p in sorted(directory.glob("*.bin"))}
+    path = directory / MANIFEST
+    staged = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+    staged.write_text(json.dumps({"tokenizer": tokenizer, "source": source, "shards": shards}, indent=1) + "\n")
+    os.replace(staged, path)
+    return path
+
+
+def read_manifest(directory: str | os.PathLike) -> dict | None:
+    """directory/manifest.json, or None for a directory without one (shards made elsewhere)."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest["tokenizer"] not in TOKENIZERS or not isinstance(manifest["shards"], dict):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{path} is damaged (not a shard manifest); prepare the directory again") from None
+    return manifest
+
+
+def check_manifest_tokenizer(directory: Path, manifest: Mapping, tokenizer: str) -> None:
+    if manifest["tokenizer"] != tokenizer:
+        raise DataError(
+            f"the shards in {directory} were made with tokenizer {manifest['tokenizer']!r}, "
+            f"but data.tokenizer is {tokenizer!r}; set data.tokenizer={manifest['tokenizer']} or use other shards"
+        )
+
+
+def check_manifest_files(files: Sequence[Path], manifest: Mapping, checksums: bool) -> None:
+    """Each file is the one the manifest recorded: its token count, and with `checksums` its
+    sha256 (about a second per GB)."""
+    for path in files:
+        recorded = manifest["shards"].get(path.name)
+        if recorded is None:
+            raise DataError(f"shard {path} is not in {path.parent / MANIFEST}; prepare the directory again")
+        if read_shard_header(path) != recorded["tokens"] or (checksums and sha256_of(path) != recorded["sha256"]):
+            raise DataError(f"shard {path} is damaged: it differs from the sha256 in {path.parent / MANIFEST}")
+
+
 # --- training batches --------------------------------------------------------
 
 
@@ -94,7 +147,7 @@ class TokenLoader:
     """Seeded, rank-aware, resumable batches of (inputs, targets) from shards."""
 
     def __init__(self, files: Sequence[str | os.PathLike], micro_batch: int, seq_len: int,
-                 rank: int = 0, world_size: int = 1, seed: int = 0):
+                 rank: int = 0, world_size: int = 1, seed: int = 0, vocab_size: int | None = None):
         if micro_batch < 1 or seq_len < 1:
             raise ValueError(f"micro_batch ({micro_batch}) and seq_len ({seq_len}) must be positive")
         if not 0 <= rank < world_size:
@@ -104,6 +157,8 @@ class TokenLoader:
         self.micro_batch, self.seq_len = micro_batch, seq_len
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.window = seq_len + 1
+        self.vocab_size = vocab_size  # token ids must be below it (checked per batch: cheap, names the shard)
+        self.files = [Path(f) for f in files]
         self.shards = [load_shard(f) for f in files]
         windows_per_shard = np.array([len(s) // self.window for s in self.shards], dtype=np.int64)
         # first global window index of each shard; window i lives in shard searchsorted(...) - 1
@@ -134,8 +189,15 @@ class TokenLoader:
         self.position += global_batch
         shard_ids = np.searchsorted(self.shard_starts, windows, side="right") - 1
         offsets = (windows - self.shard_starts[shard_ids]) * self.window
-        rows = [self.shards[s][o:o + self.window] for s, o in zip(shard_ids, offsets)]
-        batch = torch.from_numpy(np.stack(rows).astype(np.int64))
+        rows = np.stack([self.shards[s][o:o + self.window] for s, o in zip(shard_ids, offsets)])
+        if self.vocab_size is not None and rows.max() >= self.vocab_size:
+            row = int(np.argmax(rows.max(axis=1)))
+            raise DataError(
+                f"shard {self.files[shard_ids[row]]} holds token id {int(rows[row].max())} near token "
+                f"{offsets[row]}, outside the model's vocabulary of {self.vocab_size}: the shard is damaged "
+                "or was made with another tokenizer (data.tokenizer)"
+            )
+        batch = torch.from_numpy(rows.astype(np.int64))
         return batch[:, :-1], batch[:, 1:]
 
     def state_dict(self) -> dict:
@@ -168,22 +230,37 @@ def validation_batches(files: Sequence[str | os.PathLike], micro_batch: int, seq
     inputs shifted by one, so a span of B*T predictions reads B*T + 1 tokens).
     """
     per_rank = micro_batch * seq_len
-    n_batches = tokens // (world_size * per_rank)
-    if n_batches == 0:
-        raise DataError(
-            f"validation budget of {tokens} tokens is smaller than one global batch of "
-            f"world_size*micro_batch*seq_len = {world_size * per_rank} tokens"
-        )
-    needed = n_batches * world_size * per_rank + 1
-    stream = _stream_head(files, needed)
+    n_batches = validation_batch_count(files, micro_batch, seq_len, tokens, world_size)
+    stream = _stream_head(files, n_batches * world_size * per_rank + 1)
     for k in range(n_batches):
         start = (k * world_size + rank) * per_rank
         span = torch.from_numpy(stream[start:start + per_rank + 1].astype(np.int64))
         yield span[:-1].view(micro_batch, seq_len), span[1:].view(micro_batch, seq_len)
 
 
+def validation_batch_count(files: Sequence[str | os.PathLike], micro_batch: int, seq_len: int, tokens: int,
+                           world_size: int = 1) -> int:
+    """How many global batches the validation budget gives; checks the val shards (headers and
+    length) so that a bad val shard stops a run before its first step, not at its first validation."""
+    global_batch = world_size * micro_batch * seq_len
+    n_batches = tokens // global_batch
+    if n_batches == 0:
+        raise DataError(
+            f"validation budget of {tokens} tokens is smaller than one global batch of "
+            f"world_size*micro_batch*seq_len = {global_batch} tokens"
+        )
+    needed = n_batches * global_batch + 1
+    have = sum(read_shard_header(f) for f in files)
+    if have < needed:
+        raise DataError(
+            f"validation data too short: {len(files)} val shard(s) hold {have} tokens, "
+            f"the validation budget needs {needed} (lower data.val_tokens or seq_len)"
+        )
+    return n_batches
+
+
 def _stream_head(files: Sequence[str | os.PathLike], needed: int) -> np.ndarray:
-    """The first `needed` tokens of the shards' concatenated stream."""
+    """The first `needed` tokens of the shards' concatenated stream (validation_batch_count checked there are)."""
     parts, have = [], 0
     for f in files:
         if have >= needed:
@@ -191,11 +268,6 @@ def _stream_head(files: Sequence[str | os.PathLike], needed: int) -> np.ndarray:
         part = load_shard(f)[:needed - have]
         parts.append(part)
         have += len(part)
-    if have < needed:
-        raise DataError(
-            f"validation data too short: {len(files)} val shard(s) hold {have} tokens, "
-            f"the validation budget needs {needed} (lower data.val_tokens or seq_len)"
-        )
     return np.concatenate(parts)
 
 
@@ -208,26 +280,53 @@ PREPARE_COMMANDS = {
 }
 
 
-def resolve_shards(data_cfg: Mapping) -> tuple[list[Path], list[Path]]:
-    """(train_files, val_files) for a data config (conf/data/*.yaml), sorted by name.
+def check_data_config(data_cfg: Mapping) -> None:
+    if data_cfg["name"] not in PREPARE_COMMANDS:
+        raise DataError(f"data.name={data_cfg['name']!r} is unknown; expected one of {sorted(PREPARE_COMMANDS)}")
+    if data_cfg["tokenizer"] not in TOKENIZERS:
+        raise DataError(f"data.tokenizer must be one of {TOKENIZERS}, got {data_cfg['tokenizer']!r}")
+    if not isinstance(data_cfg["verify_checksums"], bool):
+        raise DataError(f"data.verify_checksums must be true or false, got {data_cfg['verify_checksums']!r}")
+
+
+def prepare_command(data_cfg: Mapping) -> str:
+    """The command that (re)builds the shards a data config names."""
+    command = PREPARE_COMMANDS[data_cfg["name"]].format(dir=data_cfg["dir"])
+    return command + (f" --tokenizer {data_cfg['tokenizer']}" if data_cfg["name"] != "fineweb10b" else "")
+
+
+def resolve_shards(data_cfg: Mapping, verify: bool = True) -> tuple[list[Path], list[Path]]:
+    """(train_files, val_files) for a data config (conf/data/*.yaml), sorted by name and checked.
 
     The built-in corpus (name: shakespeare) is prepared on first use; any other
-    missing shards are an error naming the prepare command. A relative `dir` is
-    taken relative to the current directory (the caller resolves it first).
+    missing shards are an error naming the prepare command. Every shard's header is
+    read, and where the directory has a manifest its tokenizer must be data.tokenizer
+    and each shard must match it (sha256 too, unless data.verify_checksums or `verify` is false:
+    one rank hashes for all). A relative `dir` is taken relative to the current directory.
     """
-    name, data_dir = data_cfg["name"], Path(data_cfg["dir"])
-    if name not in PREPARE_COMMANDS:
-        raise DataError(f"data.name={name!r} is unknown; expected one of {sorted(PREPARE_COMMANDS)}")
-    if name == "shakespeare":
+    check_data_config(data_cfg)
+    data_dir = Path(data_cfg["dir"])
+    if data_cfg["name"] == "shakespeare":
         from train.corpus import ensure_builtin_corpus  # corpus builds on this module's shard writer
-        ensure_builtin_corpus(data_dir)
+        ensure_builtin_corpus(data_dir, data_cfg["tokenizer"])
     found = []
     for key in ("train_pattern", "val_pattern"):
         files = sorted(data_dir.glob(data_cfg[key]))
         if not files:
             raise DataError(
                 f"no shards match data.{key}={data_cfg[key]!r} in {data_dir}; "
-                f"prepare them with: {PREPARE_COMMANDS[name].format(dir=data_dir)}"
+                f"prepare them with: {prepare_command(data_cfg)}"
             )
         found.append(files)
-    return found[0], found[1]
+    train_files, val_files = found
+    manifest = read_manifest(data_dir)
+    if manifest is not None:
+        check_manifest_tokenizer(data_dir, manifest, data_cfg["tokenizer"])
+    try:
+        for path in train_files + val_files:
+            read_shard_header(path)
+        if manifest is not None:
+            check_manifest_files(train_files + val_files, manifest, data_cfg["verify_checksums"] and verify)
+    except DataError as err:
+        raise DataError(f"{err} (rebuild: {prepare_command(data_cfg)})") from None
+    return train_files, val_files

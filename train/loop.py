@@ -5,6 +5,10 @@ each comes from its config group through one builder.
 from __future__ import annotations
 
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -12,56 +16,43 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from eval.hellaswag import load_subset, quick_score
 from model import build_model
 from model.tokenizer import get_tokenizer
 from optim import build_optimizer
-from train.checkpoint import list_checkpoints, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from train.data import TokenLoader, resolve_shards, validation_batches
+from train.checkpoint import (
+    CheckpointError,
+    checkpoint_step,
+    load_checkpoint,
+    newest_intact,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from train.cli import Diverged, RunStopped
+from train.config import accumulation_steps, check_config
+from train.data import TokenLoader, resolve_shards, validation_batch_count, validation_batches
 from train.diagnostics import NeuronDiagnostics
 from train.dist import DeviceTimer, Runtime, autocast_context, gradient_sync, init_runtime, parallelize, set_determinism
 from train.metrics import Metrics
-from train.rundir import RunDir
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
+from train.rundir import RunDir, RunDirError
 
 def lr_scale(step: int, total: int, warmup_frac: float, decay_frac: float) -> float:
-    """Linear warmup, constant, then linear decay to zero at `total` (step counts from 0)."""
+    """Linear warmup, constant, then linear decay to zero at `total` (step counts from 0).
+
+    Warmup and decay last int(frac * total) steps; either may be 0 steps long (no warmup; a
+    constant lr to the end). Step `total` itself, which the scheduler reaches after the last
+    update, is 0 when there is a decay and 1 otherwise.
+    """
     warmup, decay = int(warmup_frac * total), int(decay_frac * total)
     if step < warmup:
         return (step + 1) / warmup
-    if step >= total - decay:
+    if decay and step >= total - decay:
         return max(0.0, (total - step) / decay)
     return 1.0
-
-
-def accumulation_steps(batch_tokens: int, micro_batch: int, seq_len: int, world_size: int) -> int:
-    per_pass = micro_batch * seq_len * world_size
-    if batch_tokens <= 0 or batch_tokens % per_pass:
-        raise ValueError(
-            f"train.batch_tokens={batch_tokens} must be a positive multiple of "
-            f"world_size x train.micro_batch x train.seq_len = {world_size} x {micro_batch} x {seq_len} = {per_pass}"
-        )
-    return batch_tokens // per_pass
-
-
-def validate_train_config(train_cfg: dict[str, Any]) -> None:
-    for key in ("steps", "micro_batch", "seq_len"):
-        if not isinstance(train_cfg[key], int) or train_cfg[key] <= 0:
-            raise ValueError(f"train.{key} must be a positive integer, got {train_cfg[key]!r}")
-    for key in ("warmup_frac", "decay_frac"):
-        if not 0.0 <= train_cfg[key] <= 1.0:
-            raise ValueError(f"train.{key} must be in [0, 1], got {train_cfg[key]}")
-    if train_cfg["warmup_frac"] + train_cfg["decay_frac"] > 1.0:
-        raise ValueError("train.warmup_frac + train.decay_frac must be at most 1")
-    if train_cfg["precision"] not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {train_cfg['precision']!r}")
-    keep = train_cfg["keep_checkpoints"]
-    if keep is not None and (not isinstance(keep, int) or keep < 1):
-        raise ValueError(f"train.keep_checkpoints must be a positive integer or null, got {keep!r}")
 
 
 def mean_over_ranks(value: torch.Tensor, runtime: Runtime) -> float:
@@ -101,7 +92,9 @@ def neuron_diagnostics(cfg: dict[str, Any], model: torch.nn.Module, val_files: l
     return NeuronDiagnostics.from_config(cfg["diagnostics"], model, val_files, cfg["train"]["seq_len"])
 
 
-def hellaswag_subset(eval_cfg: dict[str, Any], tcfg: dict[str, Any], runtime: Runtime) -> list[dict[str, Any]] | None:
+def hellaswag_subset(
+    eval_cfg: dict[str, Any], tcfg: dict[str, Any], tokenizer: str, runtime: Runtime
+) -> list[dict[str, Any]] | None:
     """The fixed HellaSwag rows scored during training, or None when that is off.
 
     Scored with the training length as the model's length, so every ending must fit in it.
@@ -120,29 +113,134 @@ def hellaswag_subset(eval_cfg: dict[str, Any], tcfg: dict[str, Any], runtime: Ru
     first = rows() if runtime.is_main else None  # rank 0 fetches the split once
     barrier(runtime)
     subset = first if runtime.is_main else rows()
-    encode = get_tokenizer().encode
+    encode = get_tokenizer(tokenizer).encode_ordinary
     longest = max(len(encode(" " + ending)) for row in subset for ending in row["endings"])
     if longest >= tcfg["seq_len"]:
-        raise ValueError(f"eval.hellaswag_every needs train.seq_len > {longest} (the longest ending of the subset, in tokens)")
+        raise ValueError(
+            f"eval.hellaswag_every needs train.seq_len > {longest} (the longest ending of the subset, in {tokenizer} tokens)"
+        )
     return subset
 
 
+def schedule_change_problem(old_total: int, tcfg: dict[str, Any], resume_step: int) -> str | None:
+    """Why train.steps cannot change from old_total to tcfg["steps"] for a run resumed at
+    `resume_step`, or None. The warmup and decay phases scale with the total, so the change is
+    allowed only when the new schedule gives every step already run the lr it ran at (a constant
+    lr; or a resume from before either schedule's decay, and no warmup to move)."""
+    new_total = tcfg["steps"]
+    if new_total < resume_step:
+        return f"train.steps={new_total} is below step {resume_step}, which the run has already reached"
+    for step in range(resume_step):
+        old = lr_scale(step, old_total, tcfg["warmup_frac"], tcfg["decay_frac"])
+        new = lr_scale(step, new_total, tcfg["warmup_frac"], tcfg["decay_frac"])
+        if old != new:
+            return (
+                f"train.steps {old_total} -> {new_total} would change the lr schedule of steps already run "
+                f"(step {step + 1} ran at lr scale {old:.4g}; the new schedule gives {new:.4g}), because warmup and "
+                f"decay scale with train.steps; extend runs with a constant lr (train.decay_frac=0) or from a "
+                f"checkpoint before the decay, or start a new out_dir"
+            )
+    return None
+
+
+def grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    """The global L2 norm of all gradients (whole, also when FSDP2 shards them), on the device."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=next(model.parameters()).device)
+    norm = torch.nn.utils.get_total_norm(grads)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def parameters_finite(model: torch.nn.Module, runtime: Runtime) -> bool:
+    """Whether every parameter is finite on every rank (one host sync: checked before saving)."""
+    bad = torch.zeros((), device=runtime.device)
+    for param in model.parameters():
+        local = param.to_local() if isinstance(param, DTensor) else param
+        bad += (~torch.isfinite(local)).sum()
+    return mean_over_ranks(bad, runtime) == 0
+
+
+def step_scalars(loss_sum: torch.Tensor, norm: torch.Tensor, stop: bool, runtime: Runtime) -> tuple[float, float, bool]:
+    """(mean loss over ranks, grad norm, whether any rank was asked to stop): one all-reduce and
+    one host sync per step, so that every rank takes the same decision at the same step."""
+    packed = torch.stack([loss_sum.float(), norm.float(), torch.tensor(float(stop), device=loss_sum.device)])
+    loss, norm_value, stops = mean_over_ranks_vector(packed, runtime)
+    return loss, norm_value, stops > 0
+
+
+def mean_over_ranks_vector(values: torch.Tensor, runtime: Runtime) -> list[float]:
+    if runtime.distributed:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= runtime.world_size
+    return values.tolist()
+
+
+class StopSignals:
+    """SIGTERM and SIGINT (preemption, Ctrl-C) ask the run to stop at the next step boundary,
+    where it saves a checkpoint; a second signal aborts at once. Installed only in the main
+    thread (Python's rule), restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            print(f"{name} again: aborting now, without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.received = signum
+        print(f"{name}: stopping at the end of this step, after a checkpoint; {name} again aborts at once", file=sys.stderr, flush=True)
+
+
+def select_checkpoint(run: RunDir) -> tuple[Path | None, list[str]]:
+    """The newest intact checkpoint (and the damaged ones passed over); refuses a run whose
+    checkpoints are all damaged rather than silently starting it again."""
+    found, passed_over = newest_intact(run.checkpoint_dir)
+    if found is None and passed_over:
+        raise CheckpointError(
+            f"no intact checkpoint in {run.checkpoint_dir} ({'; '.join(passed_over)}); move the damaged ones away to start the run over"
+        )
+    return found, passed_over
+
+
 def train(cfg: dict[str, Any]) -> Path:
-    """Train (or resume) the run `cfg` describes; returns its run directory."""
+    """Train (or resume) the run `cfg` describes; returns its run directory.
+
+    Stops with CheckpointError, RunDirError or DataError (bad input, exit 2), Diverged (exit 3)
+    or RunStopped (a signal: exit 75 after a checkpoint); train/cli.py gives the codes.
+    """
     tcfg = cfg["train"]
-    validate_train_config(tcfg)
     runtime = init_runtime(tcfg["device"], tcfg["timeout_s"])
+    check_config(cfg, runtime.world_size)
     accum = accumulation_steps(tcfg["batch_tokens"], tcfg["micro_batch"], tcfg["seq_len"], runtime.world_size)
     set_determinism(cfg["seed"], tcfg["deterministic"], tcfg["threads"])
 
     # Everything that can reject the input comes before the run directory is touched.
     if runtime.is_main:
-        train_files, val_files = resolve_shards(cfg["data"])  # rank 0 prepares the built-in corpus
+        train_files, val_files = resolve_shards(cfg["data"])  # rank 0 prepares the built-in corpus and checks the shards
     barrier(runtime)
     if not runtime.is_main:
-        train_files, val_files = resolve_shards(cfg["data"])
-    loader = TokenLoader(train_files, tcfg["micro_batch"], tcfg["seq_len"], runtime.rank, runtime.world_size, cfg["seed"])
-    hellaswag = hellaswag_subset(cfg["eval"], tcfg, runtime)
+        train_files, val_files = resolve_shards(cfg["data"], verify=False)
+    loader = TokenLoader(
+        train_files, tcfg["micro_batch"], tcfg["seq_len"], runtime.rank, runtime.world_size, cfg["seed"],
+        vocab_size=cfg["model"]["vocab_size"],
+    )
+    validation_batch_count(val_files, tcfg["micro_batch"], tcfg["seq_len"], cfg["data"]["val_tokens"], runtime.world_size)
+    hellaswag = hellaswag_subset(cfg["eval"], tcfg, cfg["data"]["tokenizer"], runtime)
     model = build_model(cfg["model"]).to(runtime.device)
     trained = parallelize(model, runtime, tcfg["parallelism"])
     optimizer = build_optimizer(cfg["optim"], model)
@@ -152,96 +250,156 @@ def train(cfg: dict[str, Any]) -> Path:
     )
 
     run = RunDir(cfg["out_dir"])
+    try:
+        with StopSignals() as stop:
+            return _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, optimizer, scheduler, accum, stop)
+    finally:
+        run.unlock()
+
+
+def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, optimizer, scheduler, accum, stop) -> Path:
+    tcfg = cfg["train"]
+    total_steps = tcfg["steps"]
+    checkpoint, passed_over = None, []
     if runtime.is_main:
-        run.prepare(cfg, runtime.world_size)
-    barrier(runtime)
+        run.lock()
+        changes = run.changes(cfg)
+        checkpoint, passed_over = select_checkpoint(run)
+        resume_step = checkpoint_step(checkpoint) if checkpoint else 0
+        if "train.steps" in changes:
+            problem = schedule_change_problem(changes["train.steps"][0], tcfg, resume_step)
+            if problem:
+                raise RunDirError(problem)
+        facts = {"resumed_from": checkpoint.name if checkpoint else None, "damaged_checkpoints_passed_over": passed_over}
+        run.commit(cfg, runtime.world_size, changes, **facts)
+    if runtime.distributed:
+        shared = [checkpoint]
+        dist.broadcast_object_list(shared, src=0)
+        checkpoint = shared[0]
 
     diagnostics = neuron_diagnostics(cfg, model, val_files, runtime)
-
-    start_step, elapsed = 0, 0.0
-    checkpoints = list_checkpoints(run.checkpoint_dir)
-    if checkpoints:
-        meta = load_checkpoint(checkpoints[-1], model, optimizer)
+    start_step, elapsed, skipped = 0, 0.0, 0
+    if checkpoint is not None:
+        meta = load_checkpoint(checkpoint, model, optimizer, cfg["data"]["tokenizer"])
         scheduler.load_state_dict(meta["scheduler"])
         loader.load_state_dict(meta["loader"])
         restore_rng_state(meta["rng"])
         if diagnostics is not None and meta["diagnostics"] is not None:
             diagnostics.load_state_dict(meta["diagnostics"])
-        start_step, elapsed = meta["step"], meta["elapsed_s"]
+        start_step, elapsed, skipped = meta["step"], meta["elapsed_s"], meta.get("skipped_steps", 0)
 
-    metrics = Metrics.for_run(cfg, run.path, start_step if checkpoints else -1) if runtime.is_main else Metrics.disabled()
+    metrics = Metrics.for_run(cfg, run.path, start_step) if runtime.is_main else Metrics.disabled()
     n_params = sum(p.numel() for p in model.parameters())
     metrics.message(
         f"model {cfg['model']['name']}: {n_params:,} parameters | optimizer {cfg['optim']['name']} | "
         f"world size {runtime.world_size} | {accum} micro-batches of {tcfg['micro_batch']}x{tcfg['seq_len']} per step"
     )
-    if checkpoints:
-        metrics.message(f"resuming {run.path} from step {start_step} ({checkpoints[-1].name})")
+    for line in passed_over:
+        metrics.message(f"passed over damaged checkpoint {line}")
+    if checkpoint is not None:
+        metrics.message(f"resuming {run.path} from step {start_step} ({checkpoint.name})")
 
     if tcfg["compile"]:
         trained = torch.compile(trained)
+    last_saved = checkpoint.name if checkpoint is not None else None
 
-    def save(step: int) -> None:
+    def save(step: int) -> str:
+        if not parameters_finite(model, runtime):
+            raise Diverged(
+                f"the parameters are not finite after step {step}; nothing was saved "
+                f"(last good checkpoint: {last_saved or 'none'}); lower the lr or set train.max_skipped_steps"
+            )
         meta = {
             "elapsed_s": elapsed,
+            "skipped_steps": skipped,
             "config": cfg,
             "scheduler": scheduler.state_dict(),
             "loader": loader.state_dict(),
             "rng": rng_state(),
             "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
         }
+        metrics.sync()  # every step logged so far is on disk before the checkpoint that covers it
         path = save_checkpoint(run.checkpoint_dir, step, model, optimizer, meta, tcfg["keep_checkpoints"])
         metrics.message(f"saved {path}")
+        return path.name
 
-    for step in range(start_step + 1, total_steps + 1):
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=runtime.device)
-        for micro in range(accum):
-            inputs, targets = (t.to(runtime.device) for t in loader.next_batch())
-            with gradient_sync(trained, enabled=micro == accum - 1):
-                with autocast_context(tcfg["precision"], runtime.device):
-                    loss = trained(inputs, targets) / accum
-                loss.backward()
-            loss_sum += loss.detach()
-        capture = diagnostics is not None and diagnostics.wants(step)
-        optimizer.captured_updates = {} if capture else None
-        with DeviceTimer(runtime.device) as optimizer_timer:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        train_loss = mean_over_ranks(loss_sum, runtime)  # also a host sync, so times are real
-        step_time = time.perf_counter() - started
-        elapsed += step_time
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"train loss is {train_loss} at step {step}; the run diverged")
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=runtime.device)
+            for micro in range(accum):
+                inputs, targets = (t.to(runtime.device) for t in loader.next_batch())
+                with gradient_sync(trained, enabled=micro == accum - 1):
+                    with autocast_context(tcfg["precision"], runtime.device):
+                        loss = trained(inputs, targets) / accum
+                    loss.backward()
+                loss_sum += loss.detach()
+            train_loss, norm, stopping = step_scalars(loss_sum, grad_norm(model), stop.received is not None, runtime)
+            capture = diagnostics is not None and diagnostics.wants(step)
+            if math.isfinite(train_loss) and math.isfinite(norm):
+                optimizer.captured_updates = {} if capture else None
+                with DeviceTimer(runtime.device) as optimizer_timer:
+                    optimizer.step()
+            else:
+                skipped += 1
+                capture = False
+                if skipped > tcfg["max_skipped_steps"]:
+                    raise Diverged(
+                        f"the run diverged at step {step}: train loss {train_loss}, grad norm {norm}; the update was not "
+                        f"applied and nothing was saved after the last good checkpoint ({last_saved or 'none'}); lower the "
+                        f"lr, or allow skipping such steps with train.max_skipped_steps"
+                    )
+                metrics.message(f"step {step}: train loss {train_loss}, grad norm {norm}: update skipped ({skipped} of at most {tcfg['max_skipped_steps']})")
+                optimizer_timer = None
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize()  # the step's time, and the optimizer timer's events, are complete only now
+            step_time = time.perf_counter() - started
+            elapsed += step_time
 
-        record = {
-            "step": step,
-            "total_steps": total_steps,
-            "tokens": step * tcfg["batch_tokens"],
-            "train_loss": train_loss,
-            "lr_scale": lr_scale(step - 1, total_steps, tcfg["warmup_frac"], tcfg["decay_frac"]),
-            "tokens_per_s": tcfg["batch_tokens"] / step_time,
-            "optim_step_ms": optimizer_timer.ms(),
-            "elapsed_s": elapsed,
-        }
-        if step == total_steps or (tcfg["val_every"] and step % tcfg["val_every"] == 0):
-            val = validation_batches(
-                val_files, tcfg["micro_batch"], tcfg["seq_len"], cfg["data"]["val_tokens"], runtime.rank, runtime.world_size
-            )
-            record["val_loss"] = evaluate(model, val, runtime, tcfg["precision"])
-        if capture:
-            record.update(diagnostics.measure(step, optimizer.captured_updates))
+            record = {
+                "step": step,
+                "total_steps": total_steps,
+                "tokens": step * tcfg["batch_tokens"],
+                "train_loss": train_loss,
+                "grad_norm": norm,
+                "lr_scale": lr_scale(step - 1, total_steps, tcfg["warmup_frac"], tcfg["decay_frac"]),
+                "tokens_per_s": tcfg["batch_tokens"] / step_time,
+                "optim_step_ms": optimizer_timer.ms() if optimizer_timer is not None else 0.0,
+                "elapsed_s": elapsed,
+            }
+            if skipped or tcfg["max_skipped_steps"]:
+                record["skipped_steps"] = skipped
+            if step == total_steps or (tcfg["val_every"] and step % tcfg["val_every"] == 0):
+                val = validation_batches(
+                    val_files, tcfg["micro_batch"], tcfg["seq_len"], cfg["data"]["val_tokens"], runtime.rank, runtime.world_size
+                )
+                record["val_loss"] = evaluate(model, val, runtime, tcfg["precision"])
+            if capture:
+                record.update(diagnostics.measure(step, optimizer.captured_updates))
             optimizer.captured_updates = None
-        if hellaswag and step % cfg["eval"]["hellaswag_every"] == 0:
-            record.update(
-                quick_score(model, hellaswag, max_length=tcfg["seq_len"], batch_size=tcfg["micro_batch"], precision=tcfg["precision"])
-            )
-        metrics.log(record)
-        if step == total_steps or (tcfg["checkpoint_every"] and step % tcfg["checkpoint_every"] == 0):
-            save(step)
-
-    if start_step >= total_steps:
-        metrics.message(f"{run.path} is already complete at step {total_steps}; nothing to do")
-    metrics.close()
+            if hellaswag and step % cfg["eval"]["hellaswag_every"] == 0:
+                record.update(
+                    quick_score(
+                        model,
+                        hellaswag,
+                        tokenizer=cfg["data"]["tokenizer"],
+                        max_length=tcfg["seq_len"],
+                        batch_size=tcfg["micro_batch"],
+                        precision=tcfg["precision"],
+                    )
+                )
+            metrics.log(record)
+            if step == total_steps or stopping or (tcfg["checkpoint_every"] and step % tcfg["checkpoint_every"] == 0):
+                last_saved = save(step)
+            if stopping and step < total_steps:
+                raise RunStopped(
+                    f"asked to stop (SIGTERM or SIGINT) at step {step} of {total_steps}; saved {run.checkpoint_dir / last_saved}; "
+                    "run the same command again to resume"
+                )
+        if start_step >= total_steps:
+            metrics.message(f"{run.path} is already complete at step {total_steps}; nothing to do")
+    finally:
+        metrics.close()
     return run.path

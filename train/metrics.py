@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any, Protocol
+
+from train.files import atomic_write
+
+DISCARDED = "metrics.discarded.jsonl"
 
 
 class Sink(Protocol):
@@ -22,40 +27,81 @@ class Sink(Protocol):
 
 
 class JsonlSink:
+    """metrics.jsonl, appended to. Opening it for a launch that starts at `resume_step` (0 for a
+    fresh start) first sets aside what an interrupted launch logged after that step; `notes`
+    says what was set aside or repaired."""
+
     def __init__(self, path: Path, resume_step: int):
         self.path = path
-        if resume_step >= 0 and path.exists():
-            self._set_aside_records_after(resume_step)
+        self.notes = self._set_aside_records_after(resume_step) if path.exists() else []
         self.file = open(path, "a")
 
-    def _set_aside_records_after(self, step: int) -> None:
-        """Move records logged after the checkpoint we resume from to metrics.discarded.jsonl.
+    def _set_aside_records_after(self, step: int) -> list[str]:
+        """Move records logged after `step` to metrics.discarded.jsonl, and a torn last line (a
+        crash mid-write) with them, as {"torn_line": ...}.
 
-        They belong to a launch that died before its next checkpoint; the resumed run
-        logs those steps again. Nothing is deleted.
+        They belong to a launch that died before its next checkpoint (or before its first one:
+        then the run restarts from step 0); the resumed run logs those steps again. Nothing is
+        deleted. A damaged line before the last one is not a crash's trace: it is refused.
         """
-        kept, stale = [], []
-        for line in self.path.read_text().splitlines():
-            (stale if json.loads(line).get("step", -1) > step else kept).append(line)
-        if not stale:
-            return
-        with open(self.path.with_name("metrics.discarded.jsonl"), "a") as f:
-            f.write("\n".join(stale) + "\n")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        lines = self.path.read_text(errors="replace").splitlines()
+        kept, stale, torn = [], [], []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ValueError(f"{self.path}: line {number} is not JSON; the file is damaged, repair or move it") from None
+                torn.append(json.dumps({"torn_line": line}))
+                continue
+            (stale if record.get("step", -1) > step else kept).append(line)
+        if not stale and not torn:
+            return []
+        with open(self.path.with_name(DISCARDED), "a") as f:
+            f.write("".join(line + "\n" for line in stale + torn))
+            f.flush()
+            os.fsync(f.fileno())
+        atomic_write(self.path, "".join(line + "\n" for line in kept))
+        notes = []
+        if stale:
+            steps = [json.loads(line)["step"] for line in stale]
+            notes.append(
+                f"set aside {len(stale)} record(s) of steps {min(steps)}-{max(steps)}, logged after step {step} by an "
+                f"interrupted launch, in {DISCARDED}"
+            )
+        if torn:
+            notes.append(f"repaired the torn last line of {self.path.name} (a crash mid-write); it is kept in {DISCARDED}")
+        return notes
 
     def log(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
+    def sync(self) -> None:
+        """Make every logged record durable (at each checkpoint)."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
     def close(self) -> None:
         self.file.close()
 
 
+CONSOLE_FIELDS = (
+    ("train_loss", ".4f"),
+    ("val_loss", ".4f"),
+    ("grad_norm", ".3g"),
+    ("lr_scale", ".3f"),
+    ("tokens_per_s", ",.0f"),
+    ("hellaswag_llmc_acc_norm", ".4f"),
+    ("hellaswag_lm_eval_acc_norm", ".4f"),
+)
+
+
 def format_record(record: dict[str, Any]) -> str:
     parts = [f"step {record['step']}/{record['total_steps']}"]
-    for key, fmt in (("train_loss", ".4f"), ("val_loss", ".4f"), ("lr_scale", ".3f"), ("tokens_per_s", ",.0f")):
+    for key, fmt in CONSOLE_FIELDS:
         if record.get(key) is not None:
             parts.append(f"{key} {record[key]:{fmt}}")
     parts.append(f"{record['elapsed_s']:.1f}s")
@@ -79,7 +125,12 @@ class ConsoleSink:
 
     def log(self, record: dict[str, Any]) -> None:
         line = format_record(record)
-        if record["step"] % self.every == 0 or "val_loss" in record or record["step"] == record["total_steps"]:
+        if (
+            record["step"] % self.every == 0
+            or "val_loss" in record
+            or "hellaswag_n" in record
+            or record["step"] == record["total_steps"]
+        ):
             self.file.write(line + "\n")
             self.file.flush()
             if not self.tty:
@@ -129,9 +180,10 @@ def wandb_run_id(out_dir: Path) -> str:
 class Metrics:
     """The logger the training loop talks to."""
 
-    def __init__(self, sinks: list[Sink], console: ConsoleSink | None):
+    def __init__(self, sinks: list[Sink], console: ConsoleSink | None, jsonl: JsonlSink | None = None):
         self.sinks = sinks
         self.console = console
+        self.jsonl = jsonl
 
     @classmethod
     def disabled(cls) -> "Metrics":
@@ -139,11 +191,20 @@ class Metrics:
 
     @classmethod
     def for_run(cls, cfg: dict[str, Any], out_dir: Path, resume_step: int) -> "Metrics":
+        """The sinks of a launch that starts after `resume_step` (0: from the beginning)."""
         console = ConsoleSink(out_dir / "console.log", cfg["train"]["log_every"])
-        sinks: list[Sink] = [JsonlSink(out_dir / "metrics.jsonl", resume_step), console]
+        jsonl = JsonlSink(out_dir / "metrics.jsonl", resume_step)
+        sinks: list[Sink] = [jsonl, console]
         if cfg["wandb"]["mode"] != "disabled":
             sinks.append(WandbSink(cfg, out_dir))
-        return cls(sinks, console)
+        metrics = cls(sinks, console, jsonl)
+        for note in jsonl.notes:
+            metrics.message(note)
+        return metrics
+
+    def sync(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.sync()
 
     def message(self, text: str) -> None:
         if self.console is not None:
@@ -159,10 +220,22 @@ class Metrics:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl. A torn last line (a run writing it, or one that
+    crashed mid-write) is left out; a damaged line before it is an error naming the file."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {str(run_dir)!r} a run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not JSON; the file is damaged") from None
+    return records
 
 
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:

@@ -1,16 +1,25 @@
 """The run directory: one per run, shared by all ranks, never overwritten.
 
     out_dir/
-      config.yaml      the resolved config (written once; a resume must match it)
-      launches.jsonl   one record per launch: code version, packages, hardware, argv
+      config.yaml      the resolved config of the first launch (written once)
+      launches.jsonl   one record per launch: code version, packages, hardware, argv, and the
+                       config keys it changed (old and new value), the checkpoint it resumed
+                       from and any damaged checkpoint it passed over
       code.diff        uncommitted changes at the first launch, when there were any
       metrics.jsonl    one JSON object per logged step (the single source of truth)
       console.log      everything printed on rank 0
-      checkpoints/     step_XXXXXXX.pt, written atomically
+      checkpoints/     step_XXXXXXX/ directories (train/checkpoint.py)
+      .lock            held by the launch that trains (an OS lock: released when it dies)
+
+The run's config is config.yaml with each launch's allowed changes applied in order
+(`effective_config`). A launch may change only the keys that do not change the run's
+numbers (RESUMABLE_CHANGES) and train.steps (see train/loop.py: the lr schedule must agree);
+anything else is refused, naming each key with its old and new value.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -25,21 +34,33 @@ from typing import Any
 import torch
 import yaml
 
+from train.files import atomic_write
+
 # Keys that may change when a run is resumed: they do not change its training numbers
 # (out_dir, so that a moved or copied run directory still resumes; diagnostics and eval
-# only read the model).
+# only read the model; threads change float rounding at the 1e-7 level, and are recorded).
 RESUMABLE_CHANGES = (
     "out_dir",
     "train.log_every",
+    "train.val_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.device",
     "train.threads",
     "train.compile",
+    "train.parallelism",
+    "train.timeout_s",
+    "train.max_skipped_steps",
+    "data.dir",
+    "data.verify_checksums",
     "diagnostics.",
     "eval.",
     "wandb.",
 )
+EXTENSIBLE = "train.steps"  # allowed when the lr schedule agrees up to the resumed step (train/loop.py)
+# Keys added to the config after runs were made: an older run without them had these values.
+LEGACY_DEFAULTS = {"data.tokenizer": "gpt2", "data.verify_checksums": True, "train.max_skipped_steps": 0}
+LOCK = ".lock"
 
 
 class RunDirError(ValueError):
@@ -57,11 +78,50 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys whose values differ between two resolved configs, ignoring resumable ones."""
-    old, new = flatten(saved), flatten(current)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
-    return [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (old, new)} for every key whose value differs between two resolved configs."""
+    old, new = {**LEGACY_DEFAULTS, **flatten(saved)}, flatten(current)
+    absent = "<absent>"
+    return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(old.keys() | new.keys()) if old.get(k, absent) != new.get(k, absent)}
+
+
+def refused_changes(changes: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    return {k: v for k, v in changes.items() if not k.startswith(RESUMABLE_CHANGES) and k != EXTENSIBLE}
+
+
+def apply_changes(config: dict[str, Any], changes: dict[str, list[Any]]) -> dict[str, Any]:
+    """config with each dotted key set to its new value (a launch record's config_changes)."""
+    for key, (_, new) in changes.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = new
+    return config
+
+
+def read_launches(path: Path) -> list[dict[str, Any]]:
+    """The launch records, a torn last line (a launch killed mid-write) left out."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def effective_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """config.yaml with the changes of every later launch applied; None without config.yaml."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for launch in read_launches(run_dir / "launches.jsonl"):
+        apply_changes(config, launch.get("config_changes") or {})
+    return config
 
 
 def git(*args: str) -> str | None:
@@ -93,49 +153,77 @@ def packages() -> dict[str, str]:
 
 
 class RunDir:
+    """A run directory as rank 0 uses it: `lock`, `changes` (check only), `commit` (write)."""
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.config_path = self.path / "config.yaml"
         self.metrics_path = self.path / "metrics.jsonl"
         self.console_path = self.path / "console.log"
         self.checkpoint_dir = self.path / "checkpoints"
+        self._lock_file = None
 
-    def prepare(self, config: dict[str, Any], world_size: int) -> bool:
-        """Create or reopen the directory on rank 0. Returns True when resuming.
+    def lock(self) -> None:
+        """Create the directory and take its lock, or refuse naming the launch that holds it.
 
-        Refuses an unwritable directory, and a directory whose saved config differs
-        from `config` in anything that changes the run's numbers.
-        """
+        An OS lock (flock), so a killed launch never blocks its own resume."""
         try:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-probe-{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
+            lock_file = open(self.path / LOCK, "a+")
         except OSError as err:
             raise RunDirError(f"out_dir {str(self.path)!r} is not writable ({err.strerror}); choose another out_dir") from None
-        resuming = self.config_path.exists()
-        if resuming:
-            saved = yaml.safe_load(self.config_path.read_text())
-            changed = config_differences(saved, config)
-            if changed:
-                raise RunDirError(
-                    f"out_dir {str(self.path)!r} holds a run with a different config (changed: {', '.join(changed)}); "
-                    "use a new out_dir, or the same settings to resume it"
-                )
-        else:
-            self._write_once(self.config_path, yaml.safe_dump(config, sort_keys=False))
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "another process"
+            lock_file.close()
+            raise RunDirError(
+                f"out_dir {str(self.path)!r} is in use by another launch ({holder}); wait for it to end, or use another out_dir"
+            ) from None
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        lock_file.flush()
+        self._lock_file = lock_file
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
+
+    def changes(self, config: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The keys this launch changes against the run's effective config ({} for a new run);
+        refuses any change outside RESUMABLE_CHANGES and train.steps. Writes nothing."""
+        saved = effective_config(self.path)
+        if saved is None:
+            return {}
+        changes = config_changes(saved, config)
+        refused = refused_changes(changes)
+        if refused:
+            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+            raise RunDirError(
+                f"out_dir {str(self.path)!r} holds a run with a different config (changed: {listed}); "
+                "use a new out_dir, or the same settings to resume it"
+            )
+        return changes
+
+    def commit(self, config: dict[str, Any], world_size: int, changes: dict[str, tuple[Any, Any]], **facts: Any) -> None:
+        """Write config.yaml and code.diff on the first launch, and this launch's record: its
+        config changes key by key and `facts` (the checkpoint it resumed from, what it passed over)."""
+        first = not self.config_path.exists()
+        if first:
+            atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
             diff = git("diff", "HEAD")
             if diff:
-                self._write_once(self.path / "code.diff", diff)
-        self.record_launch(world_size, resuming)
-        return resuming
-
-    def record_launch(self, world_size: int, resuming: bool) -> None:
+                atomic_write(self.path / "code.diff", diff)
         launch = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "resuming": resuming,
+            "resuming": not first,
             "argv": sys.argv,
             "world_size": world_size,
+            "config_changes": {key: list(values) for key, values in changes.items()},
+            **facts,
             "git_commit": (git("rev-parse", "HEAD") or "").strip() or None,
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "python": sys.version,
@@ -145,9 +233,5 @@ class RunDir:
         }
         with open(self.path / "launches.jsonl", "a") as f:
             f.write(json.dumps(launch) + "\n")
-
-    @staticmethod
-    def _write_once(path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())

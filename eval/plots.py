@@ -1,0 +1,87 @@
+"""Figures of runs: curves with a band over seeds, one color per group. matplotlib is imported
+only here, and only when a figure is drawn (headless: the Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from eval.runs import Run
+
+# (metric key, x axis, panel title): the panels the README's main job and reports draw.
+LOSS_PANELS = (
+    ("val_loss", "step", "val loss against step"),
+    ("val_loss", "tokens", "val loss against tokens"),
+    ("val_loss", "elapsed_s", "val loss against wall time (s)"),
+)
+DEATH_PANELS = (
+    ("diag/mlp.hidden/act_dead_frac", "step", "exactly-dead fraction (all MLP units)"),
+    ("diag/mlp.hidden/act_nearly_dead_frac", "step", "nearly-dead fraction (all MLP units)"),
+    ("diag/mlp.up/starved_frac", "step", "starved fraction (mlp.up rows)"),
+)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Grid on every axis, then write the PNG and free the figure."""
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
+    return path
+
+
+def band(runs: Sequence[Run], key: str, x: str) -> tuple[list[float], list[float], list[float], list[float]] | None:
+    """(xs, mean, min, max) over the runs at the x values every run logged; None if none did."""
+    series = [dict(run.series(key, x)) for run in runs]
+    common = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    if not common:
+        return None
+    values = [[s[point] for s in series] for point in common]
+    return common, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def plot_groups(groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str, str, str]], path: Path,
+                columns: int = 3) -> Path | None:
+    """One panel per (key, x, title): a line per group (its mean over seeds) in a shaded band from
+    its lowest to its highest seed. Groups without a metric have no line; None when no panel has any."""
+    plt = pyplot()
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.6 * rows), squeeze=False)
+    palette = plt.get_cmap("tab10")
+    drawn = False
+    for ax, (key, x, title) in zip(axes.flat, panels):
+        for color, (label, runs) in enumerate(groups.items()):
+            found = band(runs, key, x)
+            if found is None:
+                continue
+            xs, mean, low, high = found
+            seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
+            ax.plot(xs, mean, color=palette(color % 10), label=f"{label}{seeds}", linewidth=1.4)
+            if len(runs) > 1:
+                ax.fill_between(xs, low, high, color=palette(color % 10), alpha=0.2, linewidth=0)
+            drawn = True
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel({"elapsed_s": "seconds", "tokens": "tokens"}.get(x, x))
+        if key.startswith("diag/"):
+            ax.set_ylim(bottom=0)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    if not drawn:
+        plt.close(fig)
+        return None
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.get_legend_handles_labels()[0]), ([], []))
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8, bbox_to_anchor=(0.5, 1.02))
+    fig.subplots_adjust(top=0.85)
+    return save_figure(fig, path)

@@ -1,0 +1,213 @@
+"""Run directories as data for reports: each run's config, metrics and what it lacks.
+
+    load_runs(paths)      run directories, sweep directories (their sweep_index.json) or folders
+                          of runs -> [Run], each with `problems` naming what is missing or partial
+    group_runs(runs)      {label: [runs that differ only in their seed]}
+
+A run with a missing config, no metrics, a run cut short or no validation loss is still a Run:
+reports list it with its problems instead of dropping it or failing. Only a path that does not
+exist is an error. scripts/report.py, scripts/neuron_death_report.py and the README's main job
+(scripts/compare_optimizers.py) all read runs through here.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from train.metrics import read_metrics
+from train.rundir import effective_config, flatten
+from train.sweep import INDEX
+
+# Config keys that never tell two runs apart: where they are written, how often they log, what
+# they observe. (The seed has its own column.)
+NOT_SETTINGS = (
+    "out_dir", "seed", "wandb.", "eval.", "diagnostics.", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.threads", "train.device", "train.compile", "train.timeout_s",
+    "data.verify_checksums", "data.dir",
+)
+OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
+
+
+@dataclass
+class Run:
+    """One run directory. config is {} and records [] where their files are missing."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    label: str = ""  # set by group_runs: the optimizer and the settings that set it apart
+
+    @property
+    def optimizer(self) -> str:
+        return self.config.get("optim", {}).get("name", "?")
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed", "?")
+
+    @property
+    def expansion(self) -> float | None:
+        value = self.config.get("model", {}).get("mlp_expansion")
+        return None if value is None else float(value)
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.config.get("train", {}).get("steps")
+
+    @property
+    def steps(self) -> int:
+        return self.records[-1]["step"] if self.records else 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+    def series(self, key: str, x: str = "step") -> list[tuple[float, Any]]:
+        """[(x, value)] of every record holding `key` (x: step, tokens or elapsed_s)."""
+        return [(r[x], r[key]) for r in self.records if key in r and x in r]
+
+    def last(self, key: str) -> Any:
+        points = self.series(key)
+        return points[-1][1] if points else None
+
+    def near(self, key: str, step: int | None) -> tuple[int, Any] | None:
+        """(logged step, value) of `key` at the logged step nearest `step` (None: the last one);
+        None when never logged or when the run ended before `step`."""
+        points = self.series(key)
+        if not points or (step is not None and step > self.steps):
+            return None
+        if step is None:
+            return points[-1]
+        return min(points, key=lambda point: abs(point[0] - step))
+
+    def median(self, key: str) -> float | None:
+        values = [r[key] for r in self.records if key in r]
+        return statistics.median(values) if values else None
+
+    @property
+    def final_val_loss(self) -> float | None:
+        """The val loss at the last step, when the run got there and measured it."""
+        vals = self.series("val_loss")
+        return vals[-1][1] if vals and vals[-1][0] == self.total_steps else None
+
+    @property
+    def best_val_loss(self) -> float | None:
+        vals = [value for _, value in self.series("val_loss")]
+        return min(vals) if vals else None
+
+    def hellaswag(self) -> dict[str, float] | None:
+        """The newest full HellaSwag result in <run>/eval/ ({convention_acc_norm: ...}), else the
+        last in-training subset score; None when never scored."""
+        results = sorted((self.path / "eval").glob("hellaswag*.json"), key=lambda p: p.stat().st_mtime)
+        if results:
+            scores = json.loads(results[-1].read_text())["scores"]
+            return {"llmc": scores["llmc"]["acc_norm"], "lm_eval": scores["lm_eval"]["acc_norm"], "n": None}
+        last = next((r for r in reversed(self.records) if "hellaswag_n" in r), None)
+        if last is None:
+            return None
+        return {"llmc": last["hellaswag_llmc_acc_norm"], "lm_eval": last["hellaswag_lm_eval_acc_norm"], "n": last["hellaswag_n"]}
+
+
+def load_run(path: Path) -> Run:
+    """A Run whatever the directory holds; its problems say what is missing or partial."""
+    run = Run(path)
+    try:
+        run.config = effective_config(path) or {}
+        if not run.config:
+            run.problems.append("no config.yaml")
+    except yaml.YAMLError:
+        run.problems.append("config.yaml is not readable YAML")
+    try:
+        run.records = read_metrics(path)
+    except FileNotFoundError:
+        run.problems.append("no metrics.jsonl")
+    except ValueError as err:
+        run.problems.append(str(err))
+    if run.config and run.records and run.total_steps and run.steps < run.total_steps:
+        run.problems.append(f"partial: stopped at step {run.steps} of {run.total_steps}")
+    elif run.config and not run.records and "no metrics.jsonl" not in run.problems:
+        run.problems.append("no step logged")
+    if run.records and not run.series("val_loss"):
+        run.problems.append("no val loss")
+    return run
+
+
+def looks_like_run(path: Path) -> bool:
+    return any((path / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints"))
+
+
+def run_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Each argument as run directories: a run itself; a sweep directory's runs (its index lists
+    them, launched or not); any other folder's run directories."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a directory; give run or sweep directories")
+        if (path / INDEX).is_file():
+            found += [path / name for name in json.loads((path / INDEX).read_text())["runs"]]
+        elif looks_like_run(path):
+            found.append(path)
+        else:
+            children = sorted(child for child in path.iterdir() if child.is_dir() and looks_like_run(child))
+            if not children:
+                raise FileNotFoundError(f"{path} holds no run directories (config.yaml, metrics.jsonl or checkpoints/)")
+            found += children
+    return list(dict.fromkeys(found))  # once each, in order
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    return [load_run(path) for path in run_paths(paths)]
+
+
+def optimizer_rank(name: str) -> tuple[int, str]:
+    return (OPTIMIZER_ORDER.index(name) if name in OPTIMIZER_ORDER else len(OPTIMIZER_ORDER), name)
+
+
+def varied_settings(runs: Sequence[Run], own_columns: Sequence[str] = ()) -> list[str]:
+    """Config keys (besides NOT_SETTINGS and `own_columns`) whose value differs between two runs
+    of the same optimizer."""
+    flat = [flatten(run.config) for run in runs]
+    candidates = sorted({key for config in flat for key in config if not key.startswith(NOT_SETTINGS) and key not in own_columns})
+    varied = []
+    for key in candidates:
+        seen: dict[str, set[str]] = {}
+        for run, config in zip(runs, flat):
+            seen.setdefault(run.optimizer, set()).add(repr(config.get(key, "-")))
+        if any(len(found) > 1 for found in seen.values()):
+            varied.append(key)
+    return [key for key in varied if key != "optim.name"]
+
+
+def short_names(keys: Sequence[str]) -> list[str]:
+    """Each key by its last part (optim.matrix.lr -> lr) where that is unambiguous, else in full."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return last if len(set(last)) == len(last) else list(keys)
+
+
+def label_runs(runs: Sequence[Run], own_columns: Sequence[str] = ()) -> list[str]:
+    """Set each run's label, "optimizer k=v, ..." with the settings that set it apart from other
+    runs of its optimizer; returns those settings' full keys."""
+    varied = varied_settings(runs, own_columns)
+    names = short_names(varied)
+    for run in runs:
+        config = flatten(run.config)
+        settings = ", ".join(f"{name}={config.get(key, '-')}" for name, key in zip(names, varied))
+        run.label = f"{run.optimizer} {settings}".strip()
+    return varied
+
+
+def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """{label: runs}, runs that differ only in their seed pooled, ordered by optimizer then label."""
+    label_runs(runs)
+    groups: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: (optimizer_rank(r.optimizer), r.label, str(r.seed))):
+        groups.setdefault(run.label, []).append(run)
+    return groups

@@ -1,0 +1,272 @@
+"""Composing and checking run configs: the one way every entry point turns overrides into a run.
+
+    compose_config(overrides)      conf/ + Hydra overrides -> a resolved plain dict
+    check_config(cfg)              every value checked, no file or device touched (the optimizer is
+                                   built on a meta-device model), so a bad sweep point fails first
+    sweep_points(overrides)        every point of a Hydra sweep (command line and hydra.sweeper.params)
+
+Overrides are checked before Hydra sees them, so that a typo is one `error:` line naming the key
+(with the nearest known key), also when added with `+`: a key is known when some file in conf/
+defines it. A group option that does not exist is named with the options there are.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.tokenizer import padded_vocab_size
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "optim", "data", "experiment")
+GLOBAL_PACKAGE = re.compile(r"^#\s*@package\s+_global_", re.MULTILINE)
+WANDB_MODES = ("disabled", "offline", "online")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """An override or config value that cannot make a run."""
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers the configs use: ${tokenizer_vocab:NAME} is a model's vocabulary size."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("tokenizer_vocab"):
+        OmegaConf.register_new_resolver("tokenizer_vocab", padded_vocab_size)
+
+
+# --- which keys exist -------------------------------------------------------------------
+
+
+def _flat_keys(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys.add(name)
+        if isinstance(value, Mapping):
+            keys |= _flat_keys(value, name + ".")
+    return keys
+
+
+@cache
+def known_keys() -> frozenset[str]:
+    """Every config key some file in conf/ defines (a group's keys under the group's name; a
+    `@package _global_` file's at the top)."""
+    root = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
+    keys = _flat_keys({k: v for k, v in root.items() if k not in ("defaults", "hydra")})
+    for group in GROUPS:
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            text = path.read_text()
+            tree = {k: v for k, v in (yaml.safe_load(text) or {}).items() if k not in ("defaults", "hydra")}
+            keys |= _flat_keys(tree, "" if GLOBAL_PACKAGE.search(text) else f"{group}.")
+    return frozenset(keys)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse an override whose key no config file defines (with or without `+`), and a group
+    option that does not exist, each in one line naming what to fix."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as err:
+        raise ConfigError(_one_line(str(err))) from None
+    for override in parsed:
+        key = override.key_or_group
+        if key.startswith("hydra.") or key == "hydra" or override.is_delete():
+            continue
+        if key in GROUPS:
+            options = group_options(key)
+            values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+            for value in values:
+                if value is not None and str(value) not in options and str(value) != "null":
+                    raise ConfigError(f"{key}={value}: no such option; {key} options are {', '.join(options)}")
+            continue
+        if key not in known_keys():
+            near = difflib.get_close_matches(key, sorted(known_keys()), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}; no file in conf/ defines it")
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return "; ".join(line for line in lines if not line.startswith("Set the environment variable HYDRA_FULL_ERROR"))
+
+
+# --- composing ------------------------------------------------------------------------
+
+
+def _compose(overrides: Sequence[str], with_hydra: bool):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_overrides(overrides)
+    register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_composition_error(str(err))) from None
+
+
+def _composition_error(message: str) -> str:
+    absent = re.match(r"Could not override '([^']+)'", message)
+    if absent:  # a key of another option of its group (say, an Aurora option with optim=muon)
+        return (
+            f"{absent.group(1)} is not a key of the options chosen for this run "
+            "(another option of its group defines it); remove it or choose that option"
+        )
+    return _one_line(message)
+
+
+def compose_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The resolved config for `overrides`, as a plain dict."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(_compose(overrides, with_hydra=False), resolve=True)
+
+
+def model_preset(name: str, data: str = "shakespeare") -> dict[str, Any]:
+    """A conf/model preset as a run with `data` composes it (its vocabulary follows the data's
+    tokenizer); an unknown name is one error naming the presets."""
+    return compose_config([f"model={name}", f"data={data}"])["model"]
+
+
+def recipe_sweep(overrides: Sequence[str]) -> dict[str, str]:
+    """`hydra.sweeper.params` of the composed config: the sweep a recipe declares."""
+    from omegaconf import OmegaConf
+
+    params = _compose(overrides, with_hydra=True).hydra.sweeper.params
+    return OmegaConf.to_container(params, resolve=False) if params else {}
+
+
+def sweep_points(overrides: Sequence[str]) -> list[list[str]]:
+    """Every combination of a Hydra sweep as its own override list: sweeps from the command line
+    (`a,b,c`, ranges) and from `hydra.sweeper.params` of the composed config (as recipes set
+    them; a key given on the command line replaces the recipe's list)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    check_overrides(overrides)
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    recipe = recipe_sweep(fixed)
+    given = {o.key_or_group for o in parsed}
+    from_recipe = [f"{key}={value}" for key, value in recipe.items() if key not in given]
+    combined = parser.parse_overrides(from_recipe + list(overrides))
+    return [point for batch in BasicSweeper.split_arguments(combined, None) for point in batch]
+
+
+def compose_sweep(overrides: Sequence[str], world_size: int = 1) -> list[tuple[list[str], dict[str, Any]]]:
+    """(overrides, checked config) of every sweep point, all composed and checked before any runs;
+    two points that would share an out_dir are refused."""
+    composed, out_dirs = [], {}
+    points = sweep_points(overrides)
+    for number, point in enumerate(points, 1):
+        try:
+            cfg = compose_config(point)
+            check_config(cfg, world_size)
+        except ValueError as err:
+            raise ConfigError(f"sweep point {number} of {len(points)} ({' '.join(point)}): {err}") from None
+        if cfg["out_dir"] in out_dirs:
+            raise ConfigError(
+                f"sweep points {out_dirs[cfg['out_dir']]} and {point} share out_dir {cfg['out_dir']!r}; "
+                "put the swept keys into out_dir, e.g. 'out_dir=runs/sweep/${optim.name}-seed${seed}'"
+            )
+        out_dirs[cfg["out_dir"]] = point
+        composed.append((point, cfg))
+    return composed
+
+
+# --- checking values ---------------------------------------------------------------------
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def accumulation_steps(batch_tokens: int, micro_batch: int, seq_len: int, world_size: int) -> int:
+    per_pass = micro_batch * seq_len * world_size
+    if not _is_int(batch_tokens) or batch_tokens <= 0 or batch_tokens % per_pass:
+        raise ConfigError(
+            f"train.batch_tokens={batch_tokens} must be a positive multiple of "
+            f"world_size x train.micro_batch x train.seq_len = {world_size} x {micro_batch} x {seq_len} = {per_pass}"
+        )
+    return batch_tokens // per_pass
+
+
+def check_train_config(tcfg: Mapping[str, Any], world_size: int = 1) -> None:
+    for key in ("steps", "micro_batch", "seq_len"):
+        _require(_is_int(tcfg[key]) and tcfg[key] > 0, f"train.{key}", tcfg[key], "a positive integer")
+    for key in ("warmup_frac", "decay_frac"):
+        _require(isinstance(tcfg[key], (int, float)) and 0.0 <= tcfg[key] <= 1.0, f"train.{key}", tcfg[key], "in [0, 1]")
+    if tcfg["warmup_frac"] + tcfg["decay_frac"] > 1.0:
+        raise ConfigError("train.warmup_frac + train.decay_frac must be at most 1")
+    for key in ("val_every", "log_every", "checkpoint_every"):
+        _require(_is_int(tcfg[key]) and tcfg[key] >= 0, f"train.{key}", tcfg[key], "an integer >= 0")
+    _require(tcfg["precision"] in PRECISIONS, "train.precision", tcfg["precision"], f"one of {PRECISIONS}")
+    _require(tcfg["device"] in DEVICES, "train.device", tcfg["device"], f"one of {DEVICES}")
+    from train.dist import PARALLELISMS
+
+    _require(tcfg["parallelism"] in PARALLELISMS, "train.parallelism", tcfg["parallelism"], f"one of {PARALLELISMS}")
+    keep = tcfg["keep_checkpoints"]
+    _require(keep is None or (_is_int(keep) and keep >= 1), "train.keep_checkpoints", keep, "a positive integer or null")
+    skips = tcfg["max_skipped_steps"]
+    _require(_is_int(skips) and skips >= 0, "train.max_skipped_steps", skips, "an integer >= 0")
+    threads = tcfg["threads"]
+    _require(threads is None or (_is_int(threads) and threads >= 1), "train.threads", threads, "a positive integer or null")
+    accumulation_steps(tcfg["batch_tokens"], tcfg["micro_batch"], tcfg["seq_len"], world_size)
+
+
+def check_config(cfg: Mapping[str, Any], world_size: int = 1) -> None:
+    """Every value of a composed config that can be checked without data, devices or a run
+    directory; raises ConfigError (or the module's own ValueError) naming the key."""
+    import torch
+
+    from model import build_model
+    from optim import build_optimizer
+    from train.data import check_data_config
+
+    _require(_is_int(cfg["seed"]), "seed", cfg["seed"], "an integer")
+    check_train_config(cfg["train"], world_size)
+    check_data_config(cfg["data"])
+    diag = cfg["diagnostics"]
+    _require(_is_int(diag["every"]) and diag["every"] >= 0, "diagnostics.every", diag["every"], "an integer >= 0 (0: off)")
+    window = diag["starvation_window"]
+    _require(_is_int(window) and window >= 1, "diagnostics.starvation_window", window, "a positive integer")
+    if diag["every"]:
+        probe = diag["probe_tokens"]
+        _require(_is_int(probe) and probe >= cfg["train"]["seq_len"], "diagnostics.probe_tokens", probe, "at least train.seq_len")
+    every = cfg["eval"]["hellaswag_every"]
+    _require(_is_int(every) and every >= 0, "eval.hellaswag_every", every, "an integer >= 0 (0: never)")
+    examples = cfg["eval"]["hellaswag_examples"]
+    _require(_is_int(examples) and examples >= 1, "eval.hellaswag_examples", examples, "a positive integer")
+    _require(cfg["wandb"]["mode"] in WANDB_MODES, "wandb.mode", cfg["wandb"]["mode"], f"one of {WANDB_MODES}")
+    with torch.device("meta"):  # shapes only: a 1B model costs nothing here
+        model = build_model(cfg["model"])
+    build_optimizer(cfg["optim"], model)
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
