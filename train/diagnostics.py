@@ -30,6 +30,7 @@ from train.data import validation_batches
 
 NEARLY_DEAD_THRESHOLD = 0.01  # of the layer's mean |activation|
 LOW_LEVERAGE_THRESHOLD = 0.1  # of the mean leverage n/m
+STALE_GRADIENT_THRESHOLD = 0.01  # of the median gradient row norm: a row whose update no current gradient asks for
 # Relative-leverage histogram (ℓᵢ / (n/m)): [0, 1e-3), quarter-decade bins up to 10^1.5, then
 # [10^1.5, inf). Fixed, so that histograms from any run, step or shape can be compared.
 LEVERAGE_HIST_EDGES = (0.0, *(10 ** (k / 4) for k in range(-12, 7)), math.inf)
@@ -108,6 +109,28 @@ def leverage_histogram(relative: Tensor) -> list[int]:
     inner_edges = torch.tensor(LEVERAGE_HIST_EDGES[1:-1], dtype=torch.float32)
     bins = torch.bucketize(relative.float().cpu(), inner_edges, right=True)
     return torch.bincount(bins, minlength=len(LEVERAGE_HIST_EDGES) - 1).tolist()
+
+
+def gradient_row_norms(grad: Tensor) -> Tensor:
+    """‖Gᵢ‖ for each row of tall(grad): how much the current gradient asks of each neuron."""
+    return tall(grad.detach()).float().norm(dim=1)
+
+
+def stale_rows(grad_rows: Tensor) -> Tensor:
+    """Rows whose current gradient is below 1% of the median row's (dead units' rows: exactly 0)."""
+    return grad_rows < STALE_GRADIENT_THRESHOLD * grad_rows.median()
+
+
+def stale_update_stats(relative: Tensor, grad_rows: Tensor) -> dict[str, float]:
+    """Where the update goes against what the gradient asks, from relative leverages rᵢ and
+    gradient row norms of one matrix (or of pooled matrices of one shape): stale_update_frac, the
+    share Σ_{i stale} rᵢ / Σ rᵢ of the update's squared norm given to stale rows; zero_grad_frac,
+    the rows whose gradient is exactly zero."""
+    stale = stale_rows(grad_rows)
+    return {
+        "stale_update_frac": float(relative[stale].sum() / relative.sum()),
+        "zero_grad_frac": float((grad_rows == 0).float().mean()),
+    }
 
 
 def weight_row_norm_stats(weight: Tensor) -> dict[str, float]:
@@ -242,17 +265,25 @@ class NeuronDiagnostics:
     def wants(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def measure(self, step: int, updates: Mapping[str, Tensor]) -> dict[str, float | list[int]]:
+    def gradient_rows(self) -> dict[str, Tensor]:
+        """Each measured matrix's gradient row norms, read before the optimizer step (and before
+        the gradients are zeroed): the `measure` of the same step compares the update with them."""
+        return {name: gradient_row_norms(whole(param.grad)) for name, param in self.weights.items() if param.grad is not None}
+
+    def measure(
+        self, step: int, updates: Mapping[str, Tensor], gradient_rows: Mapping[str, Tensor] | None = None
+    ) -> dict[str, float | list[int]]:
         """All diagnostics of this step as flat `diag/...` metrics (docs/neuron_death.md).
 
         `updates` maps parameter names to this step's update direction (any scale, as
         `optimizer.captured_updates` holds it); matrices absent from it, or whose update is all
-        zero, get no leverage metrics and no starvation observation.
+        zero, get no leverage metrics and no starvation observation. `gradient_rows` (from
+        `gradient_rows()`) adds the stale-update metrics.
         """
         metrics: dict[str, float | list[int]] = {}
         self._activation_metrics(metrics)
         with_histograms = any(step - self.every < wanted <= step for wanted in self.histogram_steps)
-        self._leverage_metrics(metrics, updates, with_histograms)
+        self._leverage_metrics(metrics, updates, gradient_rows or {}, with_histograms)
         for name, weight in self.weights.items():
             weight = whole(weight.detach())
             if weight.any():  # an all-zero matrix has no row-norm distribution
@@ -308,28 +339,35 @@ class NeuronDiagnostics:
             total["mean_abs"] /= total["units"]
             metrics.update(_named(group, _death_fractions(total)))
 
-    def _leverage_metrics(self, metrics: dict, updates: Mapping[str, Tensor], with_histograms: bool) -> None:
-        pooled: dict[str, tuple[list[Tensor], list[Tensor | None]]] = {}
+    def _leverage_metrics(
+        self, metrics: dict, updates: Mapping[str, Tensor], gradient_rows: Mapping[str, Tensor], with_histograms: bool
+    ) -> None:
+        pooled: dict[str, tuple[list[Tensor], list[Tensor | None], list[Tensor | None]]] = {}
         for name in self.weights:
             update = updates.get(name)
             if update is None or not update.any():
                 continue
             relative = relative_leverage(update)
             starved = self.starvation.observe(name, relative)
-            self._add_leverage(metrics, _module(name), relative, starved, with_histograms)
+            grads = gradient_rows.get(name)
+            self._add_leverage(metrics, _module(name), relative, starved, grads, with_histograms)
             if (group := pooled_name(_module(name))) is not None:
-                relatives, starveds = pooled.setdefault(group, ([], []))
-                relatives.append(relative)
-                starveds.append(starved)
-        for group, (relatives, starveds) in pooled.items():
+                for column, value in zip(pooled.setdefault(group, ([], [], [])), (relative, starved, grads)):
+                    column.append(value)
+        for group, (relatives, starveds, grads) in pooled.items():
             starved = None if any(s is None for s in starveds) else torch.cat(starveds)
-            self._add_leverage(metrics, group, torch.cat(relatives), starved, with_histograms)
+            grad = None if any(g is None for g in grads) else torch.cat(grads)
+            self._add_leverage(metrics, group, torch.cat(relatives), starved, grad, with_histograms)
 
     @staticmethod
-    def _add_leverage(metrics: dict, name: str, relative: Tensor, starved: Tensor | None, with_histogram: bool) -> None:
+    def _add_leverage(
+        metrics: dict, name: str, relative: Tensor, starved: Tensor | None, grad_rows: Tensor | None, with_histogram: bool
+    ) -> None:
         metrics.update(_named(name, leverage_stats(relative)))
         if starved is not None:
             metrics[f"{METRIC_PREFIX}{name}/starved_frac"] = float(starved.float().mean())
+        if grad_rows is not None:
+            metrics.update(_named(name, stale_update_stats(relative, grad_rows.to(relative.device))))
         if with_histogram:
             metrics[f"{METRIC_PREFIX}{name}/leverage_hist"] = leverage_histogram(relative)
 

@@ -336,6 +336,7 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
                 loss_sum += loss.detach()
             train_loss, norm, stopping = step_scalars(loss_sum, grad_norm(model), stop.received is not None, runtime)
             capture = diagnostics is not None and diagnostics.wants(step)
+            gradient_rows = diagnostics.gradient_rows() if capture else None
             if math.isfinite(train_loss) and math.isfinite(norm):
                 optimizer.captured_updates = {} if capture else None
                 with DeviceTimer(runtime.device) as optimizer_timer:
@@ -377,7 +378,7 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
                 )
                 record["val_loss"] = evaluate(model, val, runtime, tcfg["precision"])
             if capture:
-                record.update(diagnostics.measure(step, optimizer.captured_updates))
+                record.update(diagnostics.measure(step, optimizer.captured_updates, gradient_rows))
             optimizer.captured_updates = None
             if hellaswag and step % cfg["eval"]["hellaswag_every"] == 0:
                 record.update(
