@@ -1,5 +1,6 @@
 """Shards, loaders, corpus preparation and data configs, on small local data (offline)."""
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -276,6 +277,64 @@ def test_data_configs_have_the_schema(name, monkeypatch):
     assert set(cfg) == {"name", "tokenizer", "dir", "train_pattern", "val_pattern", "val_tokens", "verify_checksums"}
     assert cfg.dir == f"/somewhere/{name}"
     assert cfg.tokenizer == ("bytes" if name.endswith("bytes") else "gpt2")
+
+
+def test_byte_shards_are_written_and_read_back(tmp_path, small_builtin):
+    data_dir = corpus.ensure_builtin_corpus(tmp_path / "bytes", "bytes")
+    val = load_shard(data_dir / "shakespeare_val_000000.bin")
+    assert len(val) == corpus.DEFAULT_VAL_TOKENS["bytes"] and val[0] == 256  # <|endoftext|> opens the stream
+    assert get_tokenizer("bytes").decode(val[1:40].tolist()) == "Act 0. Enter a player. Enter a player. "
+    assert json.loads((data_dir / "manifest.json").read_text())["tokenizer"] == "bytes"
+
+
+def test_shards_of_another_tokenizer_are_refused_naming_both(tmp_path, small_builtin, monkeypatch):
+    monkeypatch.setenv("AURORA_BENCH_DATA", str(tmp_path))
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DATA / "shakespeare_bytes.yaml"), resolve=True)
+    corpus.ensure_builtin_corpus(tmp_path / "shakespeare", "gpt2")
+    with pytest.raises(DataError, match="made with tokenizer 'gpt2', but data.tokenizer is 'bytes'"):
+        resolve_shards({**cfg, "dir": str(tmp_path / "shakespeare")})
+
+
+def test_a_damaged_shard_is_caught_at_launch_by_its_checksum(tmp_path, small_builtin, monkeypatch):
+    monkeypatch.setenv("AURORA_BENCH_DATA", str(tmp_path))
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DATA / "shakespeare.yaml"), resolve=True)
+    resolve_shards(cfg)
+    val = tmp_path / "shakespeare" / "shakespeare_val_000000.bin"
+    raw = bytearray(val.read_bytes())
+    raw[2000:2004] = b"\x01\x00\x01\x00"  # in-vocabulary ids: only the checksum sees it
+    val.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"shakespeare_val_000000.bin is damaged.*rebuild: python -m train.prepare shakespeare"):
+        resolve_shards(cfg)
+    assert resolve_shards({**cfg, "verify_checksums": False})  # the check can be switched off
+
+
+def test_the_prepare_command_repairs_the_builtin_corpus(tmp_path, small_builtin, capsys):
+    out = tmp_path / "shakespeare"
+    assert exit_code(lambda: prepare.main(["shakespeare", "--out", str(out)])) == 0
+    (out / "shakespeare_val_000000.bin").unlink()  # the user deleted a damaged shard
+    assert exit_code(lambda: prepare.main(["shakespeare", "--out", str(out)])) == 0
+    assert f"rebuilding the built-in corpus in {out}: no val shard" in capsys.readouterr().err
+    assert (out / "shakespeare_val_000000.bin").is_file() and len(small_builtin) == 2
+    raw = bytearray((out / "shakespeare_train_000001.bin").read_bytes())
+    raw[-2:] = b"\x00\x00"
+    (out / "shakespeare_train_000001.bin").write_bytes(bytes(raw))
+    assert exit_code(lambda: prepare.main(["shakespeare", "--out", str(out)])) == 0
+    assert len(small_builtin) == 3 and resolve_shards(
+        {"name": "shakespeare", "tokenizer": "gpt2", "dir": str(out), "train_pattern": "shakespeare_train_*.bin",
+         "val_pattern": "shakespeare_val_*.bin", "verify_checksums": True}
+    )
+
+
+def test_a_damaged_val_shard_stops_a_run_before_its_run_directory_is_made(micro_config, micro_shards, tmp_path):
+    from train.loop import train
+
+    bad = tmp_path / "bad"
+    shutil.copytree(micro_shards, bad)
+    val = bad / "micro_val_000000.bin"
+    val.write_bytes(val.read_bytes()[:-10])
+    with pytest.raises(DataError, match="micro_val_000000.bin: truncated"):
+        train(micro_config(f"data.dir={bad}", out="run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_resolve_shards_prepares_the_builtin_corpus(tmp_path, small_builtin, monkeypatch):

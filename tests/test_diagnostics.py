@@ -23,6 +23,7 @@ from train.diagnostics import (
     leverage_histogram,
     leverage_stats,
     relative_leverage,
+    stale_update_stats,
     update_leverage,
 )
 
@@ -159,6 +160,40 @@ def test_starved_fraction_is_logged_once_the_window_has_filled():
     metrics = diagnostics.measure(2, updates)
     assert metrics["diag/blocks.0.mlp.up/starved_frac"] == 0.25
     assert metrics["diag/blocks.0.mlp.up/leverage_low_frac"] == 0.25
+
+
+def test_stale_update_fraction_is_the_update_mass_on_rows_the_gradient_does_not_ask_for():
+    relative = torch.tensor([2.0, 1.0, 0.5, 0.5])  # mean 1, as relative leverages are
+    grad_rows = torch.tensor([0.0, 1.0, 1e-3, 2.0])  # median 0.5005: rows 0 and 2 are below 1% of it
+    stats = stale_update_stats(relative, grad_rows)
+    assert stats == {"stale_update_frac": pytest.approx(2.5 / 4.0), "zero_grad_frac": 0.25}
+    assert stale_update_stats(relative, torch.ones(4))["stale_update_frac"] == 0.0
+
+
+def stale_metrics_after_a_gradient_stops(optim_name: str) -> dict:
+    """Three steps; on the third, three `up` rows of block 0 get no gradient (their momentum remains)."""
+    model = micro_gpt()
+    optimizer = build_optimizer(compose_config(f"optim={optim_name}")["optim"], model)
+    diagnostics = NeuronDiagnostics.for_gpt(model, probe(), every=1, starvation_window=1)
+    for step in (1, 2, 3):
+        model(*probe().split(8, dim=1)).backward()
+        if step == 3:
+            with torch.no_grad():
+                model.blocks[0].mlp.up.weight.grad[:3] = 0.0
+        gradient_rows = diagnostics.gradient_rows()
+        optimizer.captured_updates = {}
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return diagnostics.measure(3, optimizer.captured_updates, gradient_rows)
+
+
+def test_measure_logs_stale_updates_when_given_the_gradients_of_the_step():
+    aurora, muon = (stale_metrics_after_a_gradient_stops(name) for name in ("aurora", "muon"))
+    assert aurora["diag/blocks.0.mlp.up/zero_grad_frac"] == 3 / 128 and aurora["diag/blocks.1.mlp.up/zero_grad_frac"] == 0
+    # Aurora's row scaling gives each stale row about an average row's share (1/128) of the update; Muon less
+    assert aurora["diag/blocks.0.mlp.up/stale_update_frac"] > 0.5 * 3 / 128
+    assert muon["diag/blocks.0.mlp.up/stale_update_frac"] < aurora["diag/blocks.0.mlp.up/stale_update_frac"]
+    assert "diag/mlp.up/stale_update_frac" in aurora
 
 
 # --- the class: names, cadence, side effects ---

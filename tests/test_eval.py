@@ -539,3 +539,31 @@ def test_hub_source_offline_fails_within_seconds(random_run, capsys, monkeypatch
 def test_bad_options_are_named(random_run, capsys, option, message):
     code, err = run_cli(capsys, random_run, option)
     assert code == 2 and message in err
+
+
+# --- the sample command ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vocab, tokenizer", [(50304, "gpt2"), (320, "bytes")])
+def test_sample_generates_from_a_checkpoint_of_either_tokenizer_the_same_way_twice(tmp_path, capsys, vocab, tokenizer):
+    from eval import sample
+
+    torch.manual_seed(0)
+    run = save_run(tmp_path / "run", tiny_gpt(vocab_size=vocab), data={"tokenizer": tokenizer})
+    argv = [str(run), "--prompt", "ROMEO:", "--tokens", "20", "--samples", "2"]
+    assert exit_code(lambda: sample.main(argv)) == 0
+    first = capsys.readouterr().out
+    assert exit_code(lambda: sample.main(argv)) == 0
+    assert capsys.readouterr().out == first  # seeded
+    assert first.count("ROMEO:") == 2 and f"{tokenizer} tokens" in first
+    model, enc, seq_len = sample.load_for_sampling(str(run))
+    greedy = sample.generate(model, enc, "ROMEO:", 5, seq_len, temperature=0)
+    assert greedy == sample.generate(model, enc, "ROMEO:", 5, seq_len, temperature=0, seed=7)  # greedy ignores the seed
+
+
+def test_sample_of_a_missing_run_is_one_clear_line(tmp_path, capsys):
+    from eval import sample
+
+    assert exit_code(lambda: sample.main([str(tmp_path / "nowhere")])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and len(err.splitlines()) == 1

@@ -25,6 +25,28 @@ def test_encode_decode_round_trip():
     assert enc.decode(enc.encode_ordinary(text)) == text
 
 
+def test_byte_tokenizer_round_trips_non_ascii_text():
+    enc = get_tokenizer("bytes")
+    text = "  To be, or not to be: that is the question.\n\tCafé — ünïcödé 日本語 🎭\n"
+    ids = enc.encode_ordinary(text)
+    assert ids == list(text.encode("utf-8")) and max(ids) < 256
+    assert enc.decode(ids) == text
+    assert enc.encode("a<|endoftext|>b", allowed_special="all") == [97, 256, 98]
+    assert enc.encode("a<|endoftext|>b") == list(b"a<|endoftext|>b")  # special only when allowed, as tiktoken
+    assert (enc.eot_token, enc.n_vocab, enc.name) == (256, 257, "bytes")
+
+
+def test_byte_decoding_of_a_cut_character_does_not_fail():
+    enc = get_tokenizer("bytes")
+    assert enc.decode(list("é".encode("utf-8"))[:1]) == "\ufffd"
+
+
+def test_model_vocabulary_is_the_tokenizers_padded_to_64():
+    assert tokenizer.padded_vocab_size("gpt2") == 50304 and tokenizer.padded_vocab_size("bytes") == 320
+    with pytest.raises(ValueError, match="data.tokenizer must be one of"):
+        tokenizer.padded_vocab_size("chars")
+
+
 def test_pattern_is_tiktokens_gpt2_pattern():
     openai_public = pytest.importorskip("tiktoken_ext.openai_public")
     if not hasattr(openai_public, "r50k_pat_str"):

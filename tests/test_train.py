@@ -36,6 +36,42 @@ def test_lr_schedule_warms_up_holds_then_decays_to_zero():
     assert scales == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2]
 
 
+@pytest.mark.parametrize(
+    "total, warmup, decay, expected",
+    [
+        (4, 0.0, 0.0, [1.0, 1.0, 1.0, 1.0, 1.0]),  # constant: no decay phase, even at step `total`
+        (4, 0.25, 0.0, [1.0, 1.0, 1.0, 1.0, 1.0]),  # one warmup step reaches 1 at once
+        (4, 0.0, 1.0, [1.0, 0.75, 0.5, 0.25, 0.0]),  # all decay
+        (4, 1.0, 0.0, [0.25, 0.5, 0.75, 1.0, 1.0]),  # all warmup
+        (1, 0.0, 0.5, [1.0, 1.0]),  # int(1 * 0.5) = 0 steps of decay
+        (1, 0.0, 1.0, [1.0, 0.0]),
+        (3, 0.5, 0.5, [1.0, 1.0, 1.0, 0.0]),  # one warmup step, int(1.5) = 1 decay step
+    ],
+)
+def test_lr_schedule_at_its_edges_never_divides_by_zero(total, warmup, decay, expected):
+    """Values for steps 0..total: the scheduler also evaluates step `total`, after the last update."""
+    assert [lr_scale(s, total, warmup, decay) for s in range(total + 1)] == pytest.approx(expected)
+
+
+def test_a_constant_lr_run_finishes_and_a_rerun_finds_it_complete(micro_config, capsys):
+    for _ in range(2):  # the issue's reproduction: train.decay_frac=0, run twice
+        run_dir = train(micro_config("train.steps=4", "train.decay_frac=0", "train.checkpoint_every=2"))
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4] and "val_loss" in read_metrics(run_dir)[-1]
+    assert "already complete at step 4" in capsys.readouterr().out
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_without_duplicating_steps(micro_config, capsys):
+    full = train(micro_config("train.checkpoint_every=0"))
+    killed = full.parent / "killed"
+    shutil.copytree(full, killed)
+    shutil.rmtree(killed / "checkpoints")  # died before it saved anything
+    restarted = train(micro_config("train.checkpoint_every=0", out="killed"))
+    assert [r["step"] for r in read_metrics(restarted)] == list(range(1, 13))
+    assert losses(restarted) == losses(full)
+    assert "set aside 12 record(s) of steps 1-12, logged after step 0 by an interrupted launch" in capsys.readouterr().out
+    assert len((killed / "metrics.discarded.jsonl").read_text().splitlines()) == 12
+
+
 def test_short_run_loss_falls_and_the_run_directory_is_complete(micro_config):
     run_dir = train(micro_config())
     curve = losses(run_dir)
@@ -68,16 +104,16 @@ def test_different_seed_gives_a_different_curve(micro_config):
     assert losses(train(micro_config(out="a"))) != losses(train(micro_config("seed=1", out="b")))
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "aurora"])
-def test_resumed_run_reproduces_the_uninterrupted_curve_exactly(micro_config, optimizer):
-    uninterrupted = train(micro_config(f"optim={optimizer}", out="full"))
+@pytest.mark.parametrize("optimizer, tokenizer", [("adamw", "gpt2"), ("aurora", "gpt2"), ("muon", "bytes")])
+def test_resumed_run_reproduces_the_uninterrupted_curve_exactly(micro_config, optimizer, tokenizer):
+    uninterrupted = train(micro_config(f"optim={optimizer}", f"data.tokenizer={tokenizer}", out="full"))
     # Simulate a crash after step 4: only the step-4 checkpoint survives, and the
     # metrics of steps 5..12 were logged by the launch that died.
     crashed = uninterrupted.parent / "crashed"
     shutil.copytree(uninterrupted, crashed)
     for path in list_checkpoints(crashed / "checkpoints")[1:]:
         shutil.rmtree(path)
-    resumed = train(micro_config(f"optim={optimizer}", out="crashed"))
+    resumed = train(micro_config(f"optim={optimizer}", f"data.tokenizer={tokenizer}", out="crashed"))
     assert losses(resumed) == losses(uninterrupted)
     assert losses(resumed, "val_loss") == losses(uninterrupted, "val_loss")
     discarded = (crashed / "metrics.discarded.jsonl").read_text().splitlines()
@@ -170,6 +206,39 @@ def test_cli_rejects_an_unknown_group_option_naming_the_options():
 def test_cli_refuses_an_option_of_another_optimizer():
     done = run_cli("optim=muon", "+optim.matrix.pp_beta=0.3")
     assert (done.returncode, done.stderr) == (2, "error: optim.matrix.pp_beta is not an option of muon; remove it\n")
+
+
+def test_multirun_checks_every_point_before_the_first_run(micro_shards, tmp_path):
+    from tests.conftest import micro_overrides
+
+    done = run_cli("-m", *micro_overrides(micro_shards, f"out_dir={tmp_path}/" + "${optim.matrix.ns_method}", "optim=muon",
+                                          "optim.matrix.ns_method=quintic,bogus"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: sweep point 2 of 2 (")
+    assert "ns_method must be one of" in done.stderr and not (tmp_path / "quintic").exists()
+
+
+def test_multirun_prints_a_header_per_point_and_a_summary_and_writes_the_index(micro_shards, tmp_path):
+    from tests.conftest import micro_overrides
+
+    done = run_cli("-m", *micro_overrides(micro_shards, f"out_dir={tmp_path}/seed" + "${seed}", "seed=0,1", "train.steps=2"))
+    assert done.returncode == 0, done.stderr
+    assert "=== sweep point 1/2: " in done.stdout and "| adamw seed 1 |" in done.stdout
+    assert "sweep summary (2 runs):" in done.stdout and "2 of 2 runs done" in done.stdout
+    index = json.loads((tmp_path / "sweep_index.json").read_text())
+    assert {name: run["status"] for name, run in index["runs"].items()} == {"seed0": "done", "seed1": "done"}
+
+
+def test_a_tokenizer_that_disagrees_with_the_checkpoint_is_refused_naming_both(micro_config):
+    from train.checkpoint import CheckpointError, load_checkpoint
+    from model import build_model
+    from optim import build_optimizer
+
+    cfg = micro_config()
+    run_dir = train(cfg)
+    model = build_model(cfg["model"])
+    with pytest.raises(CheckpointError, match="trained with tokenizer 'gpt2', but data.tokenizer is 'bytes'"):
+        load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1], model, build_optimizer(cfg["optim"], model), "bytes")
 
 
 def test_cli_reports_bad_input_in_one_line_with_exit_code_2(micro_shards, tmp_path):

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from model import GPT, build_model
@@ -97,6 +98,18 @@ def newest_intact(directory: Path) -> tuple[Path | None, list[str]]:
     return None, passed_over
 
 
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to step_XXXXXXX.damaged (then .damaged.2, ...): kept, but no
+    longer a checkpoint, so that the step can be saved again."""
+    for number in range(1, 1000):
+        target = path.with_name(path.name + (".damaged" if number == 1 else f".damaged.{number}"))
+        if not target.exists():
+            os.replace(path, target)
+            fsync_dir(path.parent)
+            return target
+    raise CheckpointError(f"{path.parent} holds 999 damaged copies of {path.name}; clear some out")
+
+
 def _write_checksums(directory: Path) -> None:
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in sorted(directory.iterdir()) if p.is_file()}
     atomic_write(directory / CHECKSUMS, json.dumps({"files": files}, indent=1) + "\n")
@@ -112,9 +125,10 @@ def _is_disk_full(err: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        pending += [current.__cause__, current.__context__, *getattr(current, "failures", {}).values()]
+        failures = current.failures.values() if isinstance(current, CheckpointException) else ()
+        pending += [current.__cause__, current.__context__, *(exc for exc, _ in failures)]
         pending += [arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)]
-    return "No space left on device" in str(err)
+    return False
 
 
 def _agree(error: str | None) -> str | None:
@@ -183,7 +197,7 @@ def save_checkpoint(
         with _quiet_single_process():
             dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp)
         failure = None
-    except Exception as err:  # DCP raises its own exception types, wrapping the writers' OSErrors
+    except (Exception, CheckpointException) as err:  # DCP's own type (a BaseException) wraps the writers' OSErrors
         failure = err
     _barrier()
     error = None
@@ -199,14 +213,14 @@ def save_checkpoint(
             fsync_dir(tmp)
             os.replace(tmp, path)
             fsync_dir(directory)
-        except Exception as err:
+        except (Exception, CheckpointException) as err:
             shutil.rmtree(tmp, ignore_errors=True)
             previous = [p.name for p in list_checkpoints(directory)]
             kept = f"; {previous[-1]} is intact" if previous else ""
             if _is_disk_full(err):
                 error = f"no space left on the device while writing checkpoint {path} (ENOSPC); removed the partial checkpoint{kept}; free space and run again to resume"
             else:
-                error = f"writing checkpoint {path} failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); removed the partial checkpoint{kept}"
+                error = f"writing checkpoint {path} failed ({_first_line(err)}); removed the partial checkpoint{kept}"
         else:
             if keep is not None:
                 for old in list_checkpoints(directory)[:-keep]:
@@ -254,13 +268,16 @@ def load_checkpoint(
     try:
         with _quiet_single_process():
             dcp.load(state, checkpoint_id=path)
-    except Exception as err:  # DCP's own exception types; its traceback names no file a user can act on
+    except (Exception, CheckpointException) as err:  # DCP's own types; their tracebacks name no file a user can act on
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded into this model and optimizer ({_first_line(err)})") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     return meta
 
 
 def _first_line(err: BaseException) -> str:
+    """The first line of what went wrong, from inside DCP's wrapper when it is one."""
+    if isinstance(err, CheckpointException) and err.failures:
+        err = next(iter(err.failures.values()))[0]
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
@@ -307,6 +324,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         with _quiet_single_process():
             dcp.load(state, checkpoint_id=checkpoint)
         model.load_state_dict(state["model"])
-    except Exception as err:  # a model config this code cannot build, or DCP's own exception types
+    except (Exception, CheckpointException) as err:  # a model config this code cannot build, or DCP's own types
         raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not match this code's model ({_first_line(err)})") from None
     return model.to(device).eval(), meta["config"]

@@ -118,7 +118,7 @@ def gradient_row_norms(grad: Tensor) -> Tensor:
 
 def stale_rows(grad_rows: Tensor) -> Tensor:
     """Rows whose current gradient is below 1% of the median row's (dead units' rows: exactly 0)."""
-    return grad_rows < STALE_GRADIENT_THRESHOLD * grad_rows.median()
+    return grad_rows < STALE_GRADIENT_THRESHOLD * torch.quantile(grad_rows, 0.5)  # the interpolated median
 
 
 def stale_update_stats(relative: Tensor, grad_rows: Tensor) -> dict[str, float]:

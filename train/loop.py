@@ -31,6 +31,7 @@ from train.checkpoint import (
     restore_rng_state,
     rng_state,
     save_checkpoint,
+    set_aside,
 )
 from train.cli import Diverged, RunStopped
 from train.config import accumulation_steps, check_config
@@ -179,13 +180,17 @@ def mean_over_ranks_vector(values: torch.Tensor, runtime: Runtime) -> list[float
 
 class StopSignals:
     """SIGTERM and SIGINT (preemption, Ctrl-C) ask the run to stop at the next step boundary,
-    where it saves a checkpoint; a second signal aborts at once. Installed only in the main
-    thread (Python's rule), restored on exit."""
+    where it saves a checkpoint; a second signal aborts at once. Signals within a second of the
+    first count as the same request: Ctrl-C under torchrun reaches a worker twice (SIGINT from
+    the terminal, SIGTERM forwarded by torchrun). Installed only in the main thread (Python's
+    rule), restored on exit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SAME_REQUEST_S = 1.0
 
     def __init__(self):
         self.received: int | None = None
+        self.received_at = 0.0
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -200,20 +205,27 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
+            if time.monotonic() - self.received_at < self.SAME_REQUEST_S:
+                return
             print(f"{name} again: aborting now, without a checkpoint", file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        self.received = signum
+        self.received, self.received_at = signum, time.monotonic()
         print(f"{name}: stopping at the end of this step, after a checkpoint; {name} again aborts at once", file=sys.stderr, flush=True)
 
 
 def select_checkpoint(run: RunDir) -> tuple[Path | None, list[str]]:
-    """The newest intact checkpoint (and the damaged ones passed over); refuses a run whose
-    checkpoints are all damaged rather than silently starting it again."""
+    """The newest intact checkpoint, and a line for each newer, damaged one passed over; those
+    are renamed step_XXXXXXX.damaged (kept for inspection, out of the way of the steps that
+    will be saved again). Refuses a run whose checkpoints are all damaged rather than silently
+    starting it again."""
     found, passed_over = newest_intact(run.checkpoint_dir)
     if found is None and passed_over:
         raise CheckpointError(
             f"no intact checkpoint in {run.checkpoint_dir} ({'; '.join(passed_over)}); move the damaged ones away to start the run over"
         )
+    for line in passed_over:
+        name = line.split(":", 1)[0]
+        set_aside(run.checkpoint_dir / name)
     return found, passed_over
 
 
