@@ -85,3 +85,37 @@ def plot_groups(groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str,
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8, bbox_to_anchor=(0.5, 1.02))
     fig.subplots_adjust(top=0.85)
     return save_figure(fig, path)
+
+
+def plot_tuning(plan: Mapping, path: Path) -> Path | None:
+    """Final val loss against each searched key (one panel per key, log axis for log spaces), a
+    line per optimizer through its trials, the winner circled; from a scripts/tune.py plan."""
+    from eval.runs import load_run
+
+    plt = pyplot()
+    keys = list(dict.fromkeys(key for entry in plan["optimizers"].values() for key in entry["space"]))
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
+    palette = plt.get_cmap("tab10")
+    for ax, key in zip(axes[0], keys):
+        for color, (optimizer, entry) in enumerate(plan["optimizers"].items()):
+            if key not in entry["space"]:
+                continue
+            points = sorted(
+                (trial["settings"][key], load_run(Path(trial["run"])).final_val_loss) for trial in entry["trials"]
+            )
+            points = [(x, y) for x, y in points if y is not None]
+            if not points:
+                continue
+            ax.plot(*zip(*points), marker="o", color=palette(color % 10), label=optimizer)
+            winner = entry.get("winner")
+            if winner and winner.get("final_val_loss") not in (None, float("inf")):
+                ax.scatter([winner["settings"][key]], [winner["final_val_loss"]], s=160, facecolors="none", edgecolors=palette(color % 10))
+            if entry["space"][key].get("log"):
+                ax.set_xscale("log")
+        ax.set_xlabel(f"optim.{key}")
+        ax.set_ylabel("final val loss (trial seed)")
+        ax.set_title(f"tuning: final val loss against {key} (circled: the winner)", fontsize=9)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)

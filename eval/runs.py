@@ -30,7 +30,7 @@ from train.sweep import INDEX
 NOT_SETTINGS = (
     "out_dir", "seed", "wandb.", "eval.", "diagnostics.", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.threads", "train.device", "train.compile", "train.timeout_s",
-    "data.verify_checksums", "data.dir",
+    "data.verify_checksums", "data.dir", "optim.search", "optim.source", "protocol.", "recipe",
 )
 OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
 
@@ -144,23 +144,29 @@ def looks_like_run(path: Path) -> bool:
     return any((path / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints"))
 
 
+def _runs_in(path: Path, depth: int) -> list[Path]:
+    """A run itself; a sweep directory's runs (its index lists them, launched or not); else the
+    runs in the folders below, `depth` levels down at most."""
+    if (path / INDEX).is_file():
+        return [path / name for name in json.loads((path / INDEX).read_text())["runs"]]
+    if looks_like_run(path):
+        return [path]
+    if depth == 0:
+        return []
+    return [run for child in sorted(path.iterdir()) if child.is_dir() and not child.name.startswith(".") for run in _runs_in(child, depth - 1)]
+
+
 def run_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Each argument as run directories: a run itself; a sweep directory's runs (its index lists
-    them, launched or not); any other folder's run directories."""
+    """Each argument as run directories (see _runs_in), each once, in order."""
     found: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a directory; give run or sweep directories")
-        if (path / INDEX).is_file():
-            found += [path / name for name in json.loads((path / INDEX).read_text())["runs"]]
-        elif looks_like_run(path):
-            found.append(path)
-        else:
-            children = sorted(child for child in path.iterdir() if child.is_dir() and looks_like_run(child))
-            if not children:
-                raise FileNotFoundError(f"{path} holds no run directories (config.yaml, metrics.jsonl or checkpoints/)")
-            found += children
-    return list(dict.fromkeys(found))  # once each, in order
+        runs = _runs_in(path, depth=3)
+        if not runs:
+            raise FileNotFoundError(f"{path} holds no run directories (config.yaml, metrics.jsonl or checkpoints/)")
+        found += runs
+    return list(dict.fromkeys(found))
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:

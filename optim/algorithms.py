@@ -19,7 +19,7 @@ def _polar(X: Tensor, group: dict) -> Tensor:
 
 
 class Muon(MatrixOptimizer):
-    """Muon: U = polar(X). Defaults: the optimization-track baseline (REFERENCE.md §3)."""
+    """Muon: U = polar(X). Defaults: the modded-nanoGPT optimization-track baseline (lr 0.025, wd 0.05)."""
 
     def __init__(self, params, lr: float = 0.025, weight_decay: float = 0.05, **kwargs):
         super().__init__(params, lr=lr, weight_decay=weight_decay, **kwargs)
@@ -64,14 +64,15 @@ class UNorMuon(NorMuon):
 
 
 AURORA_VARIANTS = ("vanilla", "riemannian")
-AURORA_APPLY_TO = ("tall", "rectangular")
+AURORA_APPLY_TO = ("tall", "wide", "rectangular")
 
 
 class Aurora(MatrixOptimizer):
-    """Aurora (REFERENCE.md §2): a semi-orthogonal update with uniform row norms.
+    """Aurora (Tilde Research, arXiv 2606.27715): a semi-orthogonal update with uniform row norms.
 
     variant: "vanilla" (row-rescaled polar, K = pp_iterations, β = pp_beta) or "riemannian".
-    apply_to: "tall" (the paper: only rows > cols get Aurora, the rest plain polar) or
+    apply_to: "tall" (the paper: only rows > cols get Aurora, the rest plain polar), "wide" (only
+        rows < cols: an MLP's down-projection, as the later optimization-track records), or
         "rectangular" (the release code: every non-square matrix, wide ones via the transpose).
     pp_warm_start: carry the vanilla row scaling D over from the previous step (per matrix),
         so that pp_iterations=1 does the work of more (our extension, off by default).
@@ -127,7 +128,9 @@ class Aurora(MatrixOptimizer):
 
     @staticmethod
     def uses_aurora(rows: int, cols: int, group: dict) -> bool:
-        return rows > cols or (rows < cols and group["apply_to"] == "rectangular")
+        if rows == cols:
+            return False
+        return group["apply_to"] == "rectangular" or group["apply_to"] == ("tall" if rows > cols else "wide")
 
     def init_rule_state(self, shape, group, device):
         rows, cols = shape

@@ -1,4 +1,5 @@
-"""Aurora's leverage-uniform polar factors (REFERENCE.md §2), on tensors of shape [..., m, n].
+"""Aurora's leverage-uniform polar factors (Tilde Research, arXiv 2606.27715, and its release code
+github.com/tilde-research/aurora-release), on tensors of shape [..., m, n].
 
 For a tall matrix (m > n) the polar factor's squared row norms are leverage scores that sum to
 n, so rows with small momentum get small updates. Aurora looks for a semi-orthogonal U

@@ -21,6 +21,9 @@ OPTIMIZERS = {
     "riemannian_aurora": (Aurora, {"variant": "riemannian"}),
 }
 OBJECT_OPTIONS = ("debug", "compile")
+# Keys of an optim config that describe it rather than configure the optimizer: where its settings
+# come from, and the space scripts/tune.py searches.
+DESCRIPTIVE_KEYS = ("source", "search")
 ADAMW_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
 
 
@@ -53,7 +56,7 @@ def build_optimizer(cfg, model: nn.Module) -> Optimizer:
     name = cfg.get("name")
     if name not in OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {tuple(OPTIMIZERS)}, got {name!r}")
-    unknown = sorted(set(cfg) - {"name", *OBJECT_OPTIONS, *GROUP_NAMES})
+    unknown = sorted(set(cfg) - {"name", *OBJECT_OPTIONS, *DESCRIPTIVE_KEYS, *GROUP_NAMES})
     missing = [section for section in GROUP_NAMES if section not in cfg]
     if unknown or missing:
         raise ValueError(f"optim config for {name!r}: unknown keys {unknown}, missing sections {missing}")

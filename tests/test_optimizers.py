@@ -209,7 +209,7 @@ def test_adamw_groups_equal_torch_optim_adamw():
 
 
 def normuon_reference(params, steps, lr, wd, mu, beta2, eps, tall_rows_to_sqrt_n_over_m):
-    """NorMuon/U-NorMuon transcribed one matrix at a time from REFERENCE.md §2."""
+    """NorMuon (arXiv 2510.05491) and U-NorMuon transcribed one matrix at a time from their update rules."""
     momentum = [torch.zeros_like(p) for p in params]
     v = [torch.zeros(p.shape[0], 1) for p in params]
     for step in range(steps):
@@ -246,7 +246,7 @@ def test_unormuon_tall_rows_have_norm_sqrt_n_over_m_per_unit_lr():
     torch.testing.assert_close(row_norms, torch.full((32,), math.sqrt(8 / 32)), rtol=0.02, atol=0)
 
 
-@pytest.mark.parametrize("apply_to", ["tall", "rectangular"])
+@pytest.mark.parametrize("apply_to", ["tall", "wide", "rectangular"])
 def test_aurora_applies_the_aurora_rule_to_the_right_shapes(apply_to):
     ours, muon = matrices(), matrices()
     lr = 0.02
@@ -257,7 +257,7 @@ def test_aurora_applies_the_aurora_rule_to_the_right_shapes(apply_to):
     for p, m, original in zip(ours, muon, originals):
         g = torch.randn(p.shape, generator=generator) * torch.exp(torch.randn(p.shape[0], 1, generator=generator))
         rows, cols = p.shape
-        if rows > cols or (rows < cols and apply_to == "rectangular"):
+        if rows != cols and apply_to in ("rectangular", "tall" if rows > cols else "wide"):
             # Nesterov after one step from zero momentum: X = (1 − μ)G + μ(1 − μ)G.
             expected = original - lr * math.sqrt(max(1, rows / cols)) * aurora_polar((1 - 0.95**2) * g)
             torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
@@ -349,7 +349,7 @@ def test_state_dict_round_trip_continues_bit_identically(name, overrides):
         (NorMuon, {"beta2": 1.5}, "beta2"),
         (NorMuon, {"eps": -1.0}, "eps"),
         (Aurora, {"variant": "fancy"}, "variant"),
-        (Aurora, {"apply_to": "wide"}, "apply_to"),
+        (Aurora, {"apply_to": "square"}, "apply_to"),
         (Aurora, {"pp_iterations": 0}, "pp_iterations"),
         (Aurora, {"pp_beta": -0.5}, "pp_beta"),
         (Aurora, {"pp_warm_start": 1}, "pp_warm_start"),

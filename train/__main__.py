@@ -9,11 +9,13 @@ the sweep directory's sweep_index.json (train/sweep.py).
 
 from __future__ import annotations
 
+import os
 import sys
 
 from train.cli import exit_code
 from train.config import compose_config, compose_sweep, check_config, register_resolvers, world_size_from_env
-from train.sweep import Point, SweepIndex, header, summary
+from train.metrics import SWEEP_ENV
+from train.sweep import Point, SweepIndex, header, summary, sweep_directory
 
 
 class Multirun:
@@ -31,7 +33,8 @@ def preflight(argv: list[str]) -> None:
         return
     if args.multirun:
         Multirun.points = [Point(overrides, cfg) for overrides, cfg in compose_sweep(args.overrides, world_size_from_env())]
-        if world_size_from_env() == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        os.environ.setdefault(SWEEP_ENV, sweep_directory(Multirun.points).name)  # the runs' W&B group
+        if int(os.environ.get("RANK", "0")) == 0:
             Multirun.index = SweepIndex(Multirun.points, ["python -m train", *argv])
     else:
         cfg = compose_config(args.overrides)

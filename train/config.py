@@ -112,12 +112,15 @@ def _one_line(message: str) -> str:
 
 def _compose(overrides: Sequence[str], with_hydra: bool):
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     check_overrides(overrides)
     register_resolvers()
     try:
+        if GlobalHydra.instance().is_initialized():  # inside `python -m train`: Hydra already reads conf/
+            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as err:
@@ -219,11 +222,11 @@ def accumulation_steps(batch_tokens: int, micro_batch: int, seq_len: int, world_
 def check_train_config(tcfg: Mapping[str, Any], world_size: int = 1) -> None:
     for key in ("steps", "micro_batch", "seq_len"):
         _require(_is_int(tcfg[key]) and tcfg[key] > 0, f"train.{key}", tcfg[key], "a positive integer")
-    for key in ("warmup_frac", "decay_frac"):
+    for key in ("warmup_frac", "decay_frac", "val_late_frac"):
         _require(isinstance(tcfg[key], (int, float)) and 0.0 <= tcfg[key] <= 1.0, f"train.{key}", tcfg[key], "in [0, 1]")
     if tcfg["warmup_frac"] + tcfg["decay_frac"] > 1.0:
         raise ConfigError("train.warmup_frac + train.decay_frac must be at most 1")
-    for key in ("val_every", "log_every", "checkpoint_every"):
+    for key in ("val_every", "val_every_late", "log_every", "checkpoint_every"):
         _require(_is_int(tcfg[key]) and tcfg[key] >= 0, f"train.{key}", tcfg[key], "an integer >= 0")
     _require(tcfg["precision"] in PRECISIONS, "train.precision", tcfg["precision"], f"one of {PRECISIONS}")
     _require(tcfg["device"] in DEVICES, "train.device", tcfg["device"], f"one of {DEVICES}")
@@ -266,6 +269,44 @@ def check_config(cfg: Mapping[str, Any], world_size: int = 1) -> None:
     with torch.device("meta"):  # shapes only: a 1B model costs nothing here
         model = build_model(cfg["model"])
     build_optimizer(cfg["optim"], model)
+    check_protocol(cfg)
+
+
+# What a benchmark protocol leaves free: the optimizer, its config and its lr schedule (steps,
+# warmup, decay), the seed, and what cannot change the numbers (where and how the run executes,
+# what it logs and observes). Everything else must be the recipe's.
+PROTOCOL_FREE = (
+    "seed", "out_dir", "optim.", "train.steps", "train.warmup_frac", "train.decay_frac", "train.micro_batch",
+    "train.device", "train.threads", "train.compile", "train.parallelism", "train.timeout_s", "train.log_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "data.dir", "data.verify_checksums", "diagnostics.",
+    "eval.", "wandb.", "protocol.unofficial",
+)
+
+
+def protocol_changes(cfg: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (the protocol's value, this config's)} for every pinned key that differs from the
+    recipe named by protocol.name; {} for a run under no protocol."""
+    from train.rundir import config_changes
+
+    name = cfg["protocol"]["name"]
+    if not name:
+        return {}
+    reference = compose_config([f"experiment={name}"])
+    return {k: v for k, v in config_changes(reference, dict(cfg)).items() if not k.startswith(PROTOCOL_FREE)}
+
+
+def check_protocol(cfg: Mapping[str, Any]) -> None:
+    """Refuse a change to what the protocol pins, unless protocol.unofficial is set."""
+    protocol = cfg["protocol"]
+    if protocol["name"] and not isinstance(protocol["unofficial"], bool):
+        raise ConfigError(f"protocol.unofficial must be true or false, got {protocol['unofficial']!r}")
+    changed = protocol_changes(cfg)
+    if changed and not protocol["unofficial"]:
+        listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        raise ConfigError(
+            f"experiment={protocol['name']} fixes everything but the optimizer, its config, its lr schedule and the seed; "
+            f"changed: {listed}; add protocol.unofficial=true to run it anyway (its record will say unofficial)"
+        )
 
 
 def world_size_from_env() -> int:

@@ -123,6 +123,15 @@ def hellaswag_subset(
     return subset
 
 
+def validation_due(step: int, tcfg: dict[str, Any]) -> bool:
+    """Validate at the last step, every val_every steps, and in the last val_late_frac of the
+    run every val_every_late steps (the optimization track: every 125, every 25 at the end)."""
+    total = tcfg["steps"]
+    late = tcfg["val_every_late"] and step > total - int(tcfg["val_late_frac"] * total)
+    every = tcfg["val_every_late"] if late else tcfg["val_every"]
+    return step == total or bool(every and step % every == 0)
+
+
 def schedule_change_problem(old_total: int, tcfg: dict[str, Any], resume_step: int) -> str | None:
     """Why train.steps cannot change from old_total to tcfg["steps"] for a run resumed at
     `resume_step`, or None. The warmup and decay phases scale with the total, so the change is
@@ -384,7 +393,7 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
             }
             if skipped or tcfg["max_skipped_steps"]:
                 record["skipped_steps"] = skipped
-            if step == total_steps or (tcfg["val_every"] and step % tcfg["val_every"] == 0):
+            if validation_due(step, tcfg):
                 val = validation_batches(
                     val_files, tcfg["micro_batch"], tcfg["seq_len"], cfg["data"]["val_tokens"], runtime.rank, runtime.world_size
                 )

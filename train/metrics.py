@@ -147,6 +147,17 @@ class ConsoleSink:
         self.file.close()
 
 
+SWEEP_ENV = "AURORA_BENCH_SWEEP"  # set by a sweep for its runs: their W&B group
+
+
+def wandb_tags(cfg: dict[str, Any]) -> list[str]:
+    """The user's tags, then optimizer, MLP expansion and recipe, so W&B can filter by them."""
+    auto = [f"optim:{cfg['optim']['name']}", f"mlp_x{float(cfg['model']['mlp_expansion']):g}"]
+    if cfg.get("recipe"):
+        auto.append(f"recipe:{cfg['recipe']}")
+    return list(dict.fromkeys([*(cfg["wandb"].get("tags") or []), *auto]))
+
+
 class WandbSink:
     def __init__(self, cfg: dict[str, Any], out_dir: Path):
         import wandb  # heavy: imported only when W&B is on
@@ -156,8 +167,8 @@ class WandbSink:
             mode=wb["mode"],
             project=wb["project"],
             entity=wb.get("entity"),
-            group=wb.get("group"),
-            tags=list(wb.get("tags") or []),
+            group=wb.get("group") or os.environ.get(SWEEP_ENV),
+            tags=wandb_tags(cfg),
             name=out_dir.name,
             dir=str(out_dir),
             config=cfg,

@@ -5,7 +5,8 @@
       launches.jsonl   one record per launch: code version, packages, hardware, argv, and the
                        config keys it changed (old and new value), the checkpoint it resumed
                        from and any damaged checkpoint it passed over
-      code.diff        uncommitted changes at the first launch, when there were any
+      code.diff        uncommitted changes at the first launch, when there were any (each launch
+                       records the sha256 of its own)
       metrics.jsonl    one JSON object per logged step (the single source of truth)
       console.log      everything printed on rank 0
       checkpoints/     step_XXXXXXX/ directories (train/checkpoint.py)
@@ -20,6 +21,7 @@ anything else is refused, naming each key with its old and new value.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -43,6 +45,8 @@ RESUMABLE_CHANGES = (
     "out_dir",
     "train.log_every",
     "train.val_every",
+    "train.val_every_late",
+    "train.val_late_frac",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.device",
@@ -59,7 +63,17 @@ RESUMABLE_CHANGES = (
 )
 EXTENSIBLE = "train.steps"  # allowed when the lr schedule agrees up to the resumed step (train/loop.py)
 # Keys added to the config after runs were made: an older run without them had these values.
-LEGACY_DEFAULTS = {"data.tokenizer": "gpt2", "data.verify_checksums": True, "train.max_skipped_steps": 0}
+LEGACY_DEFAULTS = {
+    "data.tokenizer": "gpt2",
+    "data.verify_checksums": True,
+    "train.max_skipped_steps": 0,
+    "train.val_every_late": 0,
+    "train.val_late_frac": 0.1,
+    "recipe": None,
+    "protocol.name": None,
+    "protocol.target": None,
+    "protocol.unofficial": False,
+}
 LOCK = ".lock"
 
 
@@ -114,11 +128,14 @@ def read_launches(path: Path) -> list[dict[str, Any]]:
 
 
 def effective_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """config.yaml with the changes of every later launch applied; None without config.yaml."""
+    """config.yaml with the changes of every later launch applied, and the values an older run
+    had for keys added since (LEGACY_DEFAULTS); None without config.yaml."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         return None
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    present = flatten(config)
+    apply_changes(config, {key: (None, value) for key, value in LEGACY_DEFAULTS.items() if key not in present})
     for launch in read_launches(run_dir / "launches.jsonl"):
         apply_changes(config, launch.get("config_changes") or {})
     return config
@@ -212,9 +229,9 @@ class RunDir:
         """Write config.yaml and code.diff on the first launch, and this launch's record: its
         config changes key by key and `facts` (the checkpoint it resumed from, what it passed over)."""
         first = not self.config_path.exists()
+        diff = git("diff", "HEAD")
         if first:
             atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
-            diff = git("diff", "HEAD")
             if diff:
                 atomic_write(self.path / "code.diff", diff)
         launch = {
@@ -226,6 +243,7 @@ class RunDir:
             **facts,
             "git_commit": (git("rev-parse", "HEAD") or "").strip() or None,
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,  # code.diff is the first launch's
             "python": sys.version,
             "torch": torch.__version__,
             "hardware": hardware(),

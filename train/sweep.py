@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from train.files import atomic_write
-from train.metrics import read_metrics
+from train.metrics import SWEEP_ENV, read_metrics
 
 INDEX = "sweep_index.json"
 REPO = Path(__file__).resolve().parent.parent
@@ -84,8 +84,8 @@ class SweepIndex:
     """sweep_index.json: {"launches": [...], "runs": {run dir: {overrides, status, ...}}},
     rewritten atomically at every change of status."""
 
-    def __init__(self, points: Sequence[Point], argv: Sequence[str]):
-        self.directory = sweep_directory(points)
+    def __init__(self, points: Sequence[Point], argv: Sequence[str], directory: Path | None = None):
+        self.directory = (directory or sweep_directory(points)).resolve()
         self.path = self.directory / INDEX
         self.directory.mkdir(parents=True, exist_ok=True)
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"launches": [], "runs": {}}
@@ -192,10 +192,12 @@ def run_points(
     jobs: int = 1,
     progress_every_s: float = 15.0,
     env: dict[str, str] | None = None,
+    directory: Path | None = None,
 ) -> tuple[list[Point], SweepIndex]:
     """Run every point not already done, up to `jobs` processes at a time; returns the points
-    with their final status, and the index. A failed point does not stop the others."""
-    index = SweepIndex(points, argv)
+    with their final status, and the index (in `directory`, by default the sweep directory).
+    A failed point does not stop the others."""
+    index = SweepIndex(points, argv, directory)
     for point in points:
         point.log = point.out_dir.parent / f".{point.name}.sweep.log"
         if is_done(point):
@@ -216,7 +218,12 @@ def run_points(
             point.log.parent.mkdir(parents=True, exist_ok=True)
             # The launch directory stays the working directory, so relative out_dirs and data dirs
             # mean what they meant when the points were composed here.
-            child_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+            child_env = {
+                **os.environ,
+                **(env or {}),
+                "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))),
+                SWEEP_ENV: os.environ.get(SWEEP_ENV) or index.directory.name,  # the runs' W&B group
+            }
             with open(point.log, "w") as log:
                 process = subprocess.Popen(train_command(point, nproc), stdout=log, stderr=subprocess.STDOUT, env=child_env)
             point.status = "running"

@@ -1,0 +1,69 @@
+"""An attempt under a benchmark protocol: N seeds, then a record folder judged by the track's rule.
+
+    python scripts/speedrun.py --seeds 0 1 2 3 --nproc 8 -- optim=aurora_track3 train.steps=3200
+    python scripts/speedrun.py --seeds 0 1 -- experiment=speedrun_tiny optim=aurora     # on a CPU
+    python scripts/speedrun.py --seeds 0 1 2 3 --record-only -- optim=aurora_track3 train.steps=3200
+
+The recipe is experiment=speedrun_track3 unless the overrides name another protocol recipe
+(speedrun_tiny). Only the optimizer, its config, its lr schedule and the seed may differ from
+it; anything else is refused unless protocol.unofficial=true, and the record then says
+unofficial. Each seed is one run (one torchrun of --nproc processes), run one after another and
+resumed if interrupted; then the record folder (default runs/records/<recipe>-<optimizer>-<steps>)
+gets a README with every seed's loss, the mean, std, the rule's statistic at each validated step,
+the first step that passes, the verdict, wall time and hardware, and a copy of each run's logs,
+config and code version. See docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from eval.record import write_record
+from eval.runs import load_run
+from train.cli import exit_code
+from train.config import compose_sweep
+from train.sweep import Point, run_points, summary
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, required=True, help="non-cherry-picked seeds, all reported")
+    parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun --nproc_per_node)")
+    parser.add_argument("--record", type=Path, default=None, help="the record folder (a taken name gets .2, .3, ...)")
+    parser.add_argument("--record-only", action="store_true", help="write the record from the runs there; train nothing")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
+    args = parser.parse_args(argv)
+    recipe = [] if any(o.startswith("experiment=") for o in args.overrides) else ["experiment=speedrun_track3"]
+    overrides = [*recipe, *args.overrides, f"seed={','.join(map(str, args.seeds))}"]
+    points = [Point(point, cfg) for point, cfg in compose_sweep(overrides, args.nproc)]
+    cfg = points[0].config
+    if not cfg["protocol"]["name"]:
+        raise ValueError("scripts/speedrun.py runs a protocol recipe: experiment=speedrun_track3 or experiment=speedrun_tiny")
+    if not args.record_only:
+        points, index = run_points(points, ["scripts/speedrun.py", *argv], nproc=args.nproc)
+        print(summary(points, index))
+        failed = [point for point in points if point.status == "failed"]
+        if failed:
+            print(f"no record: {len(failed)} of {len(points)} seeds failed, and a record reports every seed", file=sys.stderr)
+            return 1
+    runs = [load_run(point.out_dir) for point in points]
+    default = Path("runs/records") / f"{cfg['protocol']['name']}-{cfg['optim']['name']}-{cfg['train']['steps']}"
+    command = shlex.join(["python", "scripts/speedrun.py", "--seeds", *map(str, args.seeds), "--nproc", str(args.nproc), "--", *args.overrides])
+    record, verdict = write_record(runs, args.record or default, command)
+    outcome = (
+        f"PASS at step {verdict['reported_step']} (mean {verdict['reported_mean']:.5f})" if verdict["passes"]
+        else "FAIL: the rule holds at no validated step"
+    )
+    print(
+        f"{cfg['protocol']['name']} ({'official' if verdict['official'] else 'UNOFFICIAL'}), {cfg['optim']['name']}, "
+        f"{verdict['steps']} steps, {verdict['seeds']} complete seeds: {outcome}; target {cfg['protocol']['target']}, "
+        f"rule (target - mean)*sqrt(n) >= 0.004\nrecord: {record / 'README.md'}"
+    )
+    return 0 if verdict["seeds"] == len(points) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code(lambda: main(sys.argv[1:])))
