@@ -256,6 +256,10 @@ def check_config(cfg: Mapping[str, Any], world_size: int = 1) -> None:
     check_data_config(cfg["data"])
     diag = cfg["diagnostics"]
     _require(_is_int(diag["every"]) and diag["every"] >= 0, "diagnostics.every", diag["every"], "an integer >= 0 (0: off)")
+    trace = diag["trace_every"]
+    _require(_is_int(trace) and trace >= 0, "diagnostics.trace_every", trace, "an integer >= 0 (0: off)")
+    if trace and world_size > 1:
+        raise ConfigError("diagnostics.trace_every reads whole weights and optimizer state: run it in one process")
     window = diag["starvation_window"]
     _require(_is_int(window) and window >= 1, "diagnostics.starvation_window", window, "a positive integer")
     if diag["every"]:

@@ -36,10 +36,11 @@ from train.checkpoint import (
 from train.cli import Diverged, RunStopped
 from train.config import accumulation_steps, check_config
 from train.data import TokenLoader, resolve_shards, validation_batch_count, validation_batches
-from train.diagnostics import NeuronDiagnostics
+from train.diagnostics import NeuronDiagnostics, probe_batch
 from train.dist import DeviceTimer, Runtime, autocast_context, gradient_sync, init_runtime, parallelize, set_determinism
 from train.metrics import Metrics
 from train.rundir import RunDir, RunDirError
+from train.unit_trace import UnitTracer
 
 def lr_scale(step: int, total: int, warmup_frac: float, decay_frac: float) -> float:
     """Linear warmup, constant, then linear decay to zero at `total` (step counts from 0).
@@ -299,6 +300,11 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
         checkpoint = shared[0]
 
     diagnostics = neuron_diagnostics(cfg, model, val_files, runtime)
+    tracer = (
+        UnitTracer(model, optimizer, probe_batch(val_files, cfg["diagnostics"]["probe_tokens"], tcfg["seq_len"]).to(runtime.device),
+                   cfg["diagnostics"]["trace_every"])
+        if cfg["diagnostics"]["trace_every"] and runtime.is_main else None
+    )
     start_step, elapsed, skipped = 0, 0.0, 0
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, model, optimizer, cfg["data"]["tokenizer"])
@@ -308,6 +314,8 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
         if diagnostics is not None and meta["diagnostics"] is not None:
             diagnostics.load_state_dict(meta["diagnostics"])
         start_step, elapsed, skipped = meta["step"], meta["elapsed_s"], meta.get("skipped_steps", 0)
+        if tracer is not None:
+            tracer.resume(run.path, start_step)
 
     metrics = Metrics.for_run(cfg, run.path, start_step) if runtime.is_main else Metrics.disabled()
     n_params = sum(p.numel() for p in model.parameters())
@@ -340,6 +348,8 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
             "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
         }
         metrics.sync()  # every step logged so far is on disk before the checkpoint that covers it
+        if tracer is not None:
+            tracer.save(run.path)
         path = save_checkpoint(run.checkpoint_dir, step, model, optimizer, meta, tcfg["keep_checkpoints"])
         metrics.message(f"saved {path}")
         return path.name
@@ -357,14 +367,18 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
                 loss_sum += loss.detach()
             train_loss, norm, stopping = step_scalars(loss_sum, grad_norm(model), stop.received is not None, runtime)
             capture = diagnostics is not None and diagnostics.wants(step)
+            trace = tracer is not None and tracer.wants(step)
             gradient_rows = diagnostics.gradient_rows() if capture else None
+            if trace:
+                tracer.before_step()
+                decays = {n: g["lr"] * g["weight_decay"] for g in optimizer.param_groups for n in g.get("param_names", [])}
             if math.isfinite(train_loss) and math.isfinite(norm):
-                optimizer.captured_updates = {} if capture else None
+                optimizer.captured_updates = {} if capture or trace else None
                 with DeviceTimer(runtime.device) as optimizer_timer:
                     optimizer.step()
             else:
                 skipped += 1
-                capture = False
+                capture = trace = False
                 if skipped > tcfg["max_skipped_steps"]:
                     raise Diverged(
                         f"the run diverged at step {step}: train loss {train_loss}, grad norm {norm}; the update was not "
@@ -400,6 +414,8 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
                 record["val_loss"] = evaluate(model, val, runtime, tcfg["precision"])
             if capture:
                 record.update(diagnostics.measure(step, optimizer.captured_updates, gradient_rows))
+            if trace:
+                tracer.after_step(step, optimizer.captured_updates, decays)
             optimizer.captured_updates = None
             if hellaswag and step % cfg["eval"]["hellaswag_every"] == 0:
                 record.update(

@@ -67,6 +67,7 @@ LEGACY_DEFAULTS = {
     "data.tokenizer": "gpt2",
     "data.verify_checksums": True,
     "train.max_skipped_steps": 0,
+    "diagnostics.trace_every": 0,
     "train.val_every_late": 0,
     "train.val_late_frac": 0.1,
     "recipe": None,
