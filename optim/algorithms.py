@@ -76,6 +76,9 @@ class Aurora(MatrixOptimizer):
         "rectangular" (the release code: every non-square matrix, wide ones via the transpose).
     pp_warm_start: carry the vanilla row scaling D over from the previous step (per matrix),
         so that pp_iterations=1 does the work of more (our extension, off by default).
+    pp_row_floor: our variant, off (0) by default: rows whose momentum norm is below this
+        fraction of the matrix's median row norm are not blown up to full size (their update
+        stays proportional to their momentum); see optim/aurora.py and docs/neuron_death.md.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class Aurora(MatrixOptimizer):
         pp_beta: float = 0.5,
         pp_eps: float = 1e-7,
         pp_warm_start: bool = False,
+        pp_row_floor: float = 0.0,
         riemannian_outer_steps: int = 3,
         riemannian_cg_steps: int = 20,
         riemannian_step_size: float = 0.1,
@@ -106,6 +110,7 @@ class Aurora(MatrixOptimizer):
                 pp_beta=pp_beta,
                 pp_eps=pp_eps,
                 pp_warm_start=pp_warm_start,
+                pp_row_floor=pp_row_floor,
                 riemannian_outer_steps=riemannian_outer_steps,
                 riemannian_cg_steps=riemannian_cg_steps,
                 riemannian_step_size=riemannian_step_size,
@@ -123,6 +128,8 @@ class Aurora(MatrixOptimizer):
         require(is_number(group["pp_beta"]) and group["pp_beta"] >= 0, "pp_beta", group["pp_beta"], "a number >= 0")
         require(is_number(group["pp_eps"]) and group["pp_eps"] > 0, "pp_eps", group["pp_eps"], "a number > 0")
         require(isinstance(group["pp_warm_start"], bool), "pp_warm_start", group["pp_warm_start"], "a bool")
+        floor = group["pp_row_floor"]
+        require(is_number(floor) and 0 <= floor < 1, "pp_row_floor", floor, "a number in [0, 1) (0: the paper's Aurora)")
         step_size = group["riemannian_step_size"]
         require(is_number(step_size) and step_size > 0, "riemannian_step_size", step_size, "a number > 0")
 
@@ -159,7 +166,8 @@ class Aurora(MatrixOptimizer):
             )
             return U, state
         U, row_correction = aurora_polar_with_state(
-            X, state.get("row_correction"), group["pp_iterations"], group["pp_beta"], **polar_options
+            X, state.get("row_correction"), group["pp_iterations"], group["pp_beta"], **polar_options,
+            row_floor=group["pp_row_floor"],
         )
         return U, ({"row_correction": row_correction} if "row_correction" in state else state)
 

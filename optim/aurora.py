@@ -28,6 +28,7 @@ def aurora_polar_with_state(
     polar_steps: int | None = None,
     dtype: torch.dtype = torch.bfloat16,
     eps: float = 1e-7,
+    row_floor: float = 0.0,
 ) -> tuple[Tensor, Tensor | None]:
     """Vanilla Aurora, also returning the row correction for a warm start of the next call.
 
@@ -38,6 +39,13 @@ def aurora_polar_with_state(
     D), so that a later call on a similar matrix can start where this one stopped.
     row_correction has shape [..., max(m, n), 1]: one entry per row of the tall orientation.
     For square G the result is exactly polar(G) and the correction is returned unchanged.
+
+    row_floor > 0 is our variant ("floored Aurora", docs/neuron_death.md): a row whose norm is
+    below row_floor times the matrix's median row norm is *weak*. Its D is 1/(row_floor · median)
+    instead of 1/‖Xᵢ‖, and it takes no part in the equalisation (its D is never rescaled), so its
+    update stays proportional to its momentum, as under Muon, instead of being blown up to full
+    size. The rows above the floor are made uniform as in vanilla Aurora; with every row above it
+    the result is vanilla Aurora's exactly.
     """
     if iterations < 1:
         raise ValueError(f"pp_iterations must be >= 1, got {iterations}")
@@ -48,11 +56,18 @@ def aurora_polar_with_state(
     X = (G.mT if wide else G).float().contiguous()  # one memory layout: wide is exactly tall transposed
     rows, cols = X.shape[-2:]
     target = cols / rows  # the uniform squared row norm of a tall semi-orthogonal matrix
-    inverse_row_norm = 1.0 / _row_norms(X).clamp_min(eps)
+    row_norms = _row_norms(X)
+    weak = None
+    if row_floor > 0:
+        floor = row_floor * row_norms.median(dim=-2, keepdim=True).values
+        weak = row_norms < floor
+        row_norms = torch.maximum(row_norms, floor)
+    inverse_row_norm = 1.0 / row_norms.clamp_min(eps)
     D = inverse_row_norm if row_correction is None else inverse_row_norm * row_correction
     for _ in range(iterations):
         U = polar(D * X, polar_method, polar_steps, dtype)
-        D = D * (target / _row_norms(U).square().clamp_min(eps)) ** beta
+        rescale = (target / _row_norms(U).square().clamp_min(eps)) ** beta
+        D = D * (rescale if weak is None else torch.where(weak, 1.0, rescale))
     correction = D / inverse_row_norm
     correction = correction / correction.mean(dim=-2, keepdim=True)
     U = U.to(G.dtype)
@@ -67,11 +82,11 @@ def aurora_polar(
     polar_steps: int | None = None,
     dtype: torch.dtype = torch.bfloat16,
     eps: float = 1e-7,
+    row_floor: float = 0.0,
 ) -> Tensor:
-    """Vanilla Aurora's semi-orthogonal, row-norm-uniform polar factor (K = iterations, β = beta)."""
-    U, _ = aurora_polar_with_state(
-        G, None, iterations, beta, polar_method, polar_steps, dtype, eps
-    )
+    """Vanilla Aurora's semi-orthogonal, row-norm-uniform polar factor (K = iterations, β = beta;
+    row_floor > 0: the floored variant, see aurora_polar_with_state)."""
+    U, _ = aurora_polar_with_state(G, None, iterations, beta, polar_method, polar_steps, dtype, eps, row_floor)
     return U
 
 

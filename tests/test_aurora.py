@@ -120,3 +120,40 @@ def test_riemannian_aurora_on_a_wide_matrix_is_the_transpose_of_the_tall_case():
 def test_aurora_rejects_zero_iterations():
     with pytest.raises(ValueError, match="pp_iterations"):
         aurora_polar(torch.randn(8, 4), iterations=0)
+
+
+# --- the floored variant (pp_row_floor, docs/neuron_death.md) ---
+
+
+def gradient_with_stale_rows(m=256, n=64, stale=8, scale=1e-3, seed=0):
+    """Rows 0..stale-1 are a thousandth of the others: a dead unit's decaying momentum row."""
+    G = torch.randn(m, n, generator=torch.Generator().manual_seed(seed))
+    G[:stale] *= scale
+    return G
+
+
+def test_a_zero_gradient_row_stays_zero_and_a_vanishing_one_is_not_amplified():
+    G = gradient_with_stale_rows()
+    G[0] = 0.0
+    vanilla = aurora_polar(G, dtype=torch.float32)
+    floored = aurora_polar(G, dtype=torch.float32, row_floor=0.1)
+    assert vanilla[0].abs().max() == 0 and floored[0].abs().max() == 0
+    target = (64 / 256) ** 0.5
+    assert vanilla[1:8].norm(dim=1).min() > 0.8 * target  # vanilla blows the stale rows up to full size
+    assert floored[1:8].norm(dim=1).max() < 0.05 * target  # floored keeps them as small as their momentum
+
+
+def test_the_floored_update_stays_semi_orthogonal_to_ns_accuracy():
+    G = gradient_with_stale_rows(stale=30)
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 0.05)):
+        assert orthogonality_error(aurora_polar(G, dtype=dtype, row_floor=0.1)) < tolerance
+
+
+def test_rows_with_signal_are_uniform_and_with_every_row_above_the_floor_it_is_vanilla_aurora():
+    G = gradient_with_stale_rows()
+    floored = aurora_polar(G, dtype=torch.float32, row_floor=0.1)
+    assert row_norm_cv(floored[8:]) < 0.05
+    G = row_scaled_gradient(256, 64, sigma=0.3)  # every row well above a tenth of the median
+    assert torch.equal(aurora_polar(G, row_floor=0.01), aurora_polar(G))
+    wide = gradient_with_stale_rows().mT  # a wide matrix floors its columns, through the transpose
+    assert torch.equal(aurora_polar(wide, row_floor=0.1), aurora_polar(wide.mT.contiguous(), row_floor=0.1).mT)

@@ -369,3 +369,17 @@ def test_a_damaged_line_inside_metrics_is_refused_naming_the_file(micro_config):
     shutil.rmtree(full / "checkpoints" / "step_0000012")
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 4 is not JSON"):
         train(micro_config(out="run"))
+
+
+def test_a_launch_killed_while_saving_leaves_the_previous_checkpoint_and_no_trace(micro_config):
+    full = train(micro_config(out="full"))
+    killed = full.parent / "killed"
+    shutil.copytree(full, killed)
+    for name in ("step_0000008", "step_0000012"):
+        shutil.rmtree(killed / "checkpoints" / name)
+    partial = killed / "checkpoints" / "step_0000008.tmp"  # what a kill mid-write leaves: no checksums, a torn shard
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"\x00" * 1000)
+    assert [p.name for p in list_checkpoints(killed / "checkpoints")] == ["step_0000004"]
+    assert losses(train(micro_config(out="killed"))) == losses(full)
+    assert not partial.exists()

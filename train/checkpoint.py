@@ -86,16 +86,20 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def newest_intact(directory: Path) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint whose files all match their checksums, and a line for each newer
-    one passed over (its name and what is wrong with it)."""
+def newest_intact(directory: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint whose files all match their checksums, and each newer one passed
+    over with what is wrong with it."""
     passed_over = []
     for path in reversed(list_checkpoints(directory)):
         problem = checkpoint_problem(path)
         if problem is None:
             return path, passed_over
-        passed_over.append(f"{path.name}: {problem}")
+        passed_over.append((path, problem))
     return None, passed_over
+
+
+def describe(passed_over: list[tuple[Path, str]]) -> list[str]:
+    return [f"{path.name}: {problem}" for path, problem in passed_over]
 
 
 def set_aside(path: Path) -> Path:
@@ -309,7 +313,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         return path
     found, passed_over = newest_intact(path / "checkpoints")
     if found is None:
-        detail = f" ({'; '.join(passed_over)})" if passed_over else ""
+        detail = f" ({'; '.join(describe(passed_over))})" if passed_over else ""
         raise CheckpointError(f"no intact checkpoint in {str(path)!r} (looked for checkpoints/step_XXXXXXX/){detail}")
     return found
 

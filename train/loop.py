@@ -26,6 +26,7 @@ from optim import build_optimizer
 from train.checkpoint import (
     CheckpointError,
     checkpoint_step,
+    describe,
     load_checkpoint,
     newest_intact,
     restore_rng_state,
@@ -57,13 +58,14 @@ def lr_scale(step: int, total: int, warmup_frac: float, decay_frac: float) -> fl
     return 1.0
 
 
-def mean_over_ranks(value: torch.Tensor, runtime: Runtime) -> float:
+def mean_over_ranks(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The mean of `value` over ranks (itself on one process), on its device; SUM then divide,
+    since gloo has no AVG."""
     if runtime.distributed:
         value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.AVG if runtime.device.type == "cuda" else dist.ReduceOp.SUM)
-        if runtime.device.type != "cuda":  # gloo has no AVG
-            value /= runtime.world_size
-    return value.item()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= runtime.world_size
+    return value
 
 
 def barrier(runtime: Runtime) -> None:
@@ -81,7 +83,7 @@ def evaluate(model: torch.nn.Module, batches: Iterator, runtime: Runtime, precis
             total += model(inputs.to(runtime.device), targets.to(runtime.device)).float()
         count += 1
     model.train()
-    return mean_over_ranks(total / count, runtime)
+    return mean_over_ranks(total / count, runtime).item()
 
 
 def neuron_diagnostics(cfg: dict[str, Any], model: torch.nn.Module, val_files: list, runtime: Runtime) -> NeuronDiagnostics | None:
@@ -169,23 +171,15 @@ def parameters_finite(model: torch.nn.Module, runtime: Runtime) -> bool:
     for param in model.parameters():
         local = param.to_local() if isinstance(param, DTensor) else param
         bad += (~torch.isfinite(local)).sum()
-    return mean_over_ranks(bad, runtime) == 0
+    return mean_over_ranks(bad, runtime).item() == 0
 
 
 def step_scalars(loss_sum: torch.Tensor, norm: torch.Tensor, stop: bool, runtime: Runtime) -> tuple[float, float, bool]:
     """(mean loss over ranks, grad norm, whether any rank was asked to stop): one all-reduce and
     one host sync per step, so that every rank takes the same decision at the same step."""
     packed = torch.stack([loss_sum.float(), norm.float(), torch.tensor(float(stop), device=loss_sum.device)])
-    loss, norm_value, stops = mean_over_ranks_vector(packed, runtime)
+    loss, norm_value, stops = mean_over_ranks(packed, runtime).tolist()
     return loss, norm_value, stops > 0
-
-
-def mean_over_ranks_vector(values: torch.Tensor, runtime: Runtime) -> list[float]:
-    if runtime.distributed:
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= runtime.world_size
-    return values.tolist()
 
 
 class StopSignals:
@@ -229,14 +223,14 @@ def select_checkpoint(run: RunDir) -> tuple[Path | None, list[str]]:
     will be saved again). Refuses a run whose checkpoints are all damaged rather than silently
     starting it again."""
     found, passed_over = newest_intact(run.checkpoint_dir)
+    lines = describe(passed_over)
     if found is None and passed_over:
         raise CheckpointError(
-            f"no intact checkpoint in {run.checkpoint_dir} ({'; '.join(passed_over)}); move the damaged ones away to start the run over"
+            f"no intact checkpoint in {run.checkpoint_dir} ({'; '.join(lines)}); move the damaged ones away to start the run over"
         )
-    for line in passed_over:
-        name = line.split(":", 1)[0]
-        set_aside(run.checkpoint_dir / name)
-    return found, passed_over
+    for path, _ in passed_over:
+        set_aside(path)
+    return found, lines
 
 
 def train(cfg: dict[str, Any]) -> Path:

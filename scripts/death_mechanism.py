@@ -1,0 +1,196 @@
+"""How units die: per-unit traces (diagnostics.trace_every) aligned on the step each unit died.
+
+    python scripts/death_mechanism.py runs/long_bytes/aurora-x16-seed0 runs/long_bytes/muon-x16-seed0 --out docs/neuron_death/mechanism
+
+A unit of an MLP layer is exactly dead at a traced step when its largest pre-activation on the
+probe is ≤ 0 (ReLU²: zero output on every probe token). It *died* at trace s when it was alive
+at the first trace and dead at s and at every trace after. For the units that died, this aligns
+their traces on s and reports, per run:
+- gradient, momentum and update row norms, each over its layer's median at that trace, before
+  and after death: does the optimizer keep moving a unit its gradient has left (stale momentum)?
+- the push: how far each step moved the unit's mean pre-activation (ΔWᵢ·x̄), split into the
+  update's part and weight decay's part, before and after death: which way does it point?
+- how many units died, when, how many dead units came back, and pre-activation margins.
+It writes mechanism.md (the numbers, and the test each candidate explanation passed or failed)
+and mechanism.png (the aligned medians, a line per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from eval.plots import pyplot, save_figure
+from eval.runs import load_run
+from train.cli import exit_code
+from train.unit_trace import load_trace
+
+WINDOW = 20  # traces on each side of the death step
+
+
+def relative(values: torch.Tensor) -> torch.Tensor:
+    """[steps, blocks, units] over each (step, block)'s median unit."""
+    return values / values.median(dim=-1, keepdim=True).values.clamp_min(1e-30)
+
+
+def deaths(trace: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(died, death_index): whether each unit [blocks, units] died for good, and at which trace."""
+    dead = trace["pre_max"] <= 0  # [steps, blocks, units]
+    stays_dead = dead.flip(0).cumprod(0).flip(0).bool()  # dead at this trace and at every later one
+    died = stays_dead[-1] & ~dead[0]
+    death_index = torch.where(died, stays_dead.float().argmax(dim=0), torch.full_like(died, -1, dtype=torch.long))
+    return died, death_index
+
+
+def aligned(values: torch.Tensor, died: torch.Tensor, death_index: torch.Tensor) -> torch.Tensor:
+    """[units that died, 2·WINDOW + 1] of `values` [steps, blocks, units] around each death (NaN off the ends)."""
+    steps = values.shape[0]
+    blocks, units = died.nonzero(as_tuple=True)
+    rows = torch.full((len(blocks), 2 * WINDOW + 1), float("nan"))
+    for k, offset in enumerate(range(-WINDOW, WINDOW + 1)):
+        index = death_index[blocks, units] + offset
+        valid = (index >= 0) & (index < steps)
+        rows[valid, k] = values[index[valid], blocks[valid], units[valid]].float()
+    return rows
+
+
+def nan_median(rows: torch.Tensor) -> torch.Tensor:
+    return rows.nanmedian(dim=0).values
+
+
+def negative_share(rows: torch.Tensor) -> float:
+    """The share of the (non-NaN) entries below zero."""
+    known = rows[~rows.isnan()]
+    return float((known < 0).float().mean()) if known.numel() else float("nan")
+
+
+def analyse(run_dir: Path) -> dict:
+    trace = load_trace(run_dir)
+    run = load_run(run_dir)
+    every = trace["steps"][1] - trace["steps"][0] if len(trace["steps"]) > 1 else 1
+    died, death_index = deaths(trace)
+    dead_any = (trace["pre_max"] <= 0)
+    revived = (dead_any[:-1] & ~dead_any[1:]).any(dim=0)  # dead at one trace, alive at the next
+    curves = {
+        "grad": aligned(relative(trace["grad"]), died, death_index),
+        "momentum": aligned(relative(trace["momentum"]), died, death_index),
+        "update": aligned(trace["update"], died, death_index),
+        "push": aligned(trace["push"] - trace["push_decay"], died, death_index),
+        "push_decay": aligned(trace["push_decay"], died, death_index),
+        "pre_max": aligned(trace["pre_max"], died, death_index),
+    }
+    before, after = slice(WINDOW - 10, WINDOW), slice(WINDOW + 1, 2 * WINDOW + 1)
+    alive_last = ~(trace["pre_max"][-1] <= 0)
+    summary = {
+        "run": run_dir.name,
+        "optimizer": run.optimizer,
+        "steps": trace["steps"][-1],
+        "trace_every": every,
+        "units": died.numel(),
+        "died": int(died.sum()),
+        "dead_at_end": float((trace["pre_max"][-1] <= 0).float().mean()),
+        "revived": int((revived & ~died).sum()),
+        "median_death_step": float(torch.tensor([trace["steps"][i] for i in death_index[died].tolist()]).float().median()) if died.any() else None,
+    }
+    if died.any():
+        def median_over(name: str, window: slice) -> float:
+            return float(curves[name][:, window].nanmedian())
+
+        update_push_before = curves["push"][:, before]
+        decay_push_before = curves["push_decay"][:, before]
+        summary.update(
+            grad_before=median_over("grad", before), grad_after=median_over("grad", after),
+            momentum_before=median_over("momentum", before), momentum_after=median_over("momentum", after),
+            update_before=median_over("update", before), update_after=median_over("update", after),
+            update_after_live_median=float(trace["update"][-1][alive_last].median()),
+            push_before=float(update_push_before.nanmedian()), push_after=median_over("push", after),
+            decay_before=float(decay_push_before.nanmedian()), decay_after=median_over("push_decay", after),
+            push_negative_before=negative_share(update_push_before),
+            push_negative_after=negative_share(curves["push"][:, after]),
+            decay_share_before=float(decay_push_before.abs().nansum() / (decay_push_before.abs().nansum() + update_push_before.abs().nansum())),
+            pre_max_end=median_over("pre_max", slice(2 * WINDOW, 2 * WINDOW + 1)),
+        )
+    return {"summary": summary, "curves": {name: nan_median(rows) for name, rows in curves.items()} if died.any() else {}}
+
+
+def plot(results: list[dict], path: Path) -> Path | None:
+    plt = pyplot()
+    panels = (
+        ("grad", "gradient row / layer median", True),
+        ("momentum", "momentum row / layer median", True),
+        ("update", "update row / matrix mean", True),
+        ("push", "update's push on mean pre-activation", False),
+        ("push_decay", "weight decay's push", False),
+        ("pre_max", "largest pre-activation on the probe", False),
+    )
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    offsets = list(range(-WINDOW, WINDOW + 1))
+    drawn = False
+    for result in results:
+        if not result["curves"]:
+            continue
+        s = result["summary"]
+        label = f"{s['run']} ({s['died']} units died)"
+        for ax, (name, title, log) in zip(axes.flat, panels):
+            ax.plot([k * s["trace_every"] for k in offsets], result["curves"][name].tolist(), label=label)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("steps from death (median over the units that died)")
+            ax.axvline(0, color="grey", linewidth=0.8)
+            if log:
+                ax.set_yscale("log")
+            else:
+                ax.axhline(0, color="grey", linewidth=0.8)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes.flat[0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def report(results: list[dict]) -> str:
+    rows = [r["summary"] for r in results]
+    lines = [
+        "# How units die: per-unit traces aligned on their death",
+        "",
+        f"Window: {WINDOW} traces before and after the death step. 'before' = the 10 traces before it, 'after' = the "
+        f"{WINDOW} after. Row norms are over their layer's median (update: over the matrix's mean row). Push: the step's "
+        "change of the unit's mean pre-activation on the probe (ΔWᵢ·x̄), the update's part and weight decay's part.",
+        "",
+        "| run | optimizer | steps | units | died | dead at end | revived | median death step | grad before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---:|",
+    ]
+    for s in rows:
+        if s["died"] == 0:
+            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | - | - | - | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | "
+            f"{s['median_death_step']:.0f} | {s['grad_before']:.3g} → {s['grad_after']:.3g} | {s['momentum_before']:.3g} → "
+            f"{s['momentum_after']:.3g} | {s['update_before']:.3g} → {s['update_after']:.3g} ({s['update_after_live_median']:.3g}) | "
+            f"{s['push_before']:+.2e} ({100 * s['push_negative_before']:.0f}%) / {s['push_after']:+.2e} ({100 * s['push_negative_after']:.0f}%) | "
+            f"{s['decay_before']:+.2e} / {s['decay_after']:+.2e} | {100 * s['decay_share_before']:.0f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories with unit_trace.pt")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    results = [analyse(path) for path in args.runs]
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = report(results)
+    (args.out / "mechanism.md").write_text(text)
+    figure = plot(results, args.out / "mechanism.png")
+    print(text)
+    print(f"outputs:\n  {args.out / 'mechanism.md'}\n  {figure or '(no figure: no unit died)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code(lambda: main(sys.argv[1:])))
