@@ -65,13 +65,30 @@ def sweep_directory(points: Sequence[Point]) -> Path:
     return Path(os.path.commonpath(parents))
 
 
+def last_record(out_dir: Path) -> dict[str, Any] | None:
+    """The last complete record of a run's metrics.jsonl, read from the file's end (progress
+    lines read it often, and a long run's file with diagnostics holds megabytes); None for none."""
+    path = out_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - (1 << 20)))
+            tail = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail.splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line, or the cut-off start of the tail
+    return None
+
+
 def logged_steps(out_dir: Path) -> int:
     """The last step a run has logged (0 for none, or no run there yet)."""
-    try:
-        records = read_metrics(out_dir)
-    except (FileNotFoundError, ValueError):
-        return 0
-    return records[-1]["step"] if records else 0
+    record = last_record(out_dir)
+    return record["step"] if record else 0
 
 
 def is_done(point: Point) -> bool:
@@ -166,12 +183,8 @@ def progress_line(points: Sequence[Point], jobs: int, started: float) -> str:
     for point in points:
         if point.status != "running":
             continue
-        try:
-            records = read_metrics(point.out_dir)
-        except (FileNotFoundError, ValueError):
-            records = []
-        if records:
-            last = records[-1]
+        last = last_record(point.out_dir)
+        if last:
             running.append(f"{point.name} {last['step']}/{point.total_steps} loss {last['train_loss']:.3f}")
         else:
             running.append(f"{point.name} starting")
