@@ -3,6 +3,7 @@
     python scripts/bench_optim.py                  # both parts; CPU, and CUDA too when present
     python scripts/bench_optim.py --part quality   # only the quality table
     python scripts/bench_optim.py --repeats 5      # more timed steps per optimizer
+    python scripts/bench_optim.py --part steps --cases "aurora tall K=2" "aurora floored" --repeats 5 --cpu-warm-up
 
 Step time: one optimizer.step() over the optimization-track model's parameters (12 blocks of
 q, k, v, out 768×768, up 3072×768, down 768×3072, biases and gains; embedding and head
@@ -37,6 +38,7 @@ STEP_CASES = [
     ("normuon", "normuon", {}),
     ("unormuon", "unormuon", {}),
     ("aurora tall K=2", "aurora", {}),
+    ("aurora floored K=2", "aurora", {"pp_row_floor": 0.1}),
     ("aurora tall K=1 warm", "aurora", {"pp_iterations": 1, "pp_warm_start": True}),
     ("aurora rectangular K=2", "aurora", {"apply_to": "rectangular"}),
     ("riemannian_aurora tall", "riemannian_aurora", {}),
@@ -98,23 +100,28 @@ def best_time(fn, device, repeats):
     return min(times)
 
 
-def step_time_table(device, repeats, warm_up):
+def step_time_table(device, repeats, warm_up, cases=None):
     model = Gpt124mParameters().to(device)
     count = sum(p.numel() for p in model.parameters())
     after = "after a warm-up step" if warm_up else "first steps, state allocation included"
     print(f"\n## Optimizer step time, gpt124m parameter set ({count:,} parameters), {device}")
     print(f"best of {repeats}, {after}\n")
-    print("| optimizer | step (s) | / muon |")
-    print("|---|---|---|")
     results = {}
-    for label, config, overrides in STEP_CASES:
+    if cases is None:
+        chosen, reference = STEP_CASES, "muon"
+    else:  # in the order given, the first the reference: the timing the others are read against
+        chosen = list(dict.fromkeys(case for prefix in cases for case in STEP_CASES if case[0].startswith(prefix)))
+        reference = chosen[0][0]
+    print(f"| optimizer | step (s) | / {reference} |")
+    print("|---|---|---|")
+    for label, config, overrides in chosen:
         cfg = OmegaConf.load(CONF / f"{config}.yaml")
         for key, value in overrides.items():
             cfg.matrix[key] = value
         optimizer = build_optimizer(cfg, model)
         results[label] = time_steps(optimizer, model, device, repeats, warm_up)
         del optimizer
-        ratio = f"{results[label] / results['muon']:.2f}" if "muon" in results else "-"
+        ratio = f"{results[label] / results[reference]:.3f}" if reference in results else "-"
         print(f"| {label} | {results[label]:.3f} | {ratio} |", flush=True)
     return results
 
@@ -179,6 +186,7 @@ def main(argv=None):
     parser.add_argument("--part", choices=("all", "steps", "quality"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default: 1 on CPU, 10 on CUDA)")
     parser.add_argument("--cpu-warm-up", action="store_true", help="an untimed step first on CPU too (CUDA always has one)")
+    parser.add_argument("--cases", nargs="+", help="only the step-time cases whose label starts with one of these (the first is the reference)")
     args = parser.parse_args(argv)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
@@ -186,7 +194,7 @@ def main(argv=None):
         on_cpu = device.type == "cpu"
         repeats = args.repeats or (1 if on_cpu else 10)
         if args.part in ("all", "steps"):
-            step_time_table(device, repeats, warm_up=args.cpu_warm_up or not on_cpu)
+            step_time_table(device, repeats, warm_up=args.cpu_warm_up or not on_cpu, cases=args.cases)
         if args.part in ("all", "quality"):
             quality_table(device, repeats)
 
