@@ -28,25 +28,50 @@ class Muon(MatrixOptimizer):
         return _polar(X, group), state
 
 
+NORMUON_AXES = ("rows", "neurons")
+
+
 class NorMuon(MatrixOptimizer):
     """NorMuon (arXiv 2510.05491): O = polar(X); per row v ← β₂v + (1−β₂)·mean_j O²ᵢⱼ;
-    Ô = O / (sqrt(v) + ε), rescaled to ‖O‖_F."""
+    Ô = O / (sqrt(v) + ε), rescaled to ‖O‖_F.
+
+    normalize: "rows" (each row of W as stored, the paper's statement) or "neurons" (each row of
+        the tall orientation: the columns of a wide matrix, so that an MLP's down-projection is
+        normalised per hidden unit, as the optimization track's NorMuon record does).
+    """
 
     def __init__(
-        self, params, lr: float = 0.025, weight_decay: float = 0.05, beta2: float = 0.95, eps: float = 1e-10, **kwargs
+        self,
+        params,
+        lr: float = 0.025,
+        weight_decay: float = 0.05,
+        beta2: float = 0.95,
+        eps: float = 1e-10,
+        normalize: str = "rows",
+        **kwargs,
     ):
-        super().__init__(params, lr=lr, weight_decay=weight_decay, rule_options=dict(beta2=beta2, eps=eps), **kwargs)
+        rule_options = dict(beta2=beta2, eps=eps, normalize=normalize)
+        super().__init__(params, lr=lr, weight_decay=weight_decay, rule_options=rule_options, **kwargs)
 
     def check_rule_options(self, group):
         require(is_number(group["beta2"]) and 0 <= group["beta2"] < 1, "beta2", group["beta2"], "in [0, 1)")
         require(is_number(group["eps"]) and group["eps"] >= 0, "eps", group["eps"], "a number >= 0")
+        require(group["normalize"] in NORMUON_AXES, "normalize", group["normalize"], f"one of {NORMUON_AXES}")
+
+    @staticmethod
+    def _mean_axis(shape, group) -> int:
+        """The axis averaged over: -1 gives a second moment per row, -2 one per column."""
+        rows, cols = shape[-2:]
+        return -2 if group["normalize"] == "neurons" and rows < cols else -1
 
     def init_rule_state(self, shape, group, device):
-        return {"row_second_moment": torch.zeros(shape[0], 1, device=device)}
+        per_column = self._mean_axis(shape, group) == -2
+        return {"row_second_moment": torch.zeros(*((1, shape[1]) if per_column else (shape[0], 1)), device=device)}
 
     def update_direction(self, X, group, state):
         O = _polar(X, group).float()
-        second_moment = state["row_second_moment"].lerp(O.square().mean(dim=-1, keepdim=True), 1 - group["beta2"])
+        mean = O.square().mean(dim=self._mean_axis(X.shape, group), keepdim=True)
+        second_moment = state["row_second_moment"].lerp(mean, 1 - group["beta2"])
         normalised = O / (second_moment.sqrt() + group["eps"])
         frobenius = O.norm(dim=(-2, -1), keepdim=True)
         normalised = normalised * (frobenius / (normalised.norm(dim=(-2, -1), keepdim=True) + group["eps"]))

@@ -407,3 +407,21 @@ def test_captured_updates_are_the_applied_directions_and_change_nothing():
     group = next(g for g in optimizers[1].param_groups if g["name"] == "matrix")
     step = group["lr"] * math.sqrt(up.shape[0] / up.shape[1])
     assert torch.allclose(before["blocks.0.mlp.up.weight"] - step * captured["blocks.0.mlp.up.weight"], up)
+
+
+def test_normuon_normalizing_neurons_treats_a_wide_matrix_as_its_transpose():
+    torch.manual_seed(0)
+    wide = nn.Parameter(torch.randn(8, 24) * 0.1)
+    tall = nn.Parameter(wide.detach().T.clone())
+    by_neurons = NorMuon([("wide", wide)], lr=0.02, weight_decay=0.0, normalize="neurons")
+    by_rows = NorMuon([("tall", tall)], lr=0.02, weight_decay=0.0, normalize="rows")
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        g = torch.randn(8, 24, generator=generator)
+        wide.grad, tall.grad = g.clone(), g.T.clone()
+        by_neurons.captured_updates, by_rows.captured_updates = {}, {}
+        by_neurons.step()
+        by_rows.step()
+    assert by_neurons.state[wide]["row_second_moment"].shape == (1, 24)  # one per hidden unit
+    [wide_update], [tall_update] = by_neurons.captured_updates.values(), by_rows.captured_updates.values()
+    torch.testing.assert_close(wide_update, tall_update.T)  # the same update per hidden unit
