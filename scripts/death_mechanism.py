@@ -6,8 +6,9 @@ A unit of an MLP layer is exactly dead at a traced step when its largest pre-act
 probe is ≤ 0 (ReLU²: zero output on every probe token). It *died* at trace s when it was alive
 at the first trace and dead at s and at every trace after. For the units that died, this aligns
 their traces on s and reports, per run:
-- gradient, momentum and update row norms, each over its layer's median at that trace, before
-  and after death: does the optimizer keep moving a unit its gradient has left (stale momentum)?
+- how often the unit still got any gradient, and its momentum and update row norms over its
+  layer's median (update: the matrix's mean) at that trace, before and after death: does the
+  optimizer keep moving a unit its gradient has left (stale momentum)?
 - the push: how far each step moved the unit's mean pre-activation (ΔWᵢ·x̄), split into the
   update's part and weight decay's part, before and after death: which way does it point?
 - how many units died, when, how many dead units came back, and pre-activation margins.
@@ -75,7 +76,7 @@ def analyse(run_dir: Path) -> dict:
     dead_any = (trace["pre_max"] <= 0)
     revived = (dead_any[:-1] & ~dead_any[1:]).any(dim=0)  # dead at one trace, alive at the next
     curves = {
-        "grad": aligned(relative(trace["grad"]), died, death_index),
+        "with_gradient": aligned((trace["grad"] > 0).float(), died, death_index),
         "momentum": aligned(relative(trace["momentum"]), died, death_index),
         "update": aligned(trace["update"], died, death_index),
         "push": aligned(trace["push"] - trace["push_decay"], died, death_index),
@@ -102,7 +103,8 @@ def analyse(run_dir: Path) -> dict:
         update_push_before = curves["push"][:, before]
         decay_push_before = curves["push_decay"][:, before]
         summary.update(
-            grad_before=median_over("grad", before), grad_after=median_over("grad", after),
+            with_gradient_before=float(curves["with_gradient"][:, before].nanmean()),
+            with_gradient_after=float(curves["with_gradient"][:, after].nanmean()),
             momentum_before=median_over("momentum", before), momentum_after=median_over("momentum", after),
             update_before=median_over("update", before), update_after=median_over("update", after),
             update_after_live_median=float(trace["update"][-1][alive_last].median()),
@@ -113,13 +115,17 @@ def analyse(run_dir: Path) -> dict:
             decay_share_before=float(decay_push_before.abs().nansum() / (decay_push_before.abs().nansum() + update_push_before.abs().nansum())),
             pre_max_end=median_over("pre_max", slice(2 * WINDOW, 2 * WINDOW + 1)),
         )
-    return {"summary": summary, "curves": {name: nan_median(rows) for name, rows in curves.items()} if died.any() else {}}
+    if not died.any():
+        return {"summary": summary, "curves": {}}
+    medians = {name: nan_median(rows) for name, rows in curves.items() if name != "with_gradient"}
+    medians["with_gradient"] = curves["with_gradient"].nanmean(dim=0)  # a share, not a median
+    return {"summary": summary, "curves": medians}
 
 
 def plot(results: list[dict], path: Path) -> Path | None:
     plt = pyplot()
     panels = (
-        ("grad", "gradient row / layer median", True),
+        ("with_gradient", "share of the dying units with any gradient (≠ 0)", False),
         ("momentum", "momentum row / layer median", True),
         ("update", "update row / matrix mean", True),
         ("push", "update's push on mean pre-activation", False),
@@ -160,7 +166,7 @@ def report(results: list[dict]) -> str:
         f"{WINDOW} after. Row norms are over their layer's median (update: over the matrix's mean row). Push: the step's "
         "change of the unit's mean pre-activation on the probe (ΔWᵢ·x̄), the update's part and weight decay's part.",
         "",
-        "| run | optimizer | steps | units | died | dead at end | revived | median death step | grad before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before |",
+        "| run | optimizer | steps | units | died | dead at end | revived | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---:|",
     ]
     for s in rows:
@@ -169,7 +175,7 @@ def report(results: list[dict]) -> str:
             continue
         lines.append(
             f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | "
-            f"{s['median_death_step']:.0f} | {s['grad_before']:.3g} → {s['grad_after']:.3g} | {s['momentum_before']:.3g} → "
+            f"{s['median_death_step']:.0f} | {100 * s['with_gradient_before']:.0f}% → {100 * s['with_gradient_after']:.0f}% | {s['momentum_before']:.3g} → "
             f"{s['momentum_after']:.3g} | {s['update_before']:.3g} → {s['update_after']:.3g} ({s['update_after_live_median']:.3g}) | "
             f"{s['push_before']:+.2e} ({100 * s['push_negative_before']:.0f}%) / {s['push_after']:+.2e} ({100 * s['push_negative_after']:.0f}%) | "
             f"{s['decay_before']:+.2e} / {s['decay_after']:+.2e} | {100 * s['decay_share_before']:.0f}% |"
