@@ -72,6 +72,9 @@ class MatrixOptimizer(Optimizer):
     """
 
     default_kind = MATRIX
+    # Per-parameter state a subclass keeps for itself (not its update direction's, which
+    # _matrix_updates stacks and passes to update_direction).
+    private_state_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -123,6 +126,11 @@ class MatrixOptimizer(Optimizer):
 
     def check_rule_options(self, group: dict) -> None:
         """Raise ValueError naming any invalid subclass hyperparameter in `group`."""
+
+    def recycled_units(self) -> Tensor | None:
+        """How many MLP units the rule has re-initialised so far (on the device); None when it
+        does not recycle (optim/recycle.py)."""
+        return None
 
     # --- param groups -------------------------------------------------------------------
 
@@ -228,7 +236,7 @@ class MatrixOptimizer(Optimizer):
         inputs = []
         for stack in stacks:
             params = [group["params"][i] for i in stack]
-            rule_keys = [key for key in self.state[params[0]] if key != "momentum_buffer"]
+            rule_keys = [key for key in self.state[params[0]] if key != "momentum_buffer" and key not in self.private_state_keys]
             rule_state = {key: torch.stack([self.state[p][key] for p in params]) for key in rule_keys}
             inputs.append((torch.stack([whole(directions[i]) for i in stack]), rule_state))
         results = map_balanced_across_ranks(lambda x, s: self._direction(x, group, s), inputs)

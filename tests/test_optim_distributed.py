@@ -27,8 +27,14 @@ STEPS = 3
 LAYERS = 3  # odd stacks of up- and down-projections: each rank owns matrices of both
 CASES = [(name, overrides) for name in OPTIMIZERS for overrides in ({},)] + [
     ("aurora", {"apply_to": "rectangular", "pp_warm_start": True, "pp_iterations": 1}),
+    ("aurora", {"pp_row_floor": 0.1, "recycle_after": 2}),  # silent units recycled (replicated parameters only)
 ]
 MODES = ("replicated", "fsdp2")
+SILENT_UNITS = 3  # with recycling on, the first units of every up-projection get no gradient
+
+
+def runs_in(case, mode) -> bool:
+    return not (case[1].get("recycle_after") and mode == "fsdp2")
 
 
 def shard_like(grad, param):
@@ -46,6 +52,9 @@ def run(case, mesh=None):
     optimizer = build_optimizer(load_config(name, **overrides), model)
     for step in range(STEPS):
         fake_gradients(model, step)
+        if overrides.get("recycle_after"):
+            for block in model.blocks:
+                block.mlp.up.weight.grad[:SILENT_UNITS] = 0.0
         for param in model.parameters():
             param.grad = shard_like(param.grad, param)
         optimizer.step()
@@ -88,7 +97,8 @@ def _worker(rank, init_file, out_file):
     results = {}
     for case in CASES:
         for mode in MODES:
-            results[(str(case), mode)] = run(case, mesh if mode == "fsdp2" else None)
+            if runs_in(case, mode):
+                results[(str(case), mode)] = run(case, mesh if mode == "fsdp2" else None)
     results["uneven stacks"] = map_balanced_across_ranks(scaled_by_state, uneven_stacks())
     torch.save(results, f"{out_file}.rank{rank}")
     dist.destroy_process_group()
@@ -107,10 +117,34 @@ def two_rank_results(tmp_path_factory):
     return [torch.load(directory / f"results.rank{rank}", weights_only=False) for rank in range(WORLD_SIZE)]
 
 
+def test_recycling_refuses_sharded_parameters():
+    with pytest.raises(ValueError, match="recycle_after needs replicated parameters"):
+        spawn_refusal()
+
+
+def spawn_refusal():
+    """Build the optimizer over DTensor parameters in one process (a 1-rank mesh)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        dist.init_process_group("gloo", init_method=f"file://{os.path.join(directory, 'init')}", rank=0, world_size=1)
+        try:
+            model = StandInGPT(layers=1)
+            fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+            build_optimizer(load_config("aurora", recycle_after=2), model)
+        finally:
+            dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c[0] + ("+" + ",".join(c[1]) if c[1] else ""))
 def test_two_rank_run_equals_one_process_run(two_rank_results, case, mode):
+    if not runs_in(case, mode):
+        pytest.skip("recycling needs replicated parameters; FSDP2 is refused (test_recycling_refuses_sharded_parameters)")
     expected = run(case)
+    if case[1].get("recycle_after"):  # the silent units were recycled once, at step 2 of 3
+        assert [v.item() for k, v in expected["state"].items() if k.endswith("recycled_units")] == [SILENT_UNITS] * LAYERS
     for rank, results in enumerate(two_rank_results):
         got = results[(str(case), mode)]
         for kind in ("params", "state"):

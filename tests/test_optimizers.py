@@ -425,3 +425,65 @@ def test_normuon_normalizing_neurons_treats_a_wide_matrix_as_its_transpose():
     assert by_neurons.state[wide]["row_second_moment"].shape == (1, 24)  # one per hidden unit
     [wide_update], [tall_update] = by_neurons.captured_updates.values(), by_rows.captured_updates.values()
     torch.testing.assert_close(wide_update, tall_update.T)  # the same update per hidden unit
+
+
+# --- recycling dead units (Aurora's recycle_after, optim/recycle.py) ---
+
+
+def gpt_with_aurora(**matrix):
+    from model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(dict(vocab_size=64, n_layer=2, n_head=2, head_dim=8, d_model=16, mlp_expansion=4))
+    return model, build_optimizer(load_config("aurora", **matrix), model)
+
+
+def train_with_silent_units(model, optimizer, steps, silent=3):
+    """Steps on random tokens in which the first `silent` units of block 0 get no gradient."""
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        tokens = torch.randint(0, 64, (4, 17), generator=generator)
+        model(tokens[:, :-1], tokens[:, 1:]).backward()
+        model.blocks[0].mlp.up.weight.grad[:silent] = 0.0
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def test_a_unit_silent_for_k_steps_is_recycled_without_changing_the_function():
+    from optim.recycle import recycle_dead_units
+
+    model, optimizer = gpt_with_aurora(recycle_after=1000)  # on, but not due during these steps
+    train_with_silent_units(model, optimizer, 5)
+    up, down = model.blocks[0].mlp.up.weight, model.blocks[0].mlp.down.weight
+    with torch.no_grad():  # make the three units dead, as their silence says: zero pre-activation, zero output
+        up[:3] = 0.0
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(9))
+    before = model(tokens)
+    group = optimizer.param_groups[0]
+    optimizer.state[up]["zero_grad_steps"][:3] = group["recycle_after"]
+    model(tokens[:, :-1], tokens[:, 1:]).backward()
+    recycle_dead_units(optimizer, group, step=1)
+    assert torch.equal(model(tokens), before)  # silent units with zeroed output columns: the same function
+    norms = up.detach().norm(dim=1)
+    assert torch.allclose(norms[:3], norms.median().expand(3), rtol=1e-5)  # fresh rows of the median norm
+    assert not down[:, :3].any() and not optimizer.state[up]["momentum_buffer"][:3].any()
+    assert not optimizer.state[down]["momentum_buffer"][:, :3].any()
+    assert optimizer.state[up]["zero_grad_steps"][:3].tolist() == [0, 0, 0] and optimizer.recycled_units().item() == 3
+
+
+def test_recycling_is_deterministic_and_counts_only_silent_units():
+    runs = []
+    for _ in range(2):
+        model, optimizer = gpt_with_aurora(recycle_after=2)
+        train_with_silent_units(model, optimizer, 6)
+        runs.append((model.blocks[0].mlp.up.weight.detach().clone(), optimizer.recycled_units().item()))
+    assert torch.equal(runs[0][0], runs[1][0])
+    # step 1 has no up-gradient anywhere (zero-initialised down-projections): it counts for nothing;
+    # then the three silent units are due every second step: steps 3 and 5
+    assert runs[0][1] == 6
+
+
+def test_recycling_is_refused_without_the_mlps_names():
+    params = [nn.Parameter(torch.randn(8, 4))]
+    with pytest.raises(ValueError, match="recycle_after needs the MLP's up and down projections by name"):
+        Aurora(params, recycle_after=2)

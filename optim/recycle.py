@@ -1,0 +1,89 @@
+"""Recycling dead MLP units (after ReDo, Sokar et al. 2023, "The dormant neuron phenomenon"), as an
+option of the Aurora optimizer (`recycle_after`, off by default; docs/neuron_death.md).
+
+A unit whose up-projection gradient row has been exactly zero for `recycle_after` optimizer steps
+in a row is dead on every token it saw (a ReLU² unit outside its active region gets no gradient).
+It is given a fresh random input row, with the norm of the matrix's median row (and a fresh gate
+row under SwiGLU), its output column in the down-projection is zeroed, and the momentum of all
+three is cleared. The network computes the same function after a recycle (the unit was silent,
+and its new output weights are zero), and the unit takes gradient again from the next step.
+
+Everything runs on the device without a host sync, the same on every rank: the random rows come
+from a generator seeded by the matrix's name and the optimizer's recycle step (a Python int kept
+in the param group, so a checkpoint carries it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+STATE_KEYS = ("zero_grad_steps", "recycled_units")  # kept in the up-projection's optimizer state
+_MLP = re.compile(r"^(?P<prefix>.*\bmlp\.)(?P<kind>up|gate|down)\.weight$")
+
+
+def mlp_units(names: Sequence[str]) -> list[tuple[str, list[str], str]]:
+    """(up, [row partners: gate], down) of every MLP in a group's parameter names."""
+    found: dict[str, dict[str, str]] = {}
+    for name in names:
+        match = _MLP.match(name)
+        if match:
+            found.setdefault(match["prefix"], {})[match["kind"]] = name
+    return [(parts["up"], [parts["gate"]] if "gate" in parts else [], parts["down"]) for parts in found.values() if {"up", "down"} <= parts.keys()]
+
+
+def _seed(name: str, step: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{name}:{step}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def random_rows_like(weight: Tensor, name: str, step: int) -> Tensor:
+    """Random rows with the norm of `weight`'s median row, deterministic in (name, step)."""
+    generator = torch.Generator(device=weight.device).manual_seed(_seed(name, step))
+    rows = torch.randn(weight.shape, generator=generator, device=weight.device, dtype=torch.float32)
+    median = weight.float().norm(dim=1).median()
+    return (rows * (median / rows.norm(dim=1, keepdim=True))).to(weight.dtype)
+
+
+@torch.no_grad()
+def recycle_dead_units(optimizer: torch.optim.Optimizer, group: dict, step: int) -> None:
+    """One step of recycling for a matrix group (its params named in group["param_names"])."""
+    by_name = dict(zip(group["param_names"], group["params"]))
+    for up_name, row_partners, down_name in mlp_units(group["param_names"]):
+        up, down = by_name[up_name], by_name[down_name]
+        if up.grad is None:
+            continue
+        state = optimizer.state[up]
+        counter = state.setdefault(STATE_KEYS[0], torch.zeros(up.shape[0], dtype=torch.int32, device=up.device))
+        recycled = state.setdefault(STATE_KEYS[1], torch.zeros((), dtype=torch.int64, device=up.device))
+        # A matrix with no gradient at all (the first step, behind zero-initialised down-projections)
+        # says nothing about its units: their counts stay.
+        silent = (up.grad == 0).all(dim=1) & up.grad.any()
+        counter.copy_(torch.where(silent, counter + 1, torch.where(up.grad.any(), 0, counter)))
+        due = counter >= group["recycle_after"]
+        recycled += due.sum()
+        for name in (up_name, *row_partners):
+            param = by_name[name]
+            param.copy_(torch.where(due[:, None], random_rows_like(param, name, step), param))
+            _clear(optimizer.state[param], due, rows=True)
+        down.copy_(torch.where(due[None, :], 0, down))
+        _clear(optimizer.state[down], due, rows=False)
+        counter.masked_fill_(due, 0)
+
+
+def _clear(state: dict, units: Tensor, rows: bool) -> None:
+    """Zero the momentum of the recycled units (rows, or columns of a down-projection) and reset
+    a warm-started row scaling, which is kept per unit in either orientation, to 1."""
+    if "momentum_buffer" in state:
+        state["momentum_buffer"].masked_fill_(units[:, None] if rows else units[None, :], 0)
+    if "row_correction" in state:
+        state["row_correction"].masked_fill_(units[:, None], 1.0)
+
+
+def recycled_total(optimizer: torch.optim.Optimizer) -> Tensor | None:
+    """How many units have been recycled so far, on the device; None when recycling is off."""
+    counts = [state[STATE_KEYS[1]] for state in optimizer.state.values() if STATE_KEYS[1] in state]
+    return torch.stack(counts).sum() if counts else None
