@@ -408,6 +408,9 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
                 record["val_loss"] = evaluate(model, val, runtime, tcfg["precision"])
             if capture:
                 record.update(diagnostics.measure(step, optimizer.captured_updates, gradient_rows))
+                recycled = optimizer.recycled_units()
+                if recycled is not None:
+                    record["diag/recycled_units"] = int(recycled)
             if trace:
                 tracer.after_step(step, optimizer.captured_updates, decays)
             optimizer.captured_updates = None
