@@ -108,9 +108,11 @@ class Aurora(MatrixOptimizer):
     pp_row_floor: our variant, off (0) by default: rows whose momentum norm is below this
         fraction of the matrix's median row norm are not blown up to full size (their update
         stays proportional to their momentum); see optim/aurora.py and docs/neuron_death.md.
-    recycle_after: off (0) by default: re-initialise an MLP unit whose up-projection gradient
-        row has been exactly zero for this many steps (optim/recycle.py). Needs the parameters by
-        name (build_optimizer gives them) and replicated parameters (one process or DDP).
+    recycle_after: off (0) by default: re-initialise an MLP unit that has been inactive for this
+        many steps in a row: its up-projection gradient row exactly zero, or (recycle_below > 0)
+        its momentum row below recycle_below times the matrix's median (optim/recycle.py). Needs
+        the parameters by name (build_optimizer gives them) and replicated parameters (one process
+        or DDP).
     """
 
     private_state_keys = RECYCLE_STATE_KEYS
@@ -128,6 +130,7 @@ class Aurora(MatrixOptimizer):
         pp_warm_start: bool = False,
         pp_row_floor: float = 0.0,
         recycle_after: int = 0,
+        recycle_below: float = 0.0,
         riemannian_outer_steps: int = 3,
         riemannian_cg_steps: int = 20,
         riemannian_step_size: float = 0.1,
@@ -147,6 +150,7 @@ class Aurora(MatrixOptimizer):
                 pp_warm_start=pp_warm_start,
                 pp_row_floor=pp_row_floor,
                 recycle_after=recycle_after,
+                recycle_below=recycle_below,
                 recycle_steps=0,
                 riemannian_outer_steps=riemannian_outer_steps,
                 riemannian_cg_steps=riemannian_cg_steps,
@@ -169,6 +173,8 @@ class Aurora(MatrixOptimizer):
         require(is_number(floor) and 0 <= floor < 1, "pp_row_floor", floor, "a number in [0, 1) (0: the paper's Aurora)")
         after = group["recycle_after"]
         require(isinstance(after, int) and not isinstance(after, bool) and after >= 0, "recycle_after", after, "an int >= 0 (0: off)")
+        below = group["recycle_below"]
+        require(is_number(below) and 0 <= below < 1, "recycle_below", below, "a number in [0, 1) (0: only silent units)")
         if after and not mlp_units(group.get("param_names") or []):
             raise ValueError("recycle_after needs the MLP's up and down projections by name (blocks.i.mlp.up/down.weight)")
         step_size = group["riemannian_step_size"]

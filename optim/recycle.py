@@ -1,12 +1,16 @@
 """Recycling dead MLP units (after ReDo, Sokar et al. 2023, "The dormant neuron phenomenon"), as an
 option of the Aurora optimizer (`recycle_after`, off by default; docs/neuron_death.md).
 
-A unit whose up-projection gradient row has been exactly zero for `recycle_after` optimizer steps
-in a row is dead on every token it saw (a ReLU² unit outside its active region gets no gradient).
-It is given a fresh random input row, with the norm of the matrix's median row (and a fresh gate
-row under SwiGLU), its output column in the down-projection is zeroed, and the momentum of all
-three is cleared. The network computes the same function after a recycle (the unit was silent,
-and its new output weights are zero), and the unit takes gradient again from the next step.
+A unit is *inactive* on a step when its up-projection gradient row is exactly zero (a ReLU² unit
+outside its active region on every token of the batch gets no gradient), or, with
+`recycle_below` > 0, when its momentum row is below that fraction of the matrix's median
+momentum row (a unit the gradient has all but left: it fires on a few tokens, or has just died).
+A unit inactive for `recycle_after` optimizer steps in a row is recycled: it gets a fresh random
+input row with the norm of the matrix's median row (and a fresh gate row under SwiGLU), its
+output column in the down-projection is zeroed, and the momentum of all three is cleared. The
+network computes the same function after a recycle when the unit was silent (its new output
+weights are zero; a weak unit loses its small contribution), and it takes gradient again from
+the next step.
 
 Everything runs on the device without a host sync, the same on every rank: the random rows come
 from a generator seeded by the matrix's name and the optimizer's recycle step (a Python int kept
@@ -61,8 +65,12 @@ def recycle_dead_units(optimizer: torch.optim.Optimizer, group: dict, step: int)
         recycled = state.setdefault(STATE_KEYS[1], torch.zeros((), dtype=torch.int64, device=up.device))
         # A matrix with no gradient at all (the first step, behind zero-initialised down-projections)
         # says nothing about its units: their counts stay.
-        silent = (up.grad == 0).all(dim=1) & up.grad.any()
-        counter.copy_(torch.where(silent, counter + 1, torch.where(up.grad.any(), 0, counter)))
+        informative = up.grad.any()
+        inactive = (up.grad == 0).all(dim=1)
+        if group["recycle_below"] > 0:
+            momentum = optimizer.state[up]["momentum_buffer"].float().norm(dim=1)
+            inactive |= momentum < group["recycle_below"] * momentum.median()
+        counter.copy_(torch.where(informative, torch.where(inactive, counter + 1, 0), counter))
         due = counter >= group["recycle_after"]
         recycled += due.sum()
         for name in (up_name, *row_partners):

@@ -438,13 +438,14 @@ def gpt_with_aurora(**matrix):
     return model, build_optimizer(load_config("aurora", **matrix), model)
 
 
-def train_with_silent_units(model, optimizer, steps, silent=3):
-    """Steps on random tokens in which the first `silent` units of block 0 get no gradient."""
+def train_with_silent_units(model, optimizer, steps, silent=3, scale=0.0):
+    """Steps on random tokens in which the first `silent` units of block 0 get no gradient (or
+    their gradient times `scale`: weak units)."""
     generator = torch.Generator().manual_seed(3)
     for _ in range(steps):
         tokens = torch.randint(0, 64, (4, 17), generator=generator)
         model(tokens[:, :-1], tokens[:, 1:]).backward()
-        model.blocks[0].mlp.up.weight.grad[:silent] = 0.0
+        model.blocks[0].mlp.up.weight.grad[:silent] *= scale
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -481,6 +482,15 @@ def test_recycling_is_deterministic_and_counts_only_silent_units():
     # step 1 has no up-gradient anywhere (zero-initialised down-projections): it counts for nothing;
     # then the three silent units are due every second step: steps 3 and 5
     assert runs[0][1] == 6
+
+
+def test_with_recycle_below_weak_units_are_recycled_too():
+    model, optimizer = gpt_with_aurora(recycle_after=2)
+    train_with_silent_units(model, optimizer, 6, scale=1e-4)  # weak, not silent: never recycled
+    assert optimizer.recycled_units().item() == 0
+    model, optimizer = gpt_with_aurora(recycle_after=2, recycle_below=0.01)
+    train_with_silent_units(model, optimizer, 6, scale=1e-4)
+    assert optimizer.recycled_units().item() == 6  # due at steps 3 and 5, as silent ones
 
 
 def test_recycling_is_refused_without_the_mlps_names():
