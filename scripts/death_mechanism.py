@@ -9,8 +9,9 @@ their traces on s and reports, per run:
 - how often the unit still got any gradient, and its momentum and update row norms over its
   layer's median (update: the matrix's mean) at that trace, before and after death: does the
   optimizer keep moving a unit its gradient has left (stale momentum)?
-- the push: how far each step moved the unit's mean pre-activation (ΔWᵢ·x̄), split into the
-  update's part and weight decay's part, before and after death: which way does it point?
+- the push: how far each step moved the unit's mean pre-activation (ΔWᵢ·x̄) and its largest
+  one (ΔWᵢ·x*, what decides exact death), each split into the update's part and weight decay's
+  part, before and after death: which way does it point?
 - how many units died, when, how many dead units came back, and pre-activation margins.
 It writes mechanism.md (the numbers, and the test each candidate explanation passed or failed)
 and mechanism.png (the aligned medians, a line per run).
@@ -81,6 +82,14 @@ def analyse(run_dir: Path) -> dict:
         "update": aligned(trace["update"], died, death_index),
         "push": aligned(trace["push"] - trace["push_decay"], died, death_index),
         "push_decay": aligned(trace["push_decay"], died, death_index),
+        **(
+            {
+                "push_top": aligned(trace["push_top"] - trace["push_top_decay"], died, death_index),
+                "push_top_decay": aligned(trace["push_top_decay"], died, death_index),
+            }
+            if "push_top" in trace
+            else {}
+        ),
         "pre_max": aligned(trace["pre_max"], died, death_index),
     }
     before, after = slice(WINDOW - 10, WINDOW), slice(WINDOW + 1, 2 * WINDOW + 1)
@@ -115,6 +124,13 @@ def analyse(run_dir: Path) -> dict:
             decay_share_before=float(decay_push_before.abs().nansum() / (decay_push_before.abs().nansum() + update_push_before.abs().nansum())),
             pre_max_end=median_over("pre_max", slice(2 * WINDOW, 2 * WINDOW + 1)),
         )
+        if "push_top" in curves:
+            top, top_decay = curves["push_top"][:, before], curves["push_top_decay"][:, before]
+            summary.update(
+                top_before=float(top.nanmedian()), top_negative_before=negative_share(top),
+                top_decay_before=float(top_decay.nanmedian()),
+                top_net_negative_before=negative_share(top + top_decay),
+            )
     if not died.any():
         return {"summary": summary, "curves": {}}
     medians = {name: nan_median(rows) for name, rows in curves.items() if name != "with_gradient"}
@@ -128,8 +144,8 @@ def plot(results: list[dict], path: Path) -> Path | None:
         ("with_gradient", "share of the dying units with any gradient (≠ 0)", False),
         ("momentum", "momentum row / layer median", True),
         ("update", "update row / matrix mean", True),
-        ("push", "update's push on mean pre-activation", False),
-        ("push_decay", "weight decay's push", False),
+        ("push_top", "update's push on the largest pre-activation", False),
+        ("push_top_decay", "weight decay's push on it", False),
         ("pre_max", "largest pre-activation on the probe", False),
     )
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
@@ -141,6 +157,8 @@ def plot(results: list[dict], path: Path) -> Path | None:
         s = result["summary"]
         label = f"{s['run']} ({s['died']} units died)"
         for ax, (name, title, log) in zip(axes.flat, panels):
+            if name not in result["curves"]:
+                continue  # a trace from before push_top was recorded
             ax.plot([k * s["trace_every"] for k in offsets], result["curves"][name].tolist(), label=label)
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("steps from death (median over the units that died)")
@@ -166,19 +184,21 @@ def report(results: list[dict]) -> str:
         f"{WINDOW} after. Row norms are over their layer's median (update: over the matrix's mean row). Push: the step's "
         "change of the unit's mean pre-activation on the probe (ΔWᵢ·x̄), the update's part and weight decay's part.",
         "",
-        "| run | optimizer | steps | units | died | dead at end | revived | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---:|",
+        "| run | optimizer | steps | units | died | dead at end | revived | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---|",
     ]
     for s in rows:
         if s["died"] == 0:
-            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | - | - | - | - | - | - | - |")
+            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | - | - | - | - | - | - | - | - |")
             continue
         lines.append(
             f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | "
             f"{s['median_death_step']:.0f} | {100 * s['with_gradient_before']:.0f}% → {100 * s['with_gradient_after']:.0f}% | {s['momentum_before']:.3g} → "
             f"{s['momentum_after']:.3g} | {s['update_before']:.3g} → {s['update_after']:.3g} ({s['update_after_live_median']:.3g}) | "
             f"{s['push_before']:+.2e} ({100 * s['push_negative_before']:.0f}%) / {s['push_after']:+.2e} ({100 * s['push_negative_after']:.0f}%) | "
-            f"{s['decay_before']:+.2e} / {s['decay_after']:+.2e} | {100 * s['decay_share_before']:.0f}% |"
+            f"{s['decay_before']:+.2e} / {s['decay_after']:+.2e} | {100 * s['decay_share_before']:.0f}% | "
+            + (f"{s['top_before']:+.2e} ({100 * s['top_negative_before']:.0f}%) / {s['top_decay_before']:+.2e} / "
+               f"{100 * s['top_net_negative_before']:.0f}% |" if "top_before" in s else "- |")
         )
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,9 @@ the optimizer step:
     push        ΔWᵢ·x̄, how far the step moved the unit's mean pre-activation, with x̄ the mean
                 input to the MLP on the probe batch (its first-order effect, inputs held fixed)
     push_decay  the part of it that weight decay made: −ηλ Wᵢ·x̄
+    push_top    the same for the unit's largest pre-activation: ΔWᵢ·x*, with x* the probe input
+                where the unit's pre-activation is largest (what decides exact death)
+    push_top_decay  weight decay's part of push_top
     pre_mean    the unit's mean pre-activation on the probe
     pre_max     its largest; a ReLU² unit is exactly dead when pre_max ≤ 0
 
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 
 from train.files import atomic_write
 
-QUANTITIES = ("grad", "momentum", "update", "push", "push_decay", "pre_mean", "pre_max")
+QUANTITIES = ("grad", "momentum", "update", "push", "push_decay", "push_top", "push_top_decay", "pre_mean", "pre_max")
 TRACE_FILE = "unit_trace.pt"
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
 
@@ -62,9 +65,11 @@ class UnitTracer:
     def after_step(self, step: int, updates: Mapping[str, Tensor], decays: Mapping[str, float]) -> None:
         """Record the step: `updates` as optimizer.captured_updates holds them, `decays` the ηλ of
         each block's mlp.up weight (its weight-decay factor this step)."""
-        inputs, pre_mean, pre_max = self._probe()
+        inputs, tops, pre_mean, pre_max = self._probe()
         rows = {name: [] for name in QUANTITIES}
-        for name, up, before, grad, x_bar, mean, high in zip(self.blocks, self.ups, self._before, self._grads, inputs, pre_mean, pre_max):
+        for name, up, before, grad, x_bar, x_top, mean, high in zip(
+            self.blocks, self.ups, self._before, self._grads, inputs, tops, pre_mean, pre_max
+        ):
             weight = up.weight.detach().float()
             update = updates.get(f"{name}.weight")
             update_rows = update.float().norm(dim=1) if update is not None else torch.zeros(up.out_features)
@@ -76,21 +81,25 @@ class UnitTracer:
             rows["update"].append((update_rows / update_rows.mean().clamp_min(1e-30)).cpu())
             rows["push"].append(((weight - before) @ x_bar).cpu())
             rows["push_decay"].append((-decay * (before @ x_bar)).cpu())
+            rows["push_top"].append(((weight - before) * x_top).sum(dim=1).cpu())
+            rows["push_top_decay"].append((-decay * (before * x_top).sum(dim=1)).cpu())
             rows["pre_mean"].append(mean.cpu())
             rows["pre_max"].append(high.cpu())
         for name in QUANTITIES:
             self.records[name].append(torch.stack(rows[name]))
         self.steps.append(step)
 
-    def _probe(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Each block's mean MLP input and its units' mean and max pre-activation on the probe."""
-        found: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    def _probe(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """Each block's mean MLP input, the input at each unit's largest pre-activation [units, d],
+        and its units' mean and max pre-activation on the probe."""
+        found: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
         def hook_for(index: int):
             def hook(module, args, output):
                 x = args[0].reshape(-1, args[0].shape[-1]).float()
                 u = output.reshape(-1, output.shape[-1]).float()
-                found[index] = (x.mean(dim=0), u.mean(dim=0), u.amax(dim=0))
+                high, where = u.max(dim=0)
+                found[index] = (x.mean(dim=0), x[where], u.mean(dim=0), high)
 
             return hook
 
@@ -103,7 +112,7 @@ class UnitTracer:
             for handle in handles:
                 handle.remove()
             self.model.train(was_training)
-        return [found[i][0] for i in range(len(self.ups))], [found[i][1] for i in range(len(self.ups))], [found[i][2] for i in range(len(self.ups))]
+        return tuple([found[i][k] for i in range(len(self.ups))] for k in range(4))
 
     def state(self) -> dict:
         return {
@@ -125,7 +134,11 @@ class UnitTracer:
         saved = torch.load(path, weights_only=True)
         keep = [i for i, s in enumerate(saved["steps"]) if s <= step]
         self.steps = [saved["steps"][i] for i in keep]
-        self.records = {name: [saved[name][i] for i in keep] for name in QUANTITIES}
+        # a quantity an older trace lacks is NaN at its steps
+        self.records = {
+            name: [saved[name][i] if name in saved else torch.full_like(saved["pre_max"][i], float("nan")) for i in keep]
+            for name in QUANTITIES
+        }
 
 
 def load_trace(run_dir: str | Path) -> dict:
