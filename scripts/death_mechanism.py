@@ -12,6 +12,8 @@ their traces on s and reports, per run:
 - the push: how far each step moved the unit's mean pre-activation (ΔWᵢ·x̄) and its largest
   one (ΔWᵢ·x*, what decides exact death), each split into the update's part and weight decay's
   part, before and after death: which way does it point?
+- what moved the unit's largest pre-activation below zero in the traces before it died: its own
+  weights, or the drift of its input (everything before it in the network changing)?
 - how many units died, when, how many dead units came back, and pre-activation margins.
 It writes mechanism.md (the numbers, and the test each candidate explanation passed or failed)
 and mechanism.png (the aligned medians, a line per run).
@@ -90,6 +92,7 @@ def analyse(run_dir: Path) -> dict:
             if "push_top" in trace
             else {}
         ),
+        **({"own": aligned(trace["own"], died, death_index), "drift": aligned(trace["drift"], died, death_index)} if "own" in trace else {}),
         "pre_max": aligned(trace["pre_max"], died, death_index),
     }
     before, after = slice(WINDOW - 10, WINDOW), slice(WINDOW + 1, 2 * WINDOW + 1)
@@ -124,6 +127,12 @@ def analyse(run_dir: Path) -> dict:
             decay_share_before=float(decay_push_before.abs().nansum() / (decay_push_before.abs().nansum() + update_push_before.abs().nansum())),
             pre_max_end=median_over("pre_max", slice(2 * WINDOW, 2 * WINDOW + 1)),
         )
+        if "own" in curves:
+            own, drift = curves["own"][:, before], curves["drift"][:, before]
+            summary.update(
+                own_before=float(own.nansum(dim=1).nanmedian()), drift_before=float(drift.nansum(dim=1).nanmedian()),
+                drift_share_before=float(drift.clamp(max=0).nansum() / (drift.clamp(max=0).nansum() + own.clamp(max=0).nansum())),
+            )
         if "push_top" in curves:
             top, top_decay = curves["push_top"][:, before], curves["push_top_decay"][:, before]
             summary.update(
@@ -147,8 +156,10 @@ def plot(results: list[dict], path: Path) -> Path | None:
         ("push_top", "update's push on the largest pre-activation", False),
         ("push_top_decay", "weight decay's push on it", False),
         ("pre_max", "largest pre-activation on the probe", False),
+        ("own", "top pre-activation moved by the unit's own weights", False),
+        ("drift", "... and by the drift of its input", False),
     )
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 7))
     offsets = list(range(-WINDOW, WINDOW + 1))
     drawn = False
     for result in results:
@@ -184,12 +195,12 @@ def report(results: list[dict]) -> str:
         f"{WINDOW} after. Row norms are over their layer's median (update: over the matrix's mean row). Push: the step's "
         "change of the unit's mean pre-activation on the probe (ΔWᵢ·x̄), the update's part and weight decay's part.",
         "",
-        "| run | optimizer | steps | units | died | dead at end | revived | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---|",
+        "| run | optimizer | steps | units | died | dead at end | revived | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 | top pre-activation moved before death: own / drift (drift's share of the fall) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---|---|",
     ]
     for s in rows:
         if s["died"] == 0:
-            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | - | - | - | - | - | - | - | - | - |")
             continue
         lines.append(
             f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | "
@@ -199,6 +210,7 @@ def report(results: list[dict]) -> str:
             f"{s['decay_before']:+.2e} / {s['decay_after']:+.2e} | {100 * s['decay_share_before']:.0f}% | "
             + (f"{s['top_before']:+.2e} ({100 * s['top_negative_before']:.0f}%) / {s['top_decay_before']:+.2e} / "
                f"{100 * s['top_net_negative_before']:.0f}% |" if "top_before" in s else "- |")
+            + (f" {s['own_before']:+.3f} / {s['drift_before']:+.3f} ({100 * s['drift_share_before']:.0f}%) |" if "own_before" in s else " - |")
         )
     return "\n".join(lines) + "\n"
 

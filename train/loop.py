@@ -309,7 +309,7 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
             diagnostics.load_state_dict(meta["diagnostics"])
         start_step, elapsed, skipped = meta["step"], meta["elapsed_s"], meta.get("skipped_steps", 0)
         if tracer is not None:
-            tracer.resume(run.path, start_step)
+            tracer.resume(run.path, start_step, meta.get("unit_trace"))
 
     metrics = Metrics.for_run(cfg, run.path, start_step) if runtime.is_main else Metrics.disabled()
     n_params = sum(p.numel() for p in model.parameters())
@@ -340,6 +340,7 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
             "loader": loader.state_dict(),
             "rng": rng_state(),
             "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
+            "unit_trace": tracer.checkpoint_state() if tracer is not None else None,
         }
         metrics.sync()  # every step logged so far is on disk before the checkpoint that covers it
         if tracer is not None:

@@ -13,6 +13,10 @@ the optimizer step:
     push_top    the same for the unit's largest pre-activation: ΔWᵢ·x*, with x* the probe input
                 where the unit's pre-activation is largest (what decides exact death)
     push_top_decay  weight decay's part of push_top
+    own, drift  since the previous trace, how the unit's pre-activation on the probe token where it
+                was largest then has moved: by the unit's own weights, (W − W′)ᵢ·x, and by the
+                drift of its input (everything before it in the network), W′ᵢ·(x − x′), where ′
+                marks the previous trace (0 at the first trace); own + drift is the whole change
     pre_mean    the unit's mean pre-activation on the probe
     pre_max     its largest; a ReLU² unit is exactly dead when pre_max ≤ 0
 
@@ -33,7 +37,9 @@ from torch import Tensor, nn
 
 from train.files import atomic_write
 
-QUANTITIES = ("grad", "momentum", "update", "push", "push_decay", "push_top", "push_top_decay", "pre_mean", "pre_max")
+QUANTITIES = (
+    "grad", "momentum", "update", "push", "push_decay", "push_top", "push_top_decay", "own", "drift", "pre_mean", "pre_max"
+)
 TRACE_FILE = "unit_trace.pt"
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
 
@@ -51,6 +57,8 @@ class UnitTracer:
         self.steps: list[int] = []
         self._before: list[Tensor] = []
         self._grads: list[Tensor] = []
+        # at the previous trace, per block: the weights, each unit's top probe token and its input there
+        self._previous: list[tuple[Tensor, Tensor, Tensor]] | None = None
 
     def wants(self, step: int) -> bool:
         return step % self.every == 0
@@ -65,10 +73,11 @@ class UnitTracer:
     def after_step(self, step: int, updates: Mapping[str, Tensor], decays: Mapping[str, float]) -> None:
         """Record the step: `updates` as optimizer.captured_updates holds them, `decays` the ηλ of
         each block's mlp.up weight (its weight-decay factor this step)."""
-        inputs, tops, pre_mean, pre_max = self._probe()
+        inputs, tops, pre_mean, pre_max, probe_inputs, top_tokens = self._probe()
         rows = {name: [] for name in QUANTITIES}
-        for name, up, before, grad, x_bar, x_top, mean, high in zip(
-            self.blocks, self.ups, self._before, self._grads, inputs, tops, pre_mean, pre_max
+        previous = self._previous or [None] * len(self.ups)
+        for name, up, before, grad, x_bar, x_top, mean, high, x_all, then in zip(
+            self.blocks, self.ups, self._before, self._grads, inputs, tops, pre_mean, pre_max, probe_inputs, previous
         ):
             weight = up.weight.detach().float()
             update = updates.get(f"{name}.weight")
@@ -83,23 +92,33 @@ class UnitTracer:
             rows["push_decay"].append((-decay * (before @ x_bar)).cpu())
             rows["push_top"].append(((weight - before) * x_top).sum(dim=1).cpu())
             rows["push_top_decay"].append((-decay * (before * x_top).sum(dim=1)).cpu())
+            if then is None:
+                rows["own"].append(torch.zeros(up.out_features))
+                rows["drift"].append(torch.zeros(up.out_features))
+            else:
+                weight_then, token_then, x_then = then
+                x_now = x_all[token_then]  # the same probe tokens, through the network as it is now
+                rows["own"].append(((weight - weight_then) * x_now).sum(dim=1).cpu())
+                rows["drift"].append((weight_then * (x_now - x_then)).sum(dim=1).cpu())
             rows["pre_mean"].append(mean.cpu())
             rows["pre_max"].append(high.cpu())
         for name in QUANTITIES:
             self.records[name].append(torch.stack(rows[name]))
         self.steps.append(step)
+        self._previous = [(up.weight.detach().float().clone(), token, x) for up, token, x in zip(self.ups, top_tokens, tops)]
 
-    def _probe(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """Each block's mean MLP input, the input at each unit's largest pre-activation [units, d],
-        and its units' mean and max pre-activation on the probe."""
-        found: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+    def _probe(self) -> tuple[list[Tensor], ...]:
+        """Per block: the mean MLP input, the input at each unit's largest pre-activation
+        [units, d], the units' mean and max pre-activation, all inputs [tokens, d], and each
+        unit's top token."""
+        found: dict[int, tuple[Tensor, ...]] = {}
 
         def hook_for(index: int):
             def hook(module, args, output):
                 x = args[0].reshape(-1, args[0].shape[-1]).float()
                 u = output.reshape(-1, output.shape[-1]).float()
                 high, where = u.max(dim=0)
-                found[index] = (x.mean(dim=0), x[where], u.mean(dim=0), high)
+                found[index] = (x.mean(dim=0), x[where], u.mean(dim=0), high, x, where)
 
             return hook
 
@@ -112,7 +131,7 @@ class UnitTracer:
             for handle in handles:
                 handle.remove()
             self.model.train(was_training)
-        return tuple([found[i][k] for i in range(len(self.ups))] for k in range(4))
+        return tuple([found[i][k] for i in range(len(self.ups))] for k in range(6))
 
     def state(self) -> dict:
         return {
@@ -121,13 +140,20 @@ class UnitTracer:
             **{name: torch.stack(values) if values else torch.empty(0) for name, values in self.records.items()},
         }
 
+    def checkpoint_state(self) -> dict:
+        """What own/drift of the next trace start from (for a checkpoint's meta, so that a resumed
+        run traces exactly what an uninterrupted one does)."""
+        return {"previous": self._previous}
+
     def save(self, run_dir: Path) -> Path:
         buffer = io.BytesIO()
         torch.save(self.state(), buffer)
         return atomic_write(run_dir / TRACE_FILE, buffer.getvalue())
 
-    def resume(self, run_dir: Path, step: int) -> None:
-        """Keep the traced steps up to `step` (the checkpoint resumed from) of an earlier launch."""
+    def resume(self, run_dir: Path, step: int, checkpoint_state: dict | None) -> None:
+        """Keep the traced steps up to `step` (the checkpoint resumed from) of an earlier launch,
+        and go on from the checkpoint's `checkpoint_state()`."""
+        self._previous = (checkpoint_state or {}).get("previous")
         path = run_dir / TRACE_FILE
         if not path.is_file():
             return
