@@ -129,13 +129,20 @@ def test_rerunning_a_finished_run_changes_nothing(micro_config):
     assert (run_dir / "metrics.jsonl").read_text() == metrics_before
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon", "aurora"])
-def test_loss_curve_matches_the_golden_curve(micro_config, optimizer):
+# Recycling Aurora with a trigger short enough that units are recycled within 12 steps.
+RECYCLE_NOW = ("optim.matrix.recycle_after=2", "optim.matrix.recycle_below=0.5", "diagnostics.every=4")
+
+
+@pytest.mark.parametrize("optimizer, extra", [("adamw", ()), ("muon", ()), ("aurora", ()), ("aurora_recycle", RECYCLE_NOW)])
+def test_loss_curve_matches_the_golden_curve(micro_config, optimizer, extra):
     """Golden curves catch silent changes to the model, data order or optimizers.
 
     Regenerate deliberately with AURORA_BENCH_UPDATE_GOLDEN=1 and say why in the commit.
     """
-    curve = losses(train(micro_config(f"optim={optimizer}")))
+    run_dir = train(micro_config(f"optim={optimizer}", *extra))
+    curve = losses(run_dir)
+    if optimizer == "aurora_recycle":  # the curve must cover recycles, or it checks plain Aurora
+        assert read_metrics(run_dir)[-1]["diag/recycled_units"] > 0
     golden = GOLDEN / f"micro_{optimizer}.json"
     if os.environ.get("AURORA_BENCH_UPDATE_GOLDEN"):
         golden.parent.mkdir(exist_ok=True)
