@@ -3,7 +3,7 @@
     python scripts/bench_optim.py                  # both parts; CPU, and CUDA too when present
     python scripts/bench_optim.py --part quality   # only the quality table
     python scripts/bench_optim.py --repeats 5      # more timed steps per optimizer
-    python scripts/bench_optim.py --part steps --cases "aurora tall K=2" "aurora floored" --repeats 5 --cpu-warm-up
+    python scripts/bench_optim.py --part steps --cases "aurora tall K=2" "aurora recycling" --repeats 5 --cpu-warm-up
 
 Step time: one optimizer.step() over the optimization-track model's parameters (12 blocks of
 q, k, v, out 768×768, up 3072×768, down 768×3072, biases and gains; embedding and head
@@ -39,6 +39,7 @@ STEP_CASES = [
     ("unormuon", "unormuon", {}),
     ("aurora tall K=2", "aurora", {}),
     ("aurora floored K=2", "aurora", {"pp_row_floor": 0.1}),
+    ("aurora recycling K=2", "aurora", {"recycle_after": 20, "recycle_below": 0.01}),  # conf/optim/aurora_recycle.yaml
     ("aurora tall K=1 warm", "aurora", {"pp_iterations": 1, "pp_warm_start": True}),
     ("aurora rectangular K=2", "aurora", {"apply_to": "rectangular"}),
     ("riemannian_aurora tall", "riemannian_aurora", {}),

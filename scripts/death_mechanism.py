@@ -14,9 +14,11 @@ their traces on s and reports, per run:
   part, before and after death: which way does it point?
 - what moved the unit's largest pre-activation below zero in the traces before it died: its own
   weights, or the drift of its input (everything before it in the network changing)?
-- how many units died, when, how many dead units came back, and pre-activation margins.
-It writes mechanism.md (the numbers, and the test each candidate explanation passed or failed)
-and mechanism.png (the aligned medians, a line per run).
+- how many units died, when, how many dead units came back, how often units crossed from alive
+  to dead at all (a unit can die, revive on its input's drift and die again), and pre-activation
+  margins.
+It writes mechanism.md (the numbers behind each candidate explanation; docs/neuron_death.md draws
+the verdicts from them across runs) and mechanism.png (the aligned medians, a line per run).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def analyse(run_dir: Path) -> dict:
     died, death_index = deaths(trace)
     dead_any = (trace["pre_max"] <= 0)
     revived = (dead_any[:-1] & ~dead_any[1:]).any(dim=0)  # dead at one trace, alive at the next
+    crossings = int((~dead_any[:-1] & dead_any[1:]).sum())  # alive at one trace, dead at the next
     curves = {
         "with_gradient": aligned((trace["grad"] > 0).float(), died, death_index),
         "momentum": aligned(relative(trace["momentum"]), died, death_index),
@@ -106,6 +109,7 @@ def analyse(run_dir: Path) -> dict:
         "died": int(died.sum()),
         "dead_at_end": float((trace["pre_max"][-1] <= 0).float().mean()),
         "revived": int((revived & ~died).sum()),
+        "crossings": crossings,
         "median_death_step": float(torch.tensor([trace["steps"][i] for i in death_index[died].tolist()]).float().median()) if died.any() else None,
     }
     if died.any():
@@ -195,15 +199,15 @@ def report(results: list[dict]) -> str:
         f"{WINDOW} after. Row norms are over their layer's median (update: over the matrix's mean row). Push: the step's "
         "change of the unit's mean pre-activation on the probe (ΔWᵢ·x̄), the update's part and weight decay's part.",
         "",
-        "| run | optimizer | steps | units | died | dead at end | revived | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 | top pre-activation moved before death: own / drift (drift's share of the fall) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---|---|",
+        "| run | optimizer | steps | units | died | dead at end | revived | alive → dead crossings | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 | top pre-activation moved before death: own / drift (drift's share of the fall) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---|---|",
     ]
     for s in rows:
         if s["died"] == 0:
-            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | - | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | - | - | - | - | - | - | - | - | - |")
             continue
         lines.append(
-            f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | "
+            f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | "
             f"{s['median_death_step']:.0f} | {100 * s['with_gradient_before']:.0f}% → {100 * s['with_gradient_after']:.0f}% | {s['momentum_before']:.3g} → "
             f"{s['momentum_after']:.3g} | {s['update_before']:.3g} → {s['update_after']:.3g} ({s['update_after_live_median']:.3g}) | "
             f"{s['push_before']:+.2e} ({100 * s['push_negative_before']:.0f}%) / {s['push_after']:+.2e} ({100 * s['push_negative_after']:.0f}%) | "
