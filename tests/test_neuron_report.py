@@ -18,7 +18,7 @@ PNG_MAGIC = b"\x89PNG"
 
 
 def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every: int = 30, seed: int = 0,
-              matrix_lr: float = 0.02) -> Path:
+              matrix_lr: float = 0.02, matrix: dict | None = None) -> Path:
     """A run directory as the loop writes it, with diagnostics every `every` steps: activation-dead
     fraction (1 + seed)·step/1000, starved fraction step/2000 (once 4 diagnostics exist), leverage
     CV 0.5, up-projection row-norm minima 0.5 and 0.25 in blocks 0 and 1, leverage histograms at
@@ -27,7 +27,7 @@ def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every:
         "seed": seed,
         "out_dir": str(path),
         "model": {"name": "tiny", "d_model": 128, "n_layer": 4, "activation": "relu2", "mlp_expansion": expansion},
-        "optim": {"name": optimizer, "matrix": {"lr": matrix_lr}},
+        "optim": {"name": optimizer, "matrix": {"lr": matrix_lr, **(matrix or {})}},
         "data": {"name": "shakespeare", "val_tokens": 16384},
         "train": {"steps": last_step, "batch_tokens": 1024, "micro_batch": 16, "seq_len": 64},
         "diagnostics": {"every": every, "probe_tokens": 1024, "starvation_window": 4, "histogram_steps": [90, 480]},
@@ -112,6 +112,26 @@ def test_report_names_the_settings_that_set_runs_apart_and_averages_runs_that_di
         "0.180 (0.120–0.240)", "0.240", "0.060", "0.500", "4.2550 (4.2500–4.2600)",
     ]
     assert over_seeds[2][4:6] == ["0", "0.120"]  # a group of one seed: its value, no range
+
+
+def test_a_run_from_before_an_optimizer_option_existed_counts_as_that_option_at_its_default(tmp_path):
+    report = load_script("neuron_death_report")
+    new_options = {"pp_row_floor": 0.0, "recycle_after": 0, "recycle_below": 0.0}
+    runs = [
+        write_run(tmp_path / "aurora-seed0", "aurora", 16, last_step=120),  # made before the options
+        write_run(tmp_path / "aurora-seed1", "aurora", 16, last_step=120, seed=1, matrix=new_options),
+        write_run(tmp_path / "recycle-seed0", "aurora", 16, last_step=120, matrix={**new_options, "recycle_after": 20}),
+        write_run(tmp_path / "muon-seed0", "muon", 16, last_step=120),  # no Aurora options to default
+    ]
+    out = tmp_path / "report"
+    assert report.main([*map(str, runs), "--out", str(out)]) == 0
+
+    over_seeds = table_rows((out / "neuron_death.md").read_text().split("Over seeds")[1])
+    assert [row[:5] for row in over_seeds] == [
+        ["muon", "16", "recycle_after=-", "120", "0"],
+        ["aurora", "16", "recycle_after=0", "120", "0, 1"],
+        ["aurora", "16", "recycle_after=20", "120", "0"],
+    ]
 
 
 def test_report_works_on_two_tiny_run_directories_made_by_the_training_loop(micro_config, tmp_path):

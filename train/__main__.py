@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from train.cli import exit_code
+from train.cli import STOPPED, exit_code, leave_stopped
 from train.config import compose_config, compose_sweep, check_config, register_resolvers, world_size_from_env
 from train.metrics import SWEEP_ENV
 from train.sweep import Point, SweepIndex, header, summary, sweep_directory
@@ -55,6 +55,8 @@ def main() -> None:
         config = OmegaConf.to_container(cfg, resolve=True)
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             code = exit_code(lambda: train(config) and None)  # the run directory is not an exit code
+            if code == STOPPED:
+                leave_stopped()
             if code:
                 sys.exit(code)
             return

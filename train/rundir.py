@@ -75,6 +75,11 @@ LEGACY_DEFAULTS = {
     "protocol.target": None,
     "protocol.unofficial": False,
 }
+# Optimizer options added since, per optimizer (optim.name): an older run of it had these values.
+LEGACY_OPTIM_DEFAULTS = {
+    ("aurora", "riemannian_aurora"): {"optim.matrix.pp_row_floor": 0.0, "optim.matrix.recycle_after": 0, "optim.matrix.recycle_below": 0.0},
+    ("normuon", "unormuon"): {"optim.matrix.normalize": "rows"},
+}
 LOCK = ".lock"
 
 
@@ -93,9 +98,19 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def legacy_defaults(flat_config: dict[str, Any]) -> dict[str, Any]:
+    """The values a run with this (flattened) config had for every key added since."""
+    defaults = dict(LEGACY_DEFAULTS)
+    for optimizers, keys in LEGACY_OPTIM_DEFAULTS.items():
+        if flat_config.get("optim.name") in optimizers:
+            defaults.update(keys)
+    return defaults
+
+
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key: (old, new)} for every key whose value differs between two resolved configs."""
-    old, new = {**LEGACY_DEFAULTS, **flatten(saved)}, flatten(current)
+    flat_saved = flatten(saved)
+    old, new = {**legacy_defaults(flat_saved), **flat_saved}, flatten(current)
     absent = "<absent>"
     return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(old.keys() | new.keys()) if old.get(k, absent) != new.get(k, absent)}
 
@@ -130,13 +145,13 @@ def read_launches(path: Path) -> list[dict[str, Any]]:
 
 def effective_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """config.yaml with the changes of every later launch applied, and the values an older run
-    had for keys added since (LEGACY_DEFAULTS); None without config.yaml."""
+    had for keys added since (legacy_defaults); None without config.yaml."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         return None
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     present = flatten(config)
-    apply_changes(config, {key: (None, value) for key, value in LEGACY_DEFAULTS.items() if key not in present})
+    apply_changes(config, {key: (None, value) for key, value in legacy_defaults(present).items() if key not in present})
     for launch in read_launches(run_dir / "launches.jsonl"):
         apply_changes(config, launch.get("config_changes") or {})
     return config
