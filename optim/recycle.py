@@ -12,9 +12,11 @@ network computes the same function after a recycle when the unit was silent (its
 weights are zero; a weak unit loses its small contribution), and it takes gradient again from
 the next step.
 
-Everything runs on the device without a host sync, the same on every rank: the random rows come
-from a generator seeded by the matrix's name and the optimizer's recycle step (a Python int kept
-in the param group, so a checkpoint carries it).
+The counting runs on the device every step; one host read per step asks whether any unit is
+due, so the random draw and the copies happen only on steps that recycle, and only for the due
+units. The random rows come from a generator seeded by the matrix's name and the optimizer's
+recycle step (a Python int kept in the param group, so a checkpoint carries it): every rank
+draws the same.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ def _seed(name: str, step: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{name}:{step}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def random_rows_like(weight: Tensor, name: str, step: int) -> Tensor:
-    """Random rows with the norm of `weight`'s median row, deterministic in (name, step)."""
+def random_rows(weight: Tensor, count: int, name: str, step: int) -> Tensor:
+    """`count` random rows with the norm of `weight`'s median row, deterministic in (name, step)."""
     generator = torch.Generator(device=weight.device).manual_seed(_seed(name, step))
-    rows = torch.randn(weight.shape, generator=generator, device=weight.device, dtype=torch.float32)
+    rows = torch.randn((count, weight.shape[1]), generator=generator, device=weight.device, dtype=torch.float32)
     median = weight.float().norm(dim=1).median()
     return (rows * (median / rows.norm(dim=1, keepdim=True))).to(weight.dtype)
 
@@ -56,13 +58,14 @@ def random_rows_like(weight: Tensor, name: str, step: int) -> Tensor:
 def recycle_dead_units(optimizer: torch.optim.Optimizer, group: dict, step: int) -> None:
     """One step of recycling for a matrix group (its params named in group["param_names"])."""
     by_name = dict(zip(group["param_names"], group["params"]))
+    due_units = []
     for up_name, row_partners, down_name in mlp_units(group["param_names"]):
-        up, down = by_name[up_name], by_name[down_name]
+        up = by_name[up_name]
         if up.grad is None:
             continue
         state = optimizer.state[up]
         counter = state.setdefault(STATE_KEYS[0], torch.zeros(up.shape[0], dtype=torch.int32, device=up.device))
-        recycled = state.setdefault(STATE_KEYS[1], torch.zeros((), dtype=torch.int64, device=up.device))
+        state.setdefault(STATE_KEYS[1], torch.zeros((), dtype=torch.int64, device=up.device))
         # A matrix with no gradient at all (the first step, behind zero-initialised down-projections)
         # says nothing about its units: their counts stay.
         informative = up.grad.any()
@@ -71,24 +74,34 @@ def recycle_dead_units(optimizer: torch.optim.Optimizer, group: dict, step: int)
             momentum = optimizer.state[up]["momentum_buffer"].float().norm(dim=1)
             inactive |= momentum < group["recycle_below"] * momentum.median()
         counter.copy_(torch.where(informative, torch.where(inactive, counter + 1, 0), counter))
-        due = counter >= group["recycle_after"]
-        recycled += due.sum()
+        due_units.append(((up_name, row_partners, down_name), counter >= group["recycle_after"]))
+    if not due_units or not torch.stack([due.any() for _, due in due_units]).any():  # the one host read
+        return
+    for (up_name, row_partners, down_name), due in due_units:
+        units = due.nonzero().squeeze(1)
+        if units.numel() == 0:
+            continue
+        up, down = by_name[up_name], by_name[down_name]
         for name in (up_name, *row_partners):
             param = by_name[name]
-            param.copy_(torch.where(due[:, None], random_rows_like(param, name, step), param))
-            _clear(optimizer.state[param], due, rows=True)
-        down.copy_(torch.where(due[None, :], 0, down))
-        _clear(optimizer.state[down], due, rows=False)
-        counter.masked_fill_(due, 0)
+            param[units] = random_rows(param, units.numel(), name, step)
+            _clear(optimizer.state[param], units, rows=True)
+        down[:, units] = 0
+        _clear(optimizer.state[down], units, rows=False)
+        optimizer.state[up][STATE_KEYS[0]][units] = 0
+        optimizer.state[up][STATE_KEYS[1]] += units.numel()
 
 
 def _clear(state: dict, units: Tensor, rows: bool) -> None:
     """Zero the momentum of the recycled units (rows, or columns of a down-projection) and reset
     a warm-started row scaling, which is kept per unit in either orientation, to 1."""
     if "momentum_buffer" in state:
-        state["momentum_buffer"].masked_fill_(units[:, None] if rows else units[None, :], 0)
+        if rows:
+            state["momentum_buffer"][units] = 0
+        else:
+            state["momentum_buffer"][:, units] = 0
     if "row_correction" in state:
-        state["row_correction"].masked_fill_(units[:, None], 1.0)
+        state["row_correction"][units] = 1.0
 
 
 def recycled_total(optimizer: torch.optim.Optimizer) -> Tensor | None:
