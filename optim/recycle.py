@@ -68,8 +68,9 @@ def recycle_dead_units(optimizer: torch.optim.Optimizer, group: dict, step: int)
         state.setdefault(STATE_KEYS[1], torch.zeros((), dtype=torch.int64, device=up.device))
         # A matrix with no gradient at all (the first step, behind zero-initialised down-projections)
         # says nothing about its units: their counts stay.
-        informative = up.grad.any()
-        inactive = (up.grad == 0).all(dim=1)
+        largest = up.grad.abs().amax(dim=1)  # one pass: a row is silent when its largest entry is 0
+        informative = largest.any()
+        inactive = largest == 0
         if group["recycle_below"] > 0:
             momentum = optimizer.state[up]["momentum_buffer"].float().norm(dim=1)
             inactive |= momentum < group["recycle_below"] * momentum.median()

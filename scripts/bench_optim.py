@@ -4,10 +4,12 @@
     python scripts/bench_optim.py --part quality   # only the quality table
     python scripts/bench_optim.py --repeats 5      # more timed steps per optimizer
     python scripts/bench_optim.py --part steps --cases "aurora tall K=2" "aurora recycling" --repeats 5 --cpu-warm-up
+    python scripts/bench_optim.py --part steps --shape tiny_x16 --cases "aurora tall K=2" "aurora recycling" --repeats 30 --cpu-warm-up
 
 Step time: one optimizer.step() over the optimization-track model's parameters (12 blocks of
 q, k, v, out 768×768, up 3072×768, down 768×3072, biases and gains; embedding and head
-50304×768), with random gradients; the fastest of --repeats timed steps. CUDA warms up with
+50304×768), or with --shape tiny_x16 the byte-level tiny GPT's at MLP ×16 (4 blocks, d 128,
+up 2048×128, vocabulary 320), with random gradients; the fastest of --repeats timed steps. CUDA warms up with
 one untimed step; CPU by default does not (a CPU step takes 2-60 s), so its first step also
 allocates the optimizer state.
 Quality: row-norm CV, ‖UᵀU − I‖₂ and ⟨G, U⟩/‖G‖_* of every method on one synthetic 3072×768
@@ -30,6 +32,7 @@ from optim.aurora import aurora_polar, aurora_polar_with_state, riemannian_auror
 from optim.polar import polar  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "optim"
+SHAPES = {"gpt124m": {}, "tiny_x16": {"vocab": 320, "d": 128, "hidden": 2048, "layers": 4}}
 
 # (label, config file, matrix overrides)
 STEP_CASES = [
@@ -46,8 +49,8 @@ STEP_CASES = [
 ]
 
 
-class Gpt124mParameters(nn.Module):
-    """The optimization-track GPT's parameters under model/gpt.py's names (no forward)."""
+class GptParameters(nn.Module):
+    """A GPT's parameters under model/gpt.py's names (no forward); the optimization track's by default."""
 
     def __init__(self, vocab=50304, d=768, hidden=3072, layers=12):
         super().__init__()
@@ -101,17 +104,18 @@ def best_time(fn, device, repeats):
     return min(times)
 
 
-def step_time_table(device, repeats, warm_up, cases=None):
-    model = Gpt124mParameters().to(device)
+def step_time_table(device, repeats, warm_up, cases=None, shape="gpt124m"):
+    model = GptParameters(**SHAPES[shape]).to(device)
     count = sum(p.numel() for p in model.parameters())
     after = "after a warm-up step" if warm_up else "first steps, state allocation included"
-    print(f"\n## Optimizer step time, gpt124m parameter set ({count:,} parameters), {device}")
+    print(f"\n## Optimizer step time, {shape} parameter set ({count:,} parameters), {device}")
     print(f"best of {repeats}, {after}\n")
     results = {}
     if cases is None:
         chosen, reference = STEP_CASES, "muon"
     else:  # in the order given, the first the reference: the timing the others are read against
-        chosen = list(dict.fromkeys(case for prefix in cases for case in STEP_CASES if case[0].startswith(prefix)))
+        by_label = {case[0]: case for prefix in cases for case in STEP_CASES if case[0].startswith(prefix)}
+        chosen = list(by_label.values())
         reference = chosen[0][0]
     print(f"| optimizer | step (s) | / {reference} |")
     print("|---|---|---|")
@@ -187,6 +191,7 @@ def main(argv=None):
     parser.add_argument("--part", choices=("all", "steps", "quality"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default: 1 on CPU, 10 on CUDA)")
     parser.add_argument("--cpu-warm-up", action="store_true", help="an untimed step first on CPU too (CUDA always has one)")
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="gpt124m", help="the parameter set the step-time part times")
     parser.add_argument("--cases", nargs="+", help="only the step-time cases whose label starts with one of these (the first is the reference)")
     args = parser.parse_args(argv)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -195,7 +200,7 @@ def main(argv=None):
         on_cpu = device.type == "cpu"
         repeats = args.repeats or (1 if on_cpu else 10)
         if args.part in ("all", "steps"):
-            step_time_table(device, repeats, warm_up=args.cpu_warm_up or not on_cpu, cases=args.cases)
+            step_time_table(device, repeats, warm_up=args.cpu_warm_up or not on_cpu, cases=args.cases, shape=args.shape)
         if args.part in ("all", "quality"):
             quality_table(device, repeats)
 
