@@ -1,5 +1,5 @@
 """The scripts: the README's main job (scripts/compare_optimizers.py) on a micro GPT, the sweep
-driver, and the communication-volume calculator."""
+driver, the communication-volume calculator and the optimizer step-time benchmark."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import micro_overrides
 from train.cli import exit_code
@@ -102,3 +103,11 @@ def test_comm_volume_prints_the_gathered_bytes_of_the_gpt124m_matrices_per_world
 def test_comm_volume_refuses_an_unknown_model_preset():
     with pytest.raises(ValueError, match="--model must be one of .*'gpt124m'.*got 'gpt2'"):
         load_script("comm_volume").main(["--model", "gpt2"])
+
+
+def test_bench_optim_times_the_chosen_cases_in_order_against_the_first(capsys):
+    bench = load_script("bench_optim")
+    results = bench.step_time_table(torch.device("cpu"), 1, warm_up=False, cases=["aurora tall K=2", "aurora recycling"], shape="tiny_x16")
+    assert list(results) == ["aurora tall K=2", "aurora recycling K=2"]
+    out = capsys.readouterr().out
+    assert "tiny_x16 parameter set (2,453,568 parameters)" in out and "| / aurora tall K=2 |" in out
