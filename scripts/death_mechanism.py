@@ -15,8 +15,10 @@ their traces on s and reports, per run:
 - what moved the unit's largest pre-activation below zero in the traces before it died: its own
   weights, or the drift of its input (everything before it in the network changing)?
 - how many units died, when, how many dead units came back, how often units crossed from alive
-  to dead at all (a unit can die, revive on its input's drift and die again), and pre-activation
-  margins.
+  to dead at all (a unit can die, revive on its input's drift and die again), and, at mid-run,
+  how close the live units' largest pre-activations sit to zero and how fast they move (the
+  median change over 100 steps, over the median): a boundary is crossed by units near it that
+  move fast.
 It writes mechanism.md (the numbers behind each candidate explanation; docs/neuron_death.md draws
 the verdicts from them across runs) and mechanism.png (the aligned medians, a line per run).
 """
@@ -100,8 +102,15 @@ def analyse(run_dir: Path) -> dict:
     }
     before, after = slice(WINDOW - 10, WINDOW), slice(WINDOW + 1, 2 * WINDOW + 1)
     alive_last = ~(trace["pre_max"][-1] <= 0)
+    middle = len(trace["steps"]) // 2
+    later = min(middle + max(1, 100 // every), len(trace["steps"]) - 1)
+    top, live = trace["pre_max"][middle].float(), trace["pre_max"][middle] > 0
+    typical = top[live].median()
     summary = {
         "run": run_dir.name,
+        "middle_step": trace["steps"][middle],
+        "near_zero_middle": float((live & (top < 0.1 * typical)).float().mean()),
+        "motion_middle": float((trace["pre_max"][later].float() - top).abs()[live].median() / typical),
         "optimizer": run.optimizer,
         "steps": trace["steps"][-1],
         "trace_every": every,
@@ -199,15 +208,16 @@ def report(results: list[dict]) -> str:
         f"{WINDOW} after. Row norms are over their layer's median (update: over the matrix's mean row). Push: the step's "
         "change of the unit's mean pre-activation on the probe (ΔWᵢ·x̄), the update's part and weight decay's part.",
         "",
-        "| run | optimizer | steps | units | died | dead at end | revived | alive → dead crossings | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 | top pre-activation moved before death: own / drift (drift's share of the fall) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---:|---|---|",
+        "| run | optimizer | steps | units | died | dead at end | revived | alive → dead crossings | mid-run: live units within 10% of 0 / top pre-activation's change in 100 steps ÷ median | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 | top pre-activation moved before death: own / drift (drift's share of the fall) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|---|---|---:|---|---|",
     ]
     for s in rows:
+        mid = f"@{s['middle_step']}: {100 * s['near_zero_middle']:.1f}% / {s['motion_middle']:.2f}"
         if s["died"] == 0:
-            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | - | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | {mid} | - | - | - | - | - | - | - | - | - |")
             continue
         lines.append(
-            f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | "
+            f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | {mid} | "
             f"{s['median_death_step']:.0f} | {100 * s['with_gradient_before']:.0f}% → {100 * s['with_gradient_after']:.0f}% | {s['momentum_before']:.3g} → "
             f"{s['momentum_after']:.3g} | {s['update_before']:.3g} → {s['update_after']:.3g} ({s['update_after_live_median']:.3g}) | "
             f"{s['push_before']:+.2e} ({100 * s['push_negative_before']:.0f}%) / {s['push_after']:+.2e} ({100 * s['push_negative_after']:.0f}%) | "
