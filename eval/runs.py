@@ -200,12 +200,18 @@ def short_names(keys: Sequence[str]) -> list[str]:
 
 def label_runs(runs: Sequence[Run], own_columns: Sequence[str] = ()) -> list[str]:
     """Set each run's label, "optimizer k=v, ..." with the settings that set it apart from other
-    runs of its optimizer; returns those settings' full keys."""
+    runs of its optimizer; returns the full keys of every optimizer's such settings."""
     varied = varied_settings(runs, own_columns)
-    names = short_names(varied)
-    for run in runs:
-        config = flatten(run.config)
-        settings = ", ".join(f"{name}={config.get(key, '-')}" for name, key in zip(names, varied))
+    names = dict(zip(varied, short_names(varied)))
+    flat = [flatten(run.config) for run in runs]
+    values: dict[tuple[str, str], set[str]] = {}
+    for run, config in zip(runs, flat):
+        for key in varied:
+            values.setdefault((run.optimizer, key), set()).add(repr(config.get(key, "-")))
+    for run, config in zip(runs, flat):
+        # a setting this optimizer does not have ("-" in all its runs) would only be noise in its label
+        own = [key for key in varied if key in config or len(values[(run.optimizer, key)]) > 1]
+        settings = ", ".join(f"{names[key]}={config.get(key, '-')}" for key in own)
         run.label = f"{run.optimizer} {settings}".strip()
     return varied
 

@@ -175,15 +175,16 @@ def plot(results: list[dict], path: Path) -> Path | None:
     fig, axes = plt.subplots(2, 4, figsize=(20, 7))
     offsets = list(range(-WINDOW, WINDOW + 1))
     drawn = False
-    for result in results:
+    for index, result in enumerate(results):
         if not result["curves"]:
             continue
         s = result["summary"]
+        color = f"C{index % 10}"  # one color per run in every panel, also where a run lacks a curve
         label = f"{s['run']} ({s['died']} units died)"
         for ax, (name, title, log) in zip(axes.flat, panels):
             if name not in result["curves"]:
                 continue  # a trace from before push_top was recorded
-            ax.plot([k * s["trace_every"] for k in offsets], result["curves"][name].tolist(), label=label)
+            ax.plot([k * s["trace_every"] for k in offsets], result["curves"][name].tolist(), label=label, color=color)
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("steps from death (median over the units that died)")
             ax.axvline(0, color="grey", linewidth=0.8)

@@ -40,6 +40,8 @@ STARVED_DOWN = "diag/mlp.down/starved_frac"
 LEVERAGE_CV_UP = "diag/mlp.up/leverage_cv"
 LEVERAGE_HIST_UP = "diag/mlp.up/leverage_hist"
 ROW_NORM_MIN_UP = re.compile(r"diag/blocks\.\d+\.mlp\.up/weight_row_norm_rel_min")
+DEAD_BLOCK = re.compile(r"diag/blocks\.\d+\.mlp\.hidden/act_dead_frac")
+STARVED_UP_BLOCK = re.compile(r"diag/blocks\.\d+\.mlp\.up/starved_frac")
 OWN_COLUMNS = ("model.mlp_expansion",)  # its own column, so never a "setting"
 
 
@@ -73,14 +75,27 @@ def cell(run: Run, key: str, step: int | None = None) -> str:
     return f"{value:.3f}" if step is None or logged == step else f"{value:.3f} (@{logged})"
 
 
-def up_row_norm_min(run: Run) -> str:
-    """The smallest up-projection weight row norm relative to its matrix's mean row norm, over
-    all blocks, at the last diagnostic: how far the most-shrunk neuron has fallen behind."""
+def over_blocks(run: Run, pattern: re.Pattern, reduce) -> float | None:
+    """`reduce` (min or max) over the blocks of a per-block metric, at the last diagnostic that
+    logged it: the worst block, where a pooled fraction can hide one block's collapse."""
     for record in reversed(run.records):
-        found = [value for key, value in record.items() if ROW_NORM_MIN_UP.fullmatch(key)]
+        found = [value for key, value in record.items() if pattern.fullmatch(key)]
         if found:
-            return f"{min(found):.3f}"
-    return "-"
+            return reduce(found)
+    return None
+
+
+def number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def worst_block_cells(run: Run) -> list[str]:
+    """Exactly dead and starved `up` rows in the worst block, and the smallest up row norm."""
+    return [
+        number(over_blocks(run, DEAD_BLOCK, max)),
+        number(over_blocks(run, STARVED_UP_BLOCK, max)),
+        number(over_blocks(run, ROW_NORM_MIN_UP, min)),
+    ]
 
 
 def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
@@ -104,7 +119,8 @@ def markdown_table(runs: list[Run], with_variant: bool) -> str:
         + [f"dead {a}" for a in at]
         + ["dead @end", "nearly dead @end"]
         + [f"starved {a}" for a in at]
-        + ["starved @end", "starved down @end", "leverage CV @end", "up row norm min @end", "final val loss", "tokens/s"]
+        + ["starved @end", "starved down @end", "leverage CV @end"]
+        + ["dead worst block @end", "starved worst block @end", "up row norm min @end", "final val loss", "tokens/s"]
     )
     rows = []
     for run in runs:
@@ -114,7 +130,8 @@ def markdown_table(runs: list[Run], with_variant: bool) -> str:
             + [cell(run, DEAD, s) for s in TABLE_STEPS]
             + [cell(run, DEAD), cell(run, NEARLY_DEAD)]
             + [cell(run, STARVED_UP, s) for s in TABLE_STEPS]
-            + [cell(run, STARVED_UP), cell(run, STARVED_DOWN), cell(run, LEVERAGE_CV_UP), up_row_norm_min(run)]
+            + [cell(run, STARVED_UP), cell(run, STARVED_DOWN), cell(run, LEVERAGE_CV_UP)]
+            + worst_block_cells(run)
             + [final_loss(run), f"{run.median('tokens_per_s') or 0:,.0f}"]
         )
         rows.append(row)
@@ -141,8 +158,12 @@ def seed_table(runs: list[Run], with_variant: bool) -> str | None:
     def at_end(group: list[Run], key: str) -> list[float]:
         return [found[1] for found in (run.near(key, None) for run in group) if found is not None]
 
+    def worst(group: list[Run], pattern: re.Pattern) -> list[float]:
+        return [value for value in (over_blocks(run, pattern, max) for run in group) if value is not None]
+
     header = identity_header(with_variant) + [
-        "steps", "seeds", "dead @end", "nearly dead @end", "starved @end", "leverage CV @end", "final val loss"
+        "steps", "seeds", "dead @end", "nearly dead @end", "starved @end", "leverage CV @end",
+        "dead worst block @end", "starved worst block @end", "final val loss",
     ]
     rows = []
     for group in groups.values():
@@ -151,6 +172,7 @@ def seed_table(runs: list[Run], with_variant: bool) -> str | None:
             identity_cells(group[0], with_variant)
             + [str(group[0].steps), ", ".join(str(run.seed) for run in group)]
             + [spread(at_end(group, key), 3) for key in (DEAD, NEARLY_DEAD, STARVED_UP, LEVERAGE_CV_UP)]
+            + [spread(worst(group, DEAD_BLOCK), 3), spread(worst(group, STARVED_UP_BLOCK), 3)]
             + [spread(losses, 4)]
         )
     return markdown_rows(header, rows)
@@ -209,6 +231,8 @@ LEGEND = f"""\
 - starved: rows of the tall MLP up-projections (the neurons) whose update leverage stayed
   below {LOW_LEVERAGE_THRESHOLD}·n/m in each of the last k diagnostics; "starved down": the same
   for the down-projections' columns. leverage CV: of the up-projections' update leverage.
+- worst block: the largest exactly-dead fraction of one block's units, and the largest starved
+  fraction of one block's `up` rows.
 - up row norm min: the smallest row norm of an up-projection weight over its matrix's mean row
   norm, the lowest over all blocks (a neuron whose row shrinks fires less: relu² scales as its square).
 - A value "x (@s)" was logged at diagnostic step s, the one nearest the column's step."""

@@ -21,7 +21,8 @@ def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every:
               matrix_lr: float = 0.02, matrix: dict | None = None) -> Path:
     """A run directory as the loop writes it, with diagnostics every `every` steps: activation-dead
     fraction (1 + seed)·step/1000, starved fraction step/2000 (once 4 diagnostics exist), leverage
-    CV 0.5, up-projection row-norm minima 0.5 and 0.25 in blocks 0 and 1, leverage histograms at
+    CV 0.5, both fractions 0 in block 0 and twice the pooled value in block 1, up-projection
+    row-norm minima 0.5 and 0.25 in blocks 0 and 1, leverage histograms at
     steps 90 and 480; final val loss 4.25 + seed/100."""
     config = {
         "seed": seed,
@@ -38,6 +39,8 @@ def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every:
                   "optim_step_ms": 10.0, "elapsed_s": float(step)}
         if step % every == 0:
             record["diag/mlp.hidden/act_dead_frac"] = (1 + seed) * step / 1000
+            record["diag/blocks.0.mlp.hidden/act_dead_frac"] = 0.0
+            record["diag/blocks.1.mlp.hidden/act_dead_frac"] = 2 * (1 + seed) * step / 1000
             record["diag/mlp.hidden/act_nearly_dead_frac"] = step / 500
             record["diag/mlp.up/leverage_cv"] = 0.5
             record["diag/blocks.0.mlp.up/weight_row_norm_rel_min"] = 0.5
@@ -45,6 +48,8 @@ def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every:
             record["diag/blocks.1.mlp.down/weight_row_norm_rel_min"] = 0.125  # not an up-projection
             if step >= 4 * every:
                 record["diag/mlp.up/starved_frac"] = step / 2000
+                record["diag/blocks.0.mlp.up/starved_frac"] = 0.0
+                record["diag/blocks.1.mlp.up/starved_frac"] = step / 1000
             if step in (90, 480):
                 record["diag/mlp.up/leverage_hist"] = [0] * 9 + [3, 10] + [0] * 9
         if step == last_step:
@@ -73,12 +78,13 @@ def test_report_reads_values_at_the_nearest_diagnostic_step_and_draws_both_plots
     muon, aurora = (row for row in table_rows(text) if row[0] in ("muon", "aurora"))
     header = ["optimizer", "MLP ×", "seed", "steps", "dead @100", "dead @500", "dead @end", "nearly dead @end",
               "starved @100", "starved @500", "starved @end", "starved down @end", "leverage CV @end",
-              "up row norm min @end", "final val loss", "tokens/s"]
+              "dead worst block @end", "starved worst block @end", "up row norm min @end", "final val loss", "tokens/s"]
     assert dict(zip(header, muon)) == {
         "optimizer": "muon", "MLP ×": "8", "seed": "0", "steps": "510",
         "dead @100": "0.090 (@90)", "dead @500": "0.510 (@510)", "dead @end": "0.510", "nearly dead @end": "1.020",
         "starved @100": "0.060 (@120)", "starved @500": "0.255 (@510)", "starved @end": "0.255", "starved down @end": "-",
-        "leverage CV @end": "0.500", "up row norm min @end": "0.250", "final val loss": "4.2500", "tokens/s": "1,000",
+        "leverage CV @end": "0.500", "dead worst block @end": "1.020", "starved worst block @end": "0.510",
+        "up row norm min @end": "0.250", "final val loss": "4.2500", "tokens/s": "1,000",
     }  # starved is first logged at 120, when the window fills; starved down is never logged
     assert aurora[4:7] == ["-", "-", "0.060"]  # the run ended before steps 100 and 500
     assert "seeds 0" in text and "{60, 510} steps of 1024 tokens" in text and "every 30 steps" in text
@@ -109,7 +115,7 @@ def test_report_names_the_settings_that_set_runs_apart_and_averages_runs_that_di
     ]
     assert over_seeds[1] == [
         "muon", "8", "lr=0.02", "120", "0, 1",
-        "0.180 (0.120–0.240)", "0.240", "0.060", "0.500", "4.2550 (4.2500–4.2600)",
+        "0.180 (0.120–0.240)", "0.240", "0.060", "0.500", "0.360 (0.240–0.480)", "0.120", "4.2550 (4.2500–4.2600)",
     ]
     assert over_seeds[2][4:6] == ["0", "0.120"]  # a group of one seed: its value, no range
 
@@ -128,7 +134,7 @@ def test_a_run_from_before_an_optimizer_option_existed_counts_as_that_option_at_
 
     over_seeds = table_rows((out / "neuron_death.md").read_text().split("Over seeds")[1])
     assert [row[:5] for row in over_seeds] == [
-        ["muon", "16", "recycle_after=-", "120", "0"],
+        ["muon", "16", "", "120", "0"],  # muon's runs do not differ: no setting to name
         ["aurora", "16", "recycle_after=0", "120", "0, 1"],
         ["aurora", "16", "recycle_after=20", "120", "0"],
     ]
