@@ -12,8 +12,9 @@ their traces on s and reports, per run:
 - the push: how far each step moved the unit's mean pre-activation (ΔWᵢ·x̄) and its largest
   one (ΔWᵢ·x*, what decides exact death), each split into the update's part and weight decay's
   part, before and after death: which way does it point?
-- what moved the unit's largest pre-activation below zero in the traces before it died: its own
-  weights, or the drift of its input (everything before it in the network changing)?
+- what moved the unit's largest pre-activation below zero in the traces before it died, and in
+  the interval in which it crossed zero: its own weights, or the drift of its input (everything
+  before it in the network changing)?
 - how many units died, when, how many dead units came back, how often units crossed from alive
   to dead at all (a unit can die, revive on its input's drift and die again), and, at mid-run,
   how close the live units' largest pre-activations sit to zero and how fast they move (the
@@ -145,6 +146,8 @@ def analyse(run_dir: Path) -> dict:
             summary.update(
                 own_before=float(own.nansum(dim=1).nanmedian()), drift_before=float(drift.nansum(dim=1).nanmedian()),
                 drift_share_before=float(drift.clamp(max=0).nansum() / (drift.clamp(max=0).nansum() + own.clamp(max=0).nansum())),
+                # the interval in which the unit crossed zero (from its last live trace to its death)
+                own_crossing=float(curves["own"][:, WINDOW].nanmedian()), drift_crossing=float(curves["drift"][:, WINDOW].nanmedian()),
             )
         if "push_top" in curves:
             top, top_decay = curves["push_top"][:, before], curves["push_top_decay"][:, before]
@@ -209,13 +212,13 @@ def report(results: list[dict]) -> str:
         f"{WINDOW} after. Row norms are over their layer's median (update: over the matrix's mean row). Push: the step's "
         "change of the unit's mean pre-activation on the probe (ΔWᵢ·x̄), the update's part and weight decay's part.",
         "",
-        "| run | optimizer | steps | units | died | dead at end | revived | alive → dead crossings | mid-run: live units within 10% of 0 / top pre-activation's change in 100 steps ÷ median | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 | top pre-activation moved before death: own / drift (drift's share of the fall) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|---|---|---:|---|---|",
+        "| run | optimizer | steps | units | died | dead at end | revived | alive → dead crossings | mid-run: live units within 10% of 0 / top pre-activation's change in 100 steps ÷ median | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 | top pre-activation moved before death: own / drift (drift's share of the fall) | ... and in the interval it crossed zero: own / drift |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|---|---|---:|---|---|---|",
     ]
     for s in rows:
         mid = f"@{s['middle_step']}: {100 * s['near_zero_middle']:.1f}% / {s['motion_middle']:.2f}"
         if s["died"] == 0:
-            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | {mid} | - | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | {mid} | - | - | - | - | - | - | - | - | - | - |")
             continue
         lines.append(
             f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | {mid} | "
@@ -225,7 +228,12 @@ def report(results: list[dict]) -> str:
             f"{s['decay_before']:+.2e} / {s['decay_after']:+.2e} | {100 * s['decay_share_before']:.0f}% | "
             + (f"{s['top_before']:+.2e} ({100 * s['top_negative_before']:.0f}%) / {s['top_decay_before']:+.2e} / "
                f"{100 * s['top_net_negative_before']:.0f}% |" if "top_before" in s else "- |")
-            + (f" {s['own_before']:+.3f} / {s['drift_before']:+.3f} ({100 * s['drift_share_before']:.0f}%) |" if "own_before" in s else " - |")
+            + (
+                f" {s['own_before']:+.3f} / {s['drift_before']:+.3f} ({100 * s['drift_share_before']:.0f}%) |"
+                f" {s['own_crossing']:+.3f} / {s['drift_crossing']:+.3f} |"
+                if "own_before" in s
+                else " - | - |"
+            )
         )
     return "\n".join(lines) + "\n"
 
