@@ -69,3 +69,20 @@ def test_the_mechanism_report_aligns_the_units_that_died(micro_config, tmp_path)
     assert mechanism.main([str(run), "--out", str(tmp_path / "mechanism")]) == 0
     text = (tmp_path / "mechanism" / "mechanism.md").read_text()
     assert f"| {run.name} | aurora | 16 | 256 |" in text
+
+
+def test_the_mechanism_splits_a_units_fall_into_its_own_weights_and_its_inputs_drift(tmp_path):
+    mechanism = load_script("death_mechanism")
+    steps, units, death = 50, 4, 30  # unit 0 dies at trace 30; the others live throughout
+    trace = {name: torch.ones(steps, 1, units) for name in QUANTITIES}
+    trace["own"], trace["drift"] = torch.zeros(steps, 1, units), torch.zeros(steps, 1, units)
+    trace["own"][:death, 0, 0], trace["drift"][:death, 0, 0] = -0.1, -0.3  # the approach: drift does 3/4
+    trace["own"][death, 0, 0], trace["drift"][death, 0, 0] = -1.0, -2.0  # the interval in which it crosses zero
+    trace["pre_max"][death:, 0, 0] = -1.0
+    torch.save({"steps": list(range(10, 10 * steps + 1, 10)), "blocks": ["blocks.0.mlp.up"], **trace}, tmp_path / "unit_trace.pt")
+
+    summary = mechanism.analyse(tmp_path)["summary"]
+    assert summary["died"] == 1 and summary["median_death_step"] == 10 * (death + 1)
+    assert summary["own_before"] == pytest.approx(-1.0) and summary["drift_before"] == pytest.approx(-3.0)  # 10 traces
+    assert summary["drift_share_before"] == pytest.approx(0.75)
+    assert (summary["own_crossing"], summary["drift_crossing"]) == (-1.0, -2.0)
