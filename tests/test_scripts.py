@@ -107,7 +107,8 @@ def test_comm_volume_refuses_an_unknown_model_preset():
 
 def test_bench_optim_times_the_chosen_cases_in_order_against_the_first(capsys):
     bench = load_script("bench_optim")
-    results = bench.step_time_table(torch.device("cpu"), 1, warm_up=False, cases=["aurora tall K=2", "aurora recycling"], shape="tiny_x16")
+    results = bench.step_time_table(torch.device("cpu"), 2, warm_up=False, cases=["aurora tall K=2", "aurora recycling"], shape="tiny_x16")
     assert list(results) == ["aurora tall K=2", "aurora recycling K=2"]
     out = capsys.readouterr().out
-    assert "tiny_x16 parameter set (2,453,568 parameters)" in out and "| / aurora tall K=2 |" in out
+    assert "tiny_x16 parameter set (2,453,568 parameters)" in out and "| / aurora tall K=2 (median over rounds) |" in out
+    assert f"| aurora tall K=2 | {results['aurora tall K=2']:.3f} | 1.000 |" in out  # the reference against itself
