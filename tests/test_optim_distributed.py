@@ -33,8 +33,8 @@ MODES = ("replicated", "fsdp2")
 SILENT_UNITS = 3  # with recycling on, the first units of every up-projection get no gradient
 
 
-def runs_in(case, mode) -> bool:
-    return not (case[1].get("recycle_after") and mode == "fsdp2")
+# (case, mode) pairs; recycling under FSDP2 is refused (test_recycling_refuses_sharded_parameters)
+RUNS = [(case, mode) for case in CASES for mode in MODES if not (case[1].get("recycle_after") and mode == "fsdp2")]
 
 
 def shard_like(grad, param):
@@ -95,10 +95,8 @@ def _worker(rank, init_file, out_file):
     torch.set_num_threads(1)
     mesh = init_device_mesh("cpu", (WORLD_SIZE,))
     results = {}
-    for case in CASES:
-        for mode in MODES:
-            if runs_in(case, mode):
-                results[(str(case), mode)] = run(case, mesh if mode == "fsdp2" else None)
+    for case, mode in RUNS:
+        results[(str(case), mode)] = run(case, mesh if mode == "fsdp2" else None)
     results["uneven stacks"] = map_balanced_across_ranks(scaled_by_state, uneven_stacks())
     torch.save(results, f"{out_file}.rank{rank}")
     dist.destroy_process_group()
@@ -137,11 +135,10 @@ def spawn_refusal():
             dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c[0] + ("+" + ",".join(c[1]) if c[1] else ""))
+@pytest.mark.parametrize(
+    ("case", "mode"), RUNS, ids=[case[0] + ("+" + ",".join(case[1]) if case[1] else "") + "-" + mode for case, mode in RUNS]
+)
 def test_two_rank_run_equals_one_process_run(two_rank_results, case, mode):
-    if not runs_in(case, mode):
-        pytest.skip("recycling needs replicated parameters; FSDP2 is refused (test_recycling_refuses_sharded_parameters)")
     expected = run(case)
     if case[1].get("recycle_after"):  # the silent units were recycled once, at step 2 of 3
         assert [v.item() for k, v in expected["state"].items() if k.endswith("recycled_units")] == [SILENT_UNITS] * LAYERS
