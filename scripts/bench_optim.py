@@ -137,8 +137,8 @@ def step_time_table(device, repeats, warm_up, cases=None, shape="gpt124m"):
     results = {label: min(found) for label, found in times.items()}
     for label in optimizers:
         # the ratio within each round, then its median: robust to load that changes between rounds
-        ratio = statistics.median(t / r for t, r in zip(times[label], times[reference])) if reference in times else None
-        print(f"| {label} | {results[label]:.3f} | {'-' if ratio is None else f'{ratio:.3f}'} |", flush=True)
+        ratio = statistics.median(t / r for t, r in zip(times[label], times[reference]))
+        print(f"| {label} | {results[label]:.3f} | {ratio:.3f} |", flush=True)
     return results
 
 
