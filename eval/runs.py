@@ -177,19 +177,15 @@ def optimizer_rank(name: str) -> tuple[int, str]:
     return (OPTIMIZER_ORDER.index(name) if name in OPTIMIZER_ORDER else len(OPTIMIZER_ORDER), name)
 
 
-def varied_settings(runs: Sequence[Run], own_columns: Sequence[str] = ()) -> list[str]:
-    """Config keys (besides NOT_SETTINGS and `own_columns`) whose value differs between two runs
-    of the same optimizer."""
-    flat = [flatten(run.config) for run in runs]
-    candidates = sorted({key for config in flat for key in config if not key.startswith(NOT_SETTINGS) and key not in own_columns})
-    varied = []
-    for key in candidates:
-        seen: dict[str, set[str]] = {}
-        for run, config in zip(runs, flat):
-            seen.setdefault(run.optimizer, set()).add(repr(config.get(key, "-")))
-        if any(len(found) > 1 for found in seen.values()):
-            varied.append(key)
-    return [key for key in varied if key != "optim.name"]
+def setting_values(runs: Sequence[Run], flat: Sequence[dict[str, Any]], own_columns: Sequence[str] = ()) -> dict[str, dict[str, set[str]]]:
+    """{key: {optimizer: the values its runs have for it ("-" where absent)}} for every config
+    key besides NOT_SETTINGS, `own_columns` and optim.name; `flat`: the runs' flattened configs."""
+    keys = sorted({key for config in flat for key in config if not key.startswith(NOT_SETTINGS) and key not in (*own_columns, "optim.name")})
+    values: dict[str, dict[str, set[str]]] = {key: {} for key in keys}
+    for run, config in zip(runs, flat):
+        for key in keys:
+            values[key].setdefault(run.optimizer, set()).add(repr(config.get(key, "-")))
+    return values
 
 
 def short_names(keys: Sequence[str]) -> list[str]:
@@ -201,16 +197,14 @@ def short_names(keys: Sequence[str]) -> list[str]:
 def label_runs(runs: Sequence[Run], own_columns: Sequence[str] = ()) -> list[str]:
     """Set each run's label, "optimizer k=v, ..." with the settings that set it apart from other
     runs of its optimizer; returns the full keys of every optimizer's such settings."""
-    varied = varied_settings(runs, own_columns)
-    names = dict(zip(varied, short_names(varied)))
     flat = [flatten(run.config) for run in runs]
-    values: dict[tuple[str, str], set[str]] = {}
-    for run, config in zip(runs, flat):
-        for key in varied:
-            values.setdefault((run.optimizer, key), set()).add(repr(config.get(key, "-")))
+    values = setting_values(runs, flat, own_columns)
+    # a key whose value differs between two runs of the same optimizer
+    varied = [key for key, by_optimizer in values.items() if any(len(found) > 1 for found in by_optimizer.values())]
+    names = dict(zip(varied, short_names(varied)))
     for run, config in zip(runs, flat):
         # a setting this optimizer does not have ("-" in all its runs) would only be noise in its label
-        own = [key for key in varied if key in config or len(values[(run.optimizer, key)]) > 1]
+        own = [key for key in varied if key in config or len(values[key][run.optimizer]) > 1]
         settings = ", ".join(f"{names[key]}={config.get(key, '-')}" for key in own)
         run.label = f"{run.optimizer} {settings}".strip()
     return varied

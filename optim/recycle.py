@@ -72,7 +72,7 @@ def recycle_dead_units(optimizer: torch.optim.Optimizer, group: dict, step: int)
         informative = largest.any()
         inactive = largest == 0
         if group["recycle_below"] > 0:
-            momentum = optimizer.state[up]["momentum_buffer"].float().norm(dim=1)
+            momentum = state["momentum_buffer"].float().norm(dim=1)
             inactive |= momentum < group["recycle_below"] * momentum.median()
         counter.copy_(torch.where(informative, torch.where(inactive, counter + 1, 0), counter))
         due_units.append(((up_name, row_partners, down_name), counter >= group["recycle_after"]))
