@@ -25,7 +25,7 @@ from typing import Any
 from eval import stats
 from eval.runs import Run
 from train.config import protocol_changes
-from train.rundir import read_launches
+from train.rundir import describe_hardware, read_launches
 
 RUN_FILES = ("config.yaml", "launches.jsonl", "code.diff", "metrics.jsonl", "console.log")
 
@@ -54,10 +54,8 @@ def _hardware(run: Run) -> str:
     launches = read_launches(run.path / "launches.jsonl")
     if not launches:
         return "-"
-    hw, last = launches[-1]["hardware"], launches[-1]
-    gpus = hw.get("gpus")
-    device = f"{len(gpus)}x {gpus[0]}" if gpus else f"{hw.get('cpu_count')} CPUs ({hw.get('processor')})"
-    return f"{device}, world size {last.get('world_size')}, torch {last.get('torch')}"
+    last = launches[-1]
+    return f"{describe_hardware(last['hardware'])}, world size {last.get('world_size')}, torch {last.get('torch')}"
 
 
 def _code_version(run: Run) -> str:

@@ -13,13 +13,13 @@ from torch.distributed.tensor import DTensor
 
 from .aurora import aurora_polar_with_state, riemannian_aurora_polar
 from .matrix import ADAMW, MATRIX, MatrixOptimizer, is_number, require
-from .polar import NS_DTYPES, polar
+from .polar import ns_dtype, polar
 from .recycle import STATE_KEYS as RECYCLE_STATE_KEYS
 from .recycle import mlp_units, recycle_dead_units, recycled_total
 
 
 def _polar(X: Tensor, group: dict) -> Tensor:
-    return polar(X, group["ns_method"], group["ns_steps"], NS_DTYPES[group["ns_dtype"]])
+    return polar(X, group["ns_method"], group["ns_steps"], ns_dtype(group["ns_dtype"], X.device))
 
 
 class Muon(MatrixOptimizer):
@@ -216,7 +216,7 @@ class Aurora(MatrixOptimizer):
         polar_options = dict(
             polar_method=group["ns_method"],
             polar_steps=group["ns_steps"],
-            dtype=NS_DTYPES[group["ns_dtype"]],
+            dtype=ns_dtype(group["ns_dtype"], X.device),
             eps=group["pp_eps"],
         )
         if group["variant"] == "riemannian":

@@ -6,7 +6,8 @@ n, so rows with small momentum get small updates. Aurora looks for a semi-orthog
 (UᵀU = I) whose squared row norms are all n/m. Wide matrices are handled through the
 transpose, and a square orthogonal matrix already has unit rows, so square input is plain polar.
 
-The row statistics are computed in float32; only the polar calls run in the NS dtype.
+The row statistics are computed in float32; only the polar calls run in the NS dtype
+(dtype None: optim.polar.ns_dtype("auto", G.device)).
 """
 
 import torch
@@ -26,7 +27,7 @@ def aurora_polar_with_state(
     beta: float = 0.5,
     polar_method: str = "simple_quintic",
     polar_steps: int | None = None,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     eps: float = 1e-7,
     row_floor: float = 0.0,
 ) -> tuple[Tensor, Tensor | None]:
@@ -80,7 +81,7 @@ def aurora_polar(
     beta: float = 0.5,
     polar_method: str = "simple_quintic",
     polar_steps: int | None = None,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     eps: float = 1e-7,
     row_floor: float = 0.0,
 ) -> Tensor:
@@ -156,7 +157,7 @@ def riemannian_aurora_polar(
     retraction_rounds: int = 2,
     polar_method: str = "simple_quintic",
     polar_steps: int | None = None,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     eps: float = 1e-7,
 ) -> Tensor:
     """Riemannian Aurora: ascend ⟨G, U⟩ over {UᵀU = I, ‖Uᵢ‖² = n/m} from U = polar(G).

@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from .adamw import ADAMW_DEFAULTS, adamw_update, init_adamw_state
 from .distributed import like_param, map_balanced_across_ranks, whole
-from .polar import NS_DTYPES, POLAR_METHODS, ns_coefficients
+from .polar import NS_DTYPES, POLAR_METHODS, ns_coefficients, ns_dtype
 
 MATRIX, ADAMW = "matrix", "adamw"
 LR_SCALES = ("original", "match_rms_adamw")
@@ -63,7 +63,8 @@ class MatrixOptimizer(Optimizer):
         momentum: μ of the lerp momentum M ← μM + (1−μ)G.
         nesterov: orthogonalise X = (1−μ)G + μM instead of M.
         weight_decay: decoupled: W ← W·(1 − ηλ) before the update.
-        ns_method, ns_steps, ns_dtype: the polar iteration (optim/polar.py).
+        ns_method, ns_steps, ns_dtype: the polar iteration (optim/polar.py); ns_dtype "auto" is
+            bf16 on CUDA and fp32 elsewhere (`optim.polar.ns_dtype`).
         lr_scale: "original" or "match_rms_adamw" (see `lr_scale_factor`).
         compile: torch.compile the update-direction function.
         debug: check every gradient and update for NaN/inf (synchronises; off by default).
@@ -85,7 +86,7 @@ class MatrixOptimizer(Optimizer):
         weight_decay: float = 0.0,
         ns_method: str = "simple_quintic",
         ns_steps: int | None = None,
-        ns_dtype: str = "bfloat16",
+        ns_dtype: str = "auto",
         lr_scale: str = "original",
         compile: bool = False,
         debug: bool = False,
@@ -132,6 +133,11 @@ class MatrixOptimizer(Optimizer):
         does not recycle (optim/recycle.py)."""
         return None
 
+    def ns_dtype_used(self, device: torch.device) -> str | None:
+        """The dtype the polar iteration runs in on `device` (None: no matrix group runs one)."""
+        used = sorted({str(ns_dtype(g["ns_dtype"], device)).removeprefix("torch.") for g in self.param_groups if g["kind"] == MATRIX})
+        return ", ".join(used) or None
+
     # --- param groups -------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict) -> None:
@@ -175,7 +181,7 @@ class MatrixOptimizer(Optimizer):
         require(is_number(wd) and wd >= 0, "weight_decay", wd, "a number >= 0")
         require(group["ns_method"] in POLAR_METHODS, "ns_method", group["ns_method"], f"one of {POLAR_METHODS}")
         ns_coefficients(group["ns_method"], group["ns_steps"])  # validates ns_steps
-        require(group["ns_dtype"] in NS_DTYPES, "ns_dtype", group["ns_dtype"], f"one of {tuple(NS_DTYPES)}")
+        require(group["ns_dtype"] in NS_DTYPES, "ns_dtype", group["ns_dtype"], f"one of {NS_DTYPES}")
         require(group["lr_scale"] in LR_SCALES, "lr_scale", group["lr_scale"], f"one of {LR_SCALES}")
         self.check_rule_options(group)
 

@@ -36,7 +36,22 @@ _POLAR_EXPRESS_NORM_SAFETY = 1.01
 
 DEFAULT_STEPS = {"simple_quintic": 12, "quintic": 5, "polar_express": 5}
 POLAR_METHODS = tuple(DEFAULT_STEPS)
-NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+NS_DTYPES = ("auto", "bfloat16", "float32")
+
+
+def ns_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype the polar iteration runs in on `device`, for an ns_dtype setting.
+
+    "auto" is bf16 on CUDA (the reference's choice, for tensor-core throughput) and fp32 on every
+    other device. Not bf16 on CPUs that have bf16 units either: without them (AVX2-only CPUs) a
+    bf16 matmul runs ~11-15x slower than fp32, and with them the same config would give other
+    numbers on another CPU; docs/optimizers.md has the measurements. An explicit name wins.
+    """
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in NS_DTYPES:
+        raise ValueError(f"ns_dtype must be one of {NS_DTYPES}, got {name!r}")
+    return getattr(torch, name)
 
 
 def ns_coefficients(method: str, steps: int | None = None) -> list[tuple[float, float, float]]:
@@ -57,19 +72,19 @@ def polar(
     G: Tensor,
     method: str = "simple_quintic",
     steps: int | None = None,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     eps: float = 1e-7,
 ) -> Tensor:
     """Approximate polar factor of every matrix in G [..., m, n], returned in G's dtype.
 
-    The iteration runs in `dtype` (bf16 is the Muon/Aurora reference) after dividing each
+    The iteration runs in `dtype` (None: ns_dtype("auto", G.device)) after dividing each
     matrix by its Frobenius norm (clamped at eps), which puts every singular value in [0, 1].
     """
     if G.ndim < 2:
         raise ValueError(f"polar needs a tensor of shape [..., m, n], got shape {tuple(G.shape)}")
     coefficients = ns_coefficients(method, steps)
     *batch, m, n = G.shape
-    X = G.reshape(-1, m, n).to(dtype)
+    X = G.reshape(-1, m, n).to(dtype or ns_dtype("auto", G.device))
     tall = m > n
     if tall:
         X = X.mT.contiguous()  # baddbmm would copy a transposed view on every step

@@ -5,6 +5,7 @@
     python scripts/bench_optim.py --repeats 5      # more timed steps per optimizer
     python scripts/bench_optim.py --part steps --cases "aurora tall K=2" "aurora recycling" --repeats 5 --cpu-warm-up
     python scripts/bench_optim.py --part steps --shape tiny_x16 --cases "aurora tall K=2" "aurora recycling" --repeats 30 --cpu-warm-up
+    python scripts/bench_optim.py --part steps --cases muon "aurora tall K=2" --ns-dtype bfloat16   # the polar in bf16
 
 Step time: one optimizer.step() over the optimization-track model's parameters (12 blocks of
 q, k, v, out 768×768, up 3072×768, down 768×3072, biases and gains; embedding and head
@@ -13,8 +14,11 @@ up 2048×128, vocabulary 320), with random gradients; the fastest of --repeats t
 optimizers' steps interleaved round by round (every optimizer's state is held at once). CUDA warms
 up with one untimed step; CPU by default does not (a CPU step takes 2-60 s), so its first step also
 allocates the optimizer state.
+--ns-dtype sets every matrix optimizer's polar dtype (default: the configs' own, auto: fp32 on a
+CPU, bf16 on CUDA).
 Quality: row-norm CV, ‖UᵀU − I‖₂ and ⟨G, U⟩/‖G‖_* of every method on one synthetic 3072×768
-gradient with log-normal row scales (σ = 1.2), and the fastest time of one call.
+gradient with log-normal row scales (σ = 1.2), and the fastest time of one call; then how far one
+Muon and one Aurora update in bf16 lie from the same update in fp32.
 """
 
 import argparse
@@ -31,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optim import build_optimizer  # noqa: E402
 from optim.aurora import aurora_polar, aurora_polar_with_state, riemannian_aurora_polar  # noqa: E402
-from optim.polar import polar  # noqa: E402
+from optim.polar import NS_DTYPES, polar  # noqa: E402
+from train.rundir import describe_hardware, hardware  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "optim"
 SHAPES = {"gpt124m": {}, "tiny_x16": {"vocab": 320, "d": 128, "hidden": 2048, "layers": 4}}
@@ -113,11 +118,12 @@ def best_time(fn, device, repeats):
     return min(times)
 
 
-def step_time_table(device, repeats, warm_up, cases=None, shape="gpt124m"):
+def step_time_table(device, repeats, warm_up, cases=None, shape="gpt124m", ns_dtype=None):
     model = GptParameters(**SHAPES[shape]).to(device)
     count = sum(p.numel() for p in model.parameters())
     after = "after a warm-up step" if warm_up else "first steps, state allocation included"
-    print(f"\n## Optimizer step time, {shape} parameter set ({count:,} parameters), {device}")
+    precision = f", polar in {ns_dtype}" if ns_dtype else ""
+    print(f"\n## Optimizer step time, {shape} parameter set ({count:,} parameters), {device}{precision}")
     print(f"best of {repeats}, {after}, the optimizers' steps interleaved\n")
     if cases is None:
         chosen, reference = STEP_CASES, "muon"
@@ -130,7 +136,7 @@ def step_time_table(device, repeats, warm_up, cases=None, shape="gpt124m"):
     optimizers = {}
     for label, config, overrides in chosen:
         cfg = OmegaConf.load(CONF / f"{config}.yaml")
-        for key, value in overrides.items():
+        for key, value in {**overrides, **({"ns_dtype": ns_dtype} if ns_dtype and config != "adamw" else {})}.items():
             cfg.matrix[key] = value
         optimizers[label] = build_optimizer(cfg, model)
     times = time_steps_side_by_side(optimizers, model, device, repeats, warm_up)
@@ -163,10 +169,10 @@ def warm_started_aurora(G, row_scales, steps=10, momentum=0.95):
 def quality_table(device, repeats):
     G, row_scales = row_scaled_gradient(device=device)
     cases = [
-        ("polar simple_quintic 12 bf16", lambda g: polar(g)),
+        ("polar simple_quintic 12 bf16", lambda g: polar(g, dtype=torch.bfloat16)),
         ("polar simple_quintic 12 fp32", lambda g: polar(g, dtype=torch.float32)),
-        ("polar quintic 5 bf16", lambda g: polar(g, "quintic")),
-        ("polar polar_express 5 bf16", lambda g: polar(g, "polar_express")),
+        ("polar quintic 5 bf16", lambda g: polar(g, "quintic", dtype=torch.bfloat16)),
+        ("polar polar_express 5 bf16", lambda g: polar(g, "polar_express", dtype=torch.bfloat16)),
         ("aurora K=1 (row-normalise, polar)", lambda g: aurora_polar(g, iterations=1)),
         ("aurora K=2 beta=0.5 (default)", lambda g: aurora_polar(g)),
         ("aurora K=3 beta=0.5", lambda g: aurora_polar(g, iterations=3)),
@@ -174,7 +180,7 @@ def quality_table(device, repeats):
         ("aurora K=2 polar_express 5", lambda g: aurora_polar(g, polar_method="polar_express")),
         ("riemannian 3 outer (default)", lambda g: riemannian_aurora_polar(g)),
     ]
-    print(f"\n## Quality against cost: 3072x768, log-normal row scales sigma=1.2, {device}\n")
+    print(f"\n## Quality against cost: 3072x768, log-normal row scales sigma=1.2, {device} (aurora rows: polar in auto)\n")
     print("| method | row-norm CV | ‖UᵀU−I‖₂ | ⟨G,U⟩/‖G‖_* | time (ms) |")
     print("|---|---|---|---|---|")
     for label, method in cases:
@@ -184,6 +190,20 @@ def quality_table(device, repeats):
     print_quality_row("aurora K=1 warm start, step 10 of a momentum run", M, U, None)
     print_quality_row("aurora K=1 cold, same momentum", M, aurora_polar(M, iterations=1), None)
     print_quality_row("aurora K=2 cold, same momentum", M, aurora_polar(M), None)
+    precision_table(G)
+
+
+def precision_table(G):
+    """How far one update with the polar in bf16 (the reference, on GPUs) lies from fp32 (ours on CPUs)."""
+    print("\n## One update, polar in bf16 against fp32: the same 3072x768 input\n")
+    print("| update | ‖U_bf16 − U_fp32‖_F / ‖U_fp32‖_F | max relative row-norm difference | cosine |")
+    print("|---|---|---|---|")
+    for label, method in (("muon (simple_quintic 12)", polar), ("aurora K=2", aurora_polar)):
+        low, high = method(G, dtype=torch.bfloat16).double(), method(G, dtype=torch.float32).double()
+        distance = ((low - high).norm() / high.norm()).item()
+        rows = ((low.norm(dim=1) - high.norm(dim=1)).abs() / high.norm(dim=1)).max().item()
+        cosine = ((low * high).sum() / (low.norm() * high.norm())).item()
+        print(f"| {label} | {distance:.4f} | {rows:.4f} | {cosine:.6f} |", flush=True)
 
 
 def print_quality_row(label, G, U, seconds):
@@ -204,14 +224,15 @@ def main(argv=None):
     parser.add_argument("--cpu-warm-up", action="store_true", help="an untimed step first on CPU too (CUDA always has one)")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="gpt124m", help="the parameter set the step-time part times")
     parser.add_argument("--cases", nargs="+", help="only the step-time cases whose label starts with one of these (the first is the reference)")
+    parser.add_argument("--ns-dtype", choices=NS_DTYPES, help="every matrix optimizer's polar dtype (default: the configs')")
     args = parser.parse_args(argv)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"{describe_hardware(hardware())}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for device in devices:
         on_cpu = device.type == "cpu"
         repeats = args.repeats or (1 if on_cpu else 10)
         if args.part in ("all", "steps"):
-            step_time_table(device, repeats, warm_up=args.cpu_warm_up or not on_cpu, cases=args.cases, shape=args.shape)
+            step_time_table(device, repeats, args.cpu_warm_up or not on_cpu, args.cases, args.shape, args.ns_dtype)
         if args.part in ("all", "quality"):
             quality_table(device, repeats)
 

@@ -28,6 +28,7 @@ from eval.runs import group_runs, load_runs
 from eval.sample import generate, load_for_sampling
 from train.cli import exit_code
 from train.config import CONF_DIR, compose_sweep
+from train.rundir import describe_hardware, read_launches
 from train.sweep import Point, format_duration, run_points
 
 DEFAULT_OPTIMIZERS = ("adamw", "muon", "aurora")
@@ -76,6 +77,21 @@ def scale_line(cfg: dict, seeds: list[int]) -> str:
     )
 
 
+def machine_line(groups: dict) -> str:
+    """Where the runs ran and the dtype of each optimizer's polar iteration, from their launch
+    records: what explains a slow run (a bf16 polar on a CPU without bf16 units)."""
+    launches = {label: read_launches(runs[0].path / "launches.jsonl") for label, runs in groups.items() if runs}
+    last = [records[-1] for records in launches.values() if records]
+    if not last:
+        return "machine: unknown (no launch records)"
+    dtypes = ", ".join(f"{label} {records[-1].get('ns_dtype') or 'none'}" for label, records in launches.items() if records)
+    hardware = last[0]["hardware"]
+    return (
+        f"machine: {describe_hardware(hardware)}, {hardware.get('torch_threads')} threads a run, torch {last[0].get('torch')}; "
+        f"polar iteration dtype: {dtypes}"
+    )
+
+
 def samples(groups: dict, tokens: int) -> list[str]:
     """A sample from the first complete seed of each group, same prompt and sampling seed."""
     lines = []
@@ -106,7 +122,7 @@ def main(argv: list[str]) -> int:
     elapsed = max((run.records[-1]["elapsed_s"] for run in runs if run.records), default=0)
     report = "\n".join(
         [
-            "# Optimizer comparison", "", scale, "",
+            "# Optimizer comparison", "", scale, "", machine_line(grouped), "",
             comparison_table(groups), "",
             "Final val loss: mean ± 95% CI (Student t) over the complete seeds, and the range. Exactly dead: zero "
             "activation on every probe token; nearly dead: mean |activation| below 1% of the layer's; starved: "

@@ -35,7 +35,7 @@ ADAM_LR = 1e-3  # Adam on everything, and AdamW for biases and the output layer 
 MATRIX_LR = 0.02  # Muon/Aurora on the hidden weights (times sqrt(max(1, rows/cols)))
 # Polar Express's 5 steps instead of the GPT default's 12: the same polar factor, at a cost that
 # keeps the default run under a minute on 2 CPU cores.
-POLAR = dict(ns_method="polar_express", ns_steps=5, ns_dtype="bfloat16")
+POLAR = dict(ns_method="polar_express", ns_steps=5, ns_dtype="auto")
 HOLDOUT_FRACTION = 0.2
 SPLIT_SEED = 1234  # the train/held-out split is fixed, whatever --seeds
 

@@ -63,7 +63,8 @@ def test_aurora_on_a_square_matrix_is_exactly_polar():
 
 def test_aurora_k1_is_row_normalise_then_polar():
     G = row_scaled_gradient(96, 24)
-    assert torch.equal(aurora_polar(G, iterations=1), polar(G / G.norm(dim=-1, keepdim=True)))
+    # Times the reciprocal, as Aurora computes D: in fp32 that differs from a division in the last bit.
+    assert torch.equal(aurora_polar(G, iterations=1), polar(G * (1 / G.norm(dim=-1, keepdim=True))))
 
 
 def test_aurora_row_norm_cv_falls_with_each_iteration():

@@ -17,6 +17,7 @@ from torch import nn
 import optim.groups
 from optim import OPTIMIZERS, AdamW, Aurora, Muon, NorMuon, UNorMuon, build_optimizer, polar
 from optim.aurora import aurora_polar
+from optim.polar import ns_dtype
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "optim"
 NAMES = tuple(OPTIMIZERS)
@@ -193,7 +194,9 @@ def step_with_gradients(params, optimizer, steps):
 def test_muon_equals_torch_optim_muon(lr_scale, nesterov):
     ours, theirs = matrices(), matrices()
     settings = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=nesterov)
-    step_with_gradients(ours, Muon(ours, ns_method="quintic", ns_steps=5, lr_scale=lr_scale, **settings), 4)
+    # torch.optim.Muon iterates in bf16 on every device.
+    muon = Muon(ours, ns_method="quintic", ns_steps=5, ns_dtype="bfloat16", lr_scale=lr_scale, **settings)
+    step_with_gradients(ours, muon, 4)
     step_with_gradients(theirs, torch.optim.Muon(theirs, ns_steps=5, adjust_lr_fn=lr_scale, **settings), 4)
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)  # same arithmetic in the same order: bit-identical
@@ -497,3 +500,18 @@ def test_recycling_is_refused_without_the_mlps_names():
     params = [nn.Parameter(torch.randn(8, 4))]
     with pytest.raises(ValueError, match="recycle_after needs the MLP's up and down projections by name"):
         Aurora(params, recycle_after=2)
+
+
+def test_ns_dtype_auto_is_float32_on_a_cpu_and_bfloat16_on_cuda():
+    assert ns_dtype("auto", torch.device("cpu")) == torch.float32
+    assert ns_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert ns_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16  # an explicit dtype wins
+    runs = {}
+    for setting in ("auto", "float32", "bfloat16"):
+        params = matrices()
+        optimizer = Muon(params, ns_dtype=setting)
+        step_with_gradients(params, optimizer, 2)
+        runs[setting] = params
+        assert optimizer.ns_dtype_used(torch.device("cpu")) == ("float32" if setting == "auto" else setting)
+    assert all(torch.equal(a, b) for a, b in zip(runs["auto"], runs["float32"]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs["auto"], runs["bfloat16"]))

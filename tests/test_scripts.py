@@ -37,6 +37,8 @@ def test_main_job_at_a_cut_down_size_writes_its_table_figure_samples_and_paths(m
     assert len(rows) == 2 and all("2/2" in row for row in rows)  # both seeds pooled in each row
     assert "exactly dead" in report and "starved up rows" in report and "seeds 0, 1, 12 steps of 512 tokens" in report
     assert "Lowest final val loss" in report and report.count("### ") == 2  # findings, and a sample per optimizer
+    # The machine's CPU features and each optimizer's polar dtype (fp32 on a CPU): why a run is slow.
+    assert "AVX2" in report and "polar iteration dtype: adamw none, muon float32" in report
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("adamw-seed0", "adamw-seed1", "muon-seed0", "muon-seed1"):
         assert str(out / name) in printed and (out / name / "metrics.jsonl").is_file()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from train.checkpoint import list_checkpoints, load_model
 from train.data import DataError
@@ -86,6 +87,10 @@ def test_short_run_loss_falls_and_the_run_directory_is_complete(micro_config):
     assert record["tokens"] == 12 * 512
     launch = json.loads((run_dir / "launches.jsonl").read_text().splitlines()[0])
     assert {"git_commit", "packages", "hardware", "torch", "argv"} <= set(launch)
+    features = launch["hardware"]["cpu_features"]
+    assert features["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(features["flags"]) == {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert launch["ns_dtype"] is None  # AdamW runs no polar iteration (the main job's test checks Muon's)
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [
         "step_0000004",
         "step_0000008",

@@ -286,7 +286,11 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
             problem = schedule_change_problem(changes["train.steps"][0], tcfg, resume_step)
             if problem:
                 raise RunDirError(problem)
-        facts = {"resumed_from": checkpoint.name if checkpoint else None, "damaged_checkpoints_passed_over": passed_over}
+        facts = {
+            "resumed_from": checkpoint.name if checkpoint else None,
+            "damaged_checkpoints_passed_over": passed_over,
+            "ns_dtype": optimizer.ns_dtype_used(runtime.device),
+        }
         run.commit(cfg, runtime.world_size, changes, **facts)
     if runtime.distributed:
         shared = [checkpoint]

@@ -2,7 +2,8 @@
 
     out_dir/
       config.yaml      the resolved config of the first launch (written once)
-      launches.jsonl   one record per launch: code version, packages, hardware, argv, and the
+      launches.jsonl   one record per launch: code version, packages, hardware (with the CPU's
+                       instruction-set features), argv, the polar iteration's dtype, the
                        config keys it changed (old and new value), the checkpoint it resumed
                        from and any damaged checkpoint it passed over
       code.diff        uncommitted changes at the first launch, when there were any (each launch
@@ -166,6 +167,36 @@ def git(*args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+# The CPU features that set how fast a CPU run is: without bf16 units (AVX512-BF16 or AMX) a bf16
+# matmul runs ~15x slower than fp32. Recorded, with the variables that cap them, so that a slow
+# run can be explained from its launch record.
+CPU_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
+CPU_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def _cpu_flags() -> set[str] | None:
+    """The kernel's CPU flags (Linux /proc/cpuinfo); None where it does not say."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def cpu_features() -> dict[str, Any]:
+    """What the CPU has (`flags`, None off Linux x86) and what torch uses of it: its kernels'
+    instruction set and whether oneDNN runs bf16 matmuls natively (both honour the variables)."""
+    flags = _cpu_flags()
+    bf16_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return {
+        "flags": None if flags is None else {flag: flag in flags for flag in CPU_FLAGS},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_bf16": bool(bf16_check()) if bf16_check else None,
+        **{name: os.environ[name] for name in CPU_ISA_VARIABLES if name in os.environ},
+    }
+
+
 def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {
         "host": socket.gethostname(),
@@ -173,11 +204,29 @@ def hardware() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_features": cpu_features(),
     }
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def describe_hardware(info: dict[str, Any]) -> str:
+    """One line for a `hardware()` record, e.g. "2 CPUs (x86_64; AVX2, AVX-512, no AVX512-BF16,
+    no AMX-BF16; torch kernels AVX512, oneDNN bf16 no)"."""
+    gpus = info.get("gpus")
+    if gpus:
+        return f"{len(gpus)}x {gpus[0]}"
+    features = info.get("cpu_features") or {}
+    parts = [info.get("processor") or "?"]
+    if features.get("flags") is not None:
+        parts.append(", ".join(("" if has else "no ") + CPU_FLAGS[flag] for flag, has in features["flags"].items()))
+    if "torch_cpu_capability" in features:
+        bf16 = {True: "yes", False: "no", None: "?"}[features.get("onednn_bf16")]
+        caps = "".join(f", {name}={features[name]}" for name in CPU_ISA_VARIABLES if name in features)
+        parts.append(f"torch kernels {features['torch_cpu_capability']}, oneDNN bf16 {bf16}{caps}")
+    return f"{info.get('cpu_count')} CPUs ({'; '.join(parts)})"
 
 
 def packages() -> dict[str, str]:
