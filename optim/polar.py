@@ -4,6 +4,9 @@ Every function works on tensors of shape [..., m, n]; leading dimensions are a b
 independent matrices. Each NS step applies an odd quintic p(x) = a x + b x³ + c x⁵ to every
 singular value: X ← a X + (b A + c A²) X with A = X Xᵀ, computed on the wide orientation
 (A is min(m, n)² there, the cheap side).
+
+Two forms of the same iteration, equal in exact arithmetic (`newton_schulz`, `gram_newton_schulz`);
+`polar` picks the Gram form in fp32 for matrices at least twice as long as they are wide.
 """
 
 import torch
@@ -35,6 +38,10 @@ POLAR_EXPRESS = tuple((a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in _POLAR
 _POLAR_EXPRESS_NORM_SAFETY = 1.01
 
 DEFAULT_STEPS = {"simple_quintic": 12, "quintic": 5, "polar_express": 5}
+# polar() runs the Gram form (gram_newton_schulz) in these dtypes on matrices whose long side is
+# at least this many times their short side: below about 1.7 (12 steps) the direct form costs less.
+GRAM_DTYPES = (torch.float32, torch.float64)
+GRAM_MIN_ASPECT = 2
 POLAR_METHODS = tuple(DEFAULT_STEPS)
 NS_DTYPES = ("auto", "bfloat16", "float32")
 
@@ -92,13 +99,49 @@ def polar(
     if method == "polar_express":
         norm = norm * _POLAR_EXPRESS_NORM_SAFETY
     X = X / norm.clamp_min(eps)
+    use_gram = X.dtype in GRAM_DTYPES and X.shape[-1] >= GRAM_MIN_ASPECT * X.shape[-2]
+    X = (gram_newton_schulz if use_gram else newton_schulz)(X, coefficients)
+    if tall:
+        X = X.mT
+    return X.reshape(*batch, m, n).to(G.dtype)
+
+
+def newton_schulz(X: Tensor, coefficients) -> Tensor:
+    """The NS steps on a wide stack X [B, n, m] (n <= m, spectral norm <= 1): per step two n×n×m
+    products, A = X Xᵀ and (b A + c A²) X. The reference's form (bf16 on GPUs)."""
     for a, b, c in coefficients:
         A = X @ X.mT
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         X = torch.baddbmm(X, B, X, beta=a)
-    if tall:
-        X = X.mT
-    return X.reshape(*batch, m, n).to(G.dtype)
+    return X
+
+
+def gram_newton_schulz(X: Tensor, coefficients) -> Tensor:
+    """The same steps on the n×n Gram matrix: each step is X ← P X with P = a I + b A + c A², a
+    polynomial in A = X Xᵀ, so A ← P A P and the product Q of the P's stay n×n, and X₀ is
+    touched only to form A (at the start and once halfway) and at the end (Q X₀). Per step 4n³
+    multiply-adds instead of 2n²m + n³: over 12 steps, 2.7× fewer in all on an MLP's 1024×128
+    matrices and 1.8× on gpt124m's 3072×768.
+
+    Rounding builds up in A instead of being recomputed from X every step; the halfway restart
+    (A from Q X₀) cuts it about 5×. In fp32, on bench_optim's row-scaled 3072×768 input, the
+    result lies 3e-5 (spectral norm) from the float64 iteration, against 9e-7 for the direct form
+    in fp32 and 1.5e-2 for the direct form in bf16. Not used in bf16, where Gram iterations are
+    published to need more restarts.
+    """
+    A = X @ X.mT
+    Q = None
+    restart, last = len(coefficients) // 2 - 1, len(coefficients) - 1
+    for step, (a, b, c) in enumerate(coefficients):
+        P = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        P.diagonal(dim1=-2, dim2=-1).add_(a)
+        Q = P if Q is None else P @ Q
+        if step == restart:
+            Y = Q @ X
+            A = Y @ Y.mT
+        elif step < last:
+            A = P @ A @ P
+    return Q @ X
 
 
 def svd_polar(G: Tensor) -> Tensor:

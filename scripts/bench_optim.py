@@ -18,7 +18,8 @@ allocates the optimizer state.
 CPU, bf16 on CUDA).
 Quality: row-norm CV, ‖UᵀU − I‖₂ and ⟨G, U⟩/‖G‖_* of every method on one synthetic 3072×768
 gradient with log-normal row scales (σ = 1.2), and the fastest time of one call; then how far one
-Muon and one Aurora update in bf16 lie from the same update in fp32.
+Muon and one Aurora update in bf16 lie from the same update in fp32, and the fp32 polar's direct
+and Gram forms timed on MLP-shaped stacks.
 """
 
 import argparse
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optim import build_optimizer  # noqa: E402
 from optim.aurora import aurora_polar, aurora_polar_with_state, riemannian_aurora_polar  # noqa: E402
-from optim.polar import NS_DTYPES, polar  # noqa: E402
+from optim.polar import NS_DTYPES, newton_schulz, ns_coefficients, polar  # noqa: E402
 from train.rundir import describe_hardware, hardware  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "optim"
@@ -166,11 +167,30 @@ def warm_started_aurora(G, row_scales, steps=10, momentum=0.95):
     return M, U
 
 
+def direct_polar(G):
+    """polar(G) in fp32 by the direct iteration, which polar() leaves for the Gram form on a tall G."""
+    wide = (G.mT / G.norm(dim=(-2, -1), keepdim=True)).contiguous().reshape(-1, *G.shape[-2:][::-1])
+    return newton_schulz(wide, ns_coefficients("simple_quintic")).mT.reshape(G.shape)
+
+
+def forms_table(device, repeats):
+    """The fp32 polar's two forms side by side on stacks of 4 MLP-shaped matrices."""
+    print(f"\n## fp32 polar (simple_quintic 12), direct against Gram form, stacks of 4, {device}\n")
+    print("| matrices | direct (ms) | Gram (ms) | direct / Gram |")
+    print("|---|---|---|---|")
+    for rows, cols in ((1024, 128), (2048, 128), (3072, 768)):
+        G = torch.randn(4, rows, cols, device=device)
+        direct = best_time(lambda: direct_polar(G), device, max(repeats, 2))
+        gram = best_time(lambda: polar(G, dtype=torch.float32), device, max(repeats, 2))
+        print(f"| 4 × {rows}×{cols} | {1000 * direct:.0f} | {1000 * gram:.0f} | {direct / gram:.2f} |", flush=True)
+
+
 def quality_table(device, repeats):
     G, row_scales = row_scaled_gradient(device=device)
     cases = [
         ("polar simple_quintic 12 bf16", lambda g: polar(g, dtype=torch.bfloat16)),
-        ("polar simple_quintic 12 fp32", lambda g: polar(g, dtype=torch.float32)),
+        ("polar simple_quintic 12 fp32 (Gram form)", lambda g: polar(g, dtype=torch.float32)),
+        ("polar simple_quintic 12 fp32, direct form", direct_polar),
         ("polar quintic 5 bf16", lambda g: polar(g, "quintic", dtype=torch.bfloat16)),
         ("polar polar_express 5 bf16", lambda g: polar(g, "polar_express", dtype=torch.bfloat16)),
         ("aurora K=1 (row-normalise, polar)", lambda g: aurora_polar(g, iterations=1)),
@@ -191,6 +211,7 @@ def quality_table(device, repeats):
     print_quality_row("aurora K=1 cold, same momentum", M, aurora_polar(M, iterations=1), None)
     print_quality_row("aurora K=2 cold, same momentum", M, aurora_polar(M), None)
     precision_table(G)
+    forms_table(device, repeats)
 
 
 def precision_table(G):

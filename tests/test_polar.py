@@ -16,7 +16,7 @@ singular values. Tolerances (each well above what we measure, well below failure
 import pytest
 import torch
 
-from optim.polar import POLAR_EXPRESS, ns_coefficients, polar, svd_polar
+from optim.polar import POLAR_EXPRESS, POLAR_METHODS, gram_newton_schulz, newton_schulz, ns_coefficients, polar, svd_polar
 
 TOLERANCE = {
     ("simple_quintic", None, torch.float32): 1e-4,
@@ -52,6 +52,23 @@ def test_polar_is_within_documented_tolerance_of_svd_polar(method, steps, dtype,
     X = polar(G, method, steps, dtype=dtype)
     assert X.shape == G.shape and X.dtype == G.dtype
     assert spectral_error(X, svd_polar(G)) <= TOLERANCE[(method, steps, dtype)]
+
+
+@pytest.mark.parametrize("method", POLAR_METHODS)
+def test_the_gram_form_is_the_direct_iteration_in_exact_arithmetic(method):
+    # float64 stands in for exact arithmetic: the two forms then agree to its rounding.
+    X = torch.randn(3, 16, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    X = X / X.norm(dim=(-2, -1), keepdim=True)
+    coefficients = ns_coefficients(method)
+    torch.testing.assert_close(gram_newton_schulz(X, coefficients), newton_schulz(X, coefficients), rtol=0, atol=1e-12)
+
+
+def test_float32_polar_of_a_long_row_scaled_matrix_stays_near_the_float64_iteration():
+    # polar() takes the Gram form here (aspect 8): 3e-6 measured, bf16's direct form ~1e-2.
+    generator = torch.Generator().manual_seed(0)
+    G = torch.randn(1024, 128, generator=generator) * torch.exp(1.2 * torch.randn(1024, 1, generator=generator))
+    exact = polar(G.double(), dtype=torch.float64)
+    assert torch.linalg.matrix_norm(polar(G, dtype=torch.float32).double() - exact, ord=2) < 2e-5
 
 
 def test_polar_is_invariant_to_the_scale_of_its_input():
