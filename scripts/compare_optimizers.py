@@ -1,6 +1,6 @@
 """The README's main job: did neurons die, and which optimizer is better?
 
-    python scripts/compare_optimizers.py                            # AdamW, Muon, Aurora x 2 seeds, ~8 min on 2 cores
+    python scripts/compare_optimizers.py                            # AdamW, Muon, Aurora x 2 seeds, ~9 min on 2 cores
     python scripts/compare_optimizers.py --optimizers muon aurora --seeds 0 1 2 -- model.mlp_expansion=16
     python scripts/compare_optimizers.py --experiment neuron_death --out runs/nd -- data=shakespeare
 
@@ -87,7 +87,7 @@ def machine_line(groups: dict) -> str:
     dtypes = ", ".join(f"{label} {records[-1].get('ns_dtype') or 'none'}" for label, records in launches.items() if records)
     hardware = last[0]["hardware"]
     return (
-        f"machine: {describe_hardware(hardware)}, {hardware.get('torch_threads')} threads a run, torch {last[0].get('torch')}; "
+        f"machine: {describe_hardware(hardware)}, threads per run {hardware.get('torch_threads')}, torch {last[0].get('torch')}; "
         f"polar iteration dtype: {dtypes}"
     )
 
