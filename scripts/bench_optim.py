@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optim import build_optimizer  # noqa: E402
 from optim.aurora import aurora_polar, aurora_polar_with_state, riemannian_aurora_polar  # noqa: E402
 from optim.polar import NS_DTYPES, newton_schulz, ns_coefficients, polar  # noqa: E402
+from train.config import CONF_DIR  # noqa: E402
 from train.rundir import describe_hardware, hardware  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "optim"
+CONF = CONF_DIR / "optim"
 SHAPES = {"gpt124m": {}, "tiny_x16": {"vocab": 320, "d": 128, "hidden": 2048, "layers": 4}}
 
 # (label, config file, matrix overrides)

@@ -13,7 +13,7 @@ import os
 import sys
 
 from train.cli import STOPPED, exit_code, leave_stopped
-from train.config import compose_config, compose_sweep, check_config, register_resolvers, world_size_from_env
+from train.config import CONF_DIR, compose_config, compose_sweep, check_config, register_resolvers, world_size_from_env
 from train.metrics import SWEEP_ENV
 from train.sweep import Point, SweepIndex, header, summary, sweep_directory
 
@@ -50,7 +50,7 @@ def main() -> None:
 
     from train.loop import train
 
-    @hydra.main(version_base=None, config_path="../conf", config_name="config")
+    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
     def run(cfg: DictConfig) -> None:
         config = OmegaConf.to_container(cfg, resolve=True)
         if HydraConfig.get().mode != RunMode.MULTIRUN:

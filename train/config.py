@@ -24,7 +24,10 @@ import yaml
 
 from model.tokenizer import padded_vocab_size
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The Hydra configs: conf/ beside the packages in a source tree (an editable install too), and
+# train/conf/ in an installed wheel (pyproject.toml ships it there).
+_INSTALLED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _INSTALLED_CONF if _INSTALLED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "optim", "data", "experiment")
 GLOBAL_PACKAGE = re.compile(r"^#\s*@package\s+_global_", re.MULTILINE)
 WANDB_MODES = ("disabled", "offline", "online")
