@@ -27,7 +27,7 @@ from typing import Any
 
 from eval import stats
 from eval.report import PROBLEMS_HEADING, UNDEFINED
-from eval.runs import FAILED, FINISHED, UNFINISHED, Run
+from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
 from train.config import protocol_changes
 from train.rundir import describe_hardware, read_launches
 
@@ -87,7 +87,7 @@ def judge(runs: Sequence[Run], target: float) -> dict[str, Any]:
     """The verdict on every launched seed: INCOMPLETE while one has not finished, FAIL when one
     failed or the rule holds at no validated step, else PASS at the first step where it holds.
     "reason" follows the status word in a sentence ("PASS at step …", "FAIL: …")."""
-    finished, failed, unfinished = ([run for run in runs if run.outcome == o] for o in (FINISHED, FAILED, UNFINISHED))
+    finished, failed, unfinished = (with_outcome(runs, outcome) for outcome in (FINISHED, FAILED, UNFINISHED))
     passing = first_passing_step(runs, target) if len(finished) == len(runs) else None
     if unfinished:
         status, reason = "INCOMPLETE", (
@@ -97,13 +97,15 @@ def judge(runs: Sequence[Run], target: float) -> dict[str, Any]:
     elif failed:
         status, reason = "FAIL", f": {_named(failed)} failed, and a failed run counts as a loss above the target"
     elif passing is None:
-        status, reason = "FAIL", f": no validated step with (target − mean)·√n ≥ {stats.TRACK_MARGIN} over {len(runs)} seeds"
+        status, reason = "FAIL", (
+            f": no validated step with (target − mean)·√n ≥ {stats.TRACK_MARGIN} over {len(runs)} seeds"
+        )
     else:
         step, losses = passing
         status, reason = "PASS", (
-            f" at step {step}: mean val loss {stats.mean(losses):.5f} over {len(runs)} seeds, (target − mean)·√n = "
-            f"{stats.track_pass_statistic(losses, target):+.5f} ≥ {stats.TRACK_MARGIN}; one-sided t-test at step {step}: "
-            f"{_t_test(losses, target)}"
+            f" at step {step}: mean val loss {stats.mean(losses):.5f} over {len(runs)} seeds, "
+            f"(target − mean)·√n = {stats.track_pass_statistic(losses, target):+.5f} ≥ {stats.TRACK_MARGIN}; "
+            f"one-sided t-test at step {step}: {_t_test(losses, target)}"
         )
     return {
         "status": status, "reason": reason, "launched": len(runs), "finished": len(finished),
@@ -116,11 +118,12 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
     cfg = next(run.config for run in runs if run.config)
     protocol, target = cfg["protocol"], cfg["protocol"]["target"]
     changed = protocol_changes(cfg)
-    verdict = {**judge(runs, target), "protocol": protocol["name"], "official": not changed, "steps": cfg["train"]["steps"]}
-    finished = [run for run in runs if run.outcome == FINISHED]
-    seeds = f"{len(runs)} seeds" if len(finished) == len(runs) else (
-        f"{len(runs)} seeds launched, {len(finished)} finished ({', '.join(f'{r.name} {r.outcome}' for r in runs if r not in finished)})"
-    )
+    verdict = {**judge(runs, target), "protocol": protocol["name"], "official": not changed,
+               "steps": cfg["train"]["steps"]}
+    finished = with_outcome(runs, FINISHED)
+    everyone = len(finished) == len(runs)
+    seeds = f"{len(runs)} seeds" + ("" if everyone else f" launched, {len(finished)} finished ({not_finished(runs)})")
+    subset = "" if everyone else f" (over the {len(finished)} finished seeds of {len(runs)}: not a verdict)"
     reported = verdict["reported_step"]
     lines = [
         f"# {protocol['name']} record: {cfg['optim']['name']}, {cfg['train']['steps']} steps, {seeds}",
@@ -133,12 +136,13 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
         "## Rule",
         "",
         f"Target val loss {target}. Over n non-cherry-picked seeds the mean must satisfy (target − mean)·√n ≥ "
-        f"{stats.TRACK_MARGIN} (modded-nanoGPT optimization track: a one-sided z-test with σ = {stats.TRACK_SEED_SIGMA} at "
-        f"p < 0.001; a statistic within {stats.RULE_TOLERANCE:g} of the margin is on it, and passes). It is evaluated at "
-        "every step all seeds validated; the reported step is the first that passes, and the verdict's numbers, the "
-        "main track's one-sided t-test included, are those at that step. No run stops early on its val loss. Every "
-        "launched seed counts: a failed one (diverged, or a non-finite loss) as a loss above the target, and one that "
-        "has not finished leaves the verdict INCOMPLETE.",
+        f"{stats.TRACK_MARGIN} (modded-nanoGPT optimization track: a one-sided z-test with σ = "
+        f"{stats.TRACK_SEED_SIGMA} at p < 0.001; a statistic within {stats.RULE_TOLERANCE:g} of the margin is on it, "
+        "and passes). It is evaluated at every step all seeds validated; the reported step is the first that passes, "
+        "and the verdict's numbers, the main track's one-sided t-test included, are those at that step; the end of the "
+        "run is reported beside them. No run stops early on its val loss. Every launched seed counts: a failed one "
+        "(diverged, or a non-finite loss) as a loss above the target, and one that has not finished leaves the verdict "
+        "INCOMPLETE.",
         "",
         "## Settings",
         "",
@@ -161,21 +165,20 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
         final = "-" if run.final_val_loss is None else f"{run.final_val_loss:.5f}"
         lines.append(
             f"| {run.seed} | {outcome} | {final} | {'-' if at_report is None else f'{at_report:.5f}'} | "
-            f"{run.records[-1]['elapsed_s']:.0f} | {_code_version(run)} | {_hardware(run)} | [{run.path.name}]({run.path.name}/) |"
+            f"{run.records[-1]['elapsed_s']:.0f} | {_code_version(run)} | {_hardware(run)} | "
+            f"[{run.path.name}]({run.path.name}/) |"
             if run.records else f"| {run.seed} | {outcome} | - | - | - | - | - | {run.path.name} |"
         )
     if reported is not None:
-        losses = verdict["reported_losses"]
-        lines += ["", f"## At the reported step, {reported} (the verdict)", "", _summary(losses, target)]
-    finals = [run.final_val_loss for run in finished]
-    if finals:
-        over = "" if len(finals) == len(runs) else f" (over the {len(finals)} finished seeds of {len(runs)}: not a verdict)"
-        lines += ["", f"## At the end of the run, step {cfg['train']['steps']}{over}", "", _summary(finals, target)]
+        lines += ["", f"## At the reported step, {reported} (the verdict)", "",
+                  _summary(verdict["reported_losses"], target)]
+    if finished:
+        finals = [run.final_val_loss for run in finished]
+        lines += ["", f"## At the end of the run, step {cfg['train']['steps']}{subset}", "", _summary(finals, target)]
     late = validated_means(finished)[-12:]
     if late:
-        over = "" if len(finished) == len(runs) else f" (over the {len(finished)} finished seeds of {len(runs)}: not a verdict)"
-        lines += ["", f"## The rule at the last validated steps{over}", "", "| step | mean | (target − mean)·√n | passes |",
-                  "|---:|---:|---:|---|"]
+        lines += ["", f"## The rule at the last validated steps{subset}", "",
+                  "| step | mean | (target − mean)·√n | passes |", "|---:|---:|---:|---|"]
         lines += [
             f"| {step} | {stats.mean(losses):.5f} | {stats.track_pass_statistic(losses, target):+.5f} | "
             f"{'yes' if stats.track_passes(losses, target) else 'no'} |"
@@ -193,10 +196,11 @@ def _summary(losses: Sequence[float], target: float) -> str:
     mean, half = stats.mean_ci(losses)
     std = stats.sample_std(losses)
     return (
-        f"Val loss over {len(losses)} seed{'s' if len(losses) > 1 else ''}: mean {mean:.5f}, std "
-        f"{UNDEFINED if std is None else f'{std:.5f}'}, 95% CI ± {UNDEFINED if half is None else f'{half:.5f}'}; (target − mean)·√n = "
-        f"{stats.track_pass_statistic(losses, target):+.5f} ({'passes' if stats.track_passes(losses, target) else 'fails'} "
-        f"the rule); one-sided t-test against {target} (the main track's rule, p < 0.01): {_t_test(losses, target)}"
+        f"Val loss over {len(losses)} seed{'s' if len(losses) > 1 else ''}: mean {mean:.5f}, "
+        f"std {UNDEFINED if std is None else f'{std:.5f}'}, 95% CI ± {UNDEFINED if half is None else f'{half:.5f}'}; "
+        f"(target − mean)·√n = {stats.track_pass_statistic(losses, target):+.5f} "
+        f"({'passes' if stats.track_passes(losses, target) else 'fails'} the rule); one-sided t-test against {target} "
+        f"(the main track's rule, p < 0.01): {_t_test(losses, target)}"
     )
 
 
@@ -204,7 +208,8 @@ def write_record(runs: Sequence[Run], record_dir: Path, command: str) -> tuple[P
     """Write the record folder (a free name at or after `record_dir`); returns it and the verdict."""
     started = [run for run in runs if run.config]
     if not started:
-        raise ValueError("no seed of this attempt has started (no config.yaml in its run directories): nothing to record")
+        raise ValueError("no seed of this attempt has started (no config.yaml in its run directories): nothing to "
+                         "record")
     if not all(run.config.get("protocol", {}).get("name") for run in started):
         raise ValueError("a record needs runs of a protocol recipe (experiment=speedrun_track3 or speedrun_tiny)")
     text, verdict = record_readme(runs, command)

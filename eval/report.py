@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eval import stats
-from eval.runs import FAILED, FINISHED, UNFINISHED, Run
+from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
 
 DEAD = "diag/mlp.hidden/act_dead_frac"
 NEARLY_DEAD = "diag/mlp.hidden/act_nearly_dead_frac"
@@ -25,7 +25,9 @@ STARVED_UP = "diag/mlp.up/starved_frac"
 LEVERAGE_CV_UP = "diag/mlp.up/leverage_cv"
 
 
-PROBLEMS_HEADING = "Problem runs: failed, unfinished or lacking metrics (never ranked; a statistic without them says n of N)"
+PROBLEMS_HEADING = (
+    "Problem runs: failed, unfinished or lacking metrics (never ranked; a statistic without them says n of N)"
+)
 UNDEFINED = "–"  # a statistic that does not exist for these values (the std of one, a t-test without spread)
 # The pairwise rule's margin assumes the track's seed σ; measured σ this many times larger makes it too lenient.
 SIGMA_MISFIT_RATIO = 2.0
@@ -36,12 +38,9 @@ class Group:
     label: str
     runs: list[Run]
 
-    def with_outcome(self, outcome: str) -> list[Run]:
-        return [run for run in self.runs if run.outcome == outcome]
-
     @property
     def finished(self) -> list[Run]:
-        return self.with_outcome(FINISHED)
+        return with_outcome(self.runs, FINISHED)
 
     @property
     def final_losses(self) -> list[float]:
@@ -55,10 +54,6 @@ class Group:
     def seeds(self) -> str:
         """How many seeds its statistics pool: "n", or "n of N" when some did not finish."""
         return f"{len(self.finished)}" if self.all_finished else f"{len(self.finished)} of {len(self.runs)}"
-
-    def not_finished(self) -> str:
-        """The seeds that did not finish and how, e.g. "seed 3 failed, seed 4 unfinished"."""
-        return ", ".join(f"{run.name} {run.outcome}" for run in self.runs if run.outcome != FINISHED)
 
     def mean_curve(self, x: str = "tokens") -> list[tuple[float, float]]:
         """The val-loss curve averaged over the finished seeds, at the points all of them logged."""
@@ -120,7 +115,8 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
     any_diag = any(run.series(DEAD) or run.series(STARVED_UP) for group in groups for run in group.runs)
     any_hellaswag = any(run.hellaswag() for group in groups for run in group.runs)
     base = next((g for g in groups if g.label == baseline), None)
-    header = ["group", "seeds (finished/all)", "final val loss (mean ± 95% CI)", "range", "best val loss", "steps", "tokens"]
+    header = ["group", "seeds (finished/all)", "final val loss (mean ± 95% CI)", "range", "best val loss", "steps",
+              "tokens"]
     if target is not None:
         header.append(f"tokens to {target}")
     base_curve = base.mean_curve() if base is not None else []
@@ -196,8 +192,10 @@ def difference(a: Group, b: Group) -> str:
     separate = max(la) < min(lb) or max(lb) < min(la)
     if a.all_finished and b.all_finished:
         separation = "every seed of one is below every seed of the other" if separate else "their seed ranges overlap"
+    elif separate:
+        separation = "the finished seeds of one are all below those of the other"
     else:
-        separation = "the finished seeds of one are all below those of the other" if separate else "their finished seeds overlap"
+        separation = "their finished seeds overlap"
     delta = stats.mean(la) - stats.mean(lb)
     return f"{a.label} − {b.label} = {delta:+.4f} ({a.seeds} vs {b.seeds} seeds; {separation}; {welch_text(la, lb)})"
 
@@ -227,7 +225,7 @@ def findings(groups: Sequence[Group]) -> list[str]:
     if unranked:
         lines.append(
             "Not ranked, as not every seed finished (see the problem runs): "
-            + "; ".join(f"{g.label} ({g.not_finished()}; {g.seeds} seeds finished)" for g in unranked) + "."
+            + "; ".join(f"{g.label} ({not_finished(g.runs)}; {g.seeds} seeds finished)" for g in unranked) + "."
         )
     for key, what in ((DEAD, "exactly dead MLP units"), (NEARLY_DEAD, "nearly dead MLP units"), (STARVED_UP, "starved up-projection rows")):
         measured = [(g.label, g.end_values(key)) for g in groups if g.end_values(key)]
@@ -240,12 +238,12 @@ def findings(groups: Sequence[Group]) -> list[str]:
 def verdict_losses(group: Group) -> list[float]:
     """The group's losses as the track's rules count them: every finished seed's, and +inf for a
     failed one (a loss above any other)."""
-    return group.final_losses + [math.inf] * len(group.with_outcome(FAILED))
+    return group.final_losses + [math.inf] * len(with_outcome(group.runs, FAILED))
 
 
 def pairwise_verdict(a: Group, b: Group, steps_a: int, steps_b: int) -> tuple[str, str]:
     """(the track pairwise statistic of A against B as text, the verdict naming the better group)."""
-    waiting = [f"{g.label}: {g.not_finished()}" for g in (a, b) if g.with_outcome(UNFINISHED)]
+    waiting = [f"{g.label}: {not_finished(g.runs)}" for g in (a, b) if with_outcome(g.runs, UNFINISHED)]
     if waiting:
         return UNDEFINED, f"INCOMPLETE: no verdict until every seed has finished ({'; '.join(waiting)})"
     value = stats.track_pairwise_statistic(verdict_losses(a), steps_a, verdict_losses(b), steps_b)
@@ -271,18 +269,18 @@ def pairwise(a: Group, b: Group) -> list[str]:
     lines.append(
         f"- optimization-track pairwise rule ((loss_B − loss_A) + (steps_B − steps_A)·{stats.LOSS_PER_100_STEPS}/100)"
         f" / √(1/n_A + 1/n_B) ≥ {stats.TRACK_MARGIN} for A better, ≤ −{stats.TRACK_MARGIN} for B better: inputs mean "
-        f"loss {stats.mean(la):.5f} vs {stats.mean(lb):.5f} ({a.seeds} vs {b.seeds} seeds finished), steps {steps_a} vs "
-        f"{steps_b}, n {len(a.runs)} vs {len(b.runs)} → {value}: {verdict}; {welch_text(la, lb)}"
+        f"loss {stats.mean(la):.5f} vs {stats.mean(lb):.5f} ({a.seeds} vs {b.seeds} seeds finished), steps {steps_a} "
+        f"vs {steps_b}, n {len(a.runs)} vs {len(b.runs)} → {value}: {verdict}; {welch_text(la, lb)}"
     )
     measured = stats.pooled_std(la, lb)
     fit = ""
     if measured is not None and measured >= SIGMA_MISFIT_RATIO * stats.TRACK_SEED_SIGMA:
-        fit = (f" The measured σ is {measured / stats.TRACK_SEED_SIGMA:.1f}× the assumed one: the rule's margin does not "
-               "fit this setting, so read the verdict beside Welch's p.")
+        fit = (f" The measured σ is {measured / stats.TRACK_SEED_SIGMA:.1f}× the assumed one: the rule's margin does "
+               "not fit this setting, so read the verdict beside Welch's p.")
     lines.append(
-        f"- the rule's margin assumes a seed-to-seed σ of {stats.TRACK_SEED_SIGMA} (the track's); the σ measured in these "
-        f"runs (pooled within the two groups) is {UNDEFINED if measured is None else f'{measured:.5f}'}.{fit} Its "
-        f"{stats.LOSS_PER_100_STEPS} per 100 steps was measured at the track's scale; elsewhere read the step term as a "
-        "loss difference."
+        f"- the rule's margin assumes a seed-to-seed σ of {stats.TRACK_SEED_SIGMA} (the track's); the σ measured in "
+        f"these runs (pooled within the two groups) is {UNDEFINED if measured is None else f'{measured:.5f}'}.{fit} "
+        f"Its {stats.LOSS_PER_100_STEPS} per 100 steps was measured at the track's scale; elsewhere read the step term "
+        "as a loss difference."
     )
     return lines

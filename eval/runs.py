@@ -148,6 +148,15 @@ class Run:
         return {"llmc": last["hellaswag_llmc_acc_norm"], "lm_eval": last["hellaswag_lm_eval_acc_norm"], "n": last["hellaswag_n"]}
 
 
+def with_outcome(runs: Sequence[Run], outcome: str) -> list[Run]:
+    return [run for run in runs if run.outcome == outcome]
+
+
+def not_finished(runs: Sequence[Run]) -> str:
+    """The runs that did not finish and how, e.g. "seed 3 failed, seed 4 unfinished"."""
+    return ", ".join(f"{run.name} {run.outcome}" for run in runs if run.outcome != FINISHED)
+
+
 def load_run(path: Path) -> Run:
     """A Run whatever the directory holds; its problems say what is missing or partial."""
     run = Run(path)
@@ -188,7 +197,8 @@ def diverged_launch(path: Path) -> str | None:
         except (json.JSONDecodeError, KeyError, AttributeError):
             continue  # not an index this code wrote: nothing to read from it
         if entry is not None:
-            return entry.get("error") if entry.get("status") == "failed" and entry.get("exit_code") == DIVERGED else None
+            diverged = entry.get("status") == "failed" and entry.get("exit_code") == DIVERGED
+            return entry.get("error") if diverged else None
     return None
 
 

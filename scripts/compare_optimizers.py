@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
         [
             "# Optimizer comparison", "", scale, "", machine_line(grouped), "",
             comparison_table(groups), "",
-            "Final val loss: mean ± 95% CI (Student t) over the finished seeds ("n of N" when some did not), and the range. Exactly dead: zero "
+            "Final val loss: mean ± 95% CI (Student t) over the finished seeds, and the range. Exactly dead: zero "
             "activation on every probe token; nearly dead: mean |activation| below 1% of the layer's; starved: "
             "update leverage below 0.1·n/m in each of the last 5 diagnostics (docs/neuron_death.md). Values at the "
             "last step, mean (min–max) over seeds.", "",

@@ -75,7 +75,8 @@ def test_a_two_seed_speedrun_tiny_writes_its_record(tmp_path, capsys):
     assert speedrun.main(argv) == 0
     printed = capsys.readouterr().out
     readme = (tmp_path / "record" / "README.md").read_text()
-    assert "speedrun_tiny (official), muon, 12 steps, 2 of 2 seeds finished: FAIL: no validated step" in printed  # 12 steps cannot reach 1.80
+    # 12 steps cannot reach 1.80
+    assert "speedrun_tiny (official), muon, 12 steps, 2 of 2 seeds finished: FAIL: no validated step" in printed
     assert "**Verdict: FAIL**" in readme and "**Official**" in readme and "(target − mean)·√n" in readme
     seeds = [line for line in readme.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
     assert len(seeds) == 2 and all("2 CPUs" in line or "CPUs" in line for line in seeds)

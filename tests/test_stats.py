@@ -77,7 +77,8 @@ def test_the_statistics_agree_with_scipy_on_random_inputs(seed):
     assert stats.welch_t_test(a, b) == pytest.approx((t, 2 * scipy_stats.t.sf(abs(t), dof)), rel=1e-9)
     pooled = math.sqrt(((n - 1) * np.var(a, ddof=1) + (len(b) - 1) * np.var(b, ddof=1)) / (n + len(b) - 2))
     assert stats.pooled_std(a, b) == pytest.approx(pooled, rel=1e-12)
-    assert stats.track_pass_statistic(a, target) == pytest.approx((target - np.mean(a)) * math.sqrt(n), rel=1e-9, abs=1e-15)
+    expected = (target - np.mean(a)) * math.sqrt(n)
+    assert stats.track_pass_statistic(a, target) == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
 def test_the_t_tests_match_scipy_on_the_tracks_numbers():

@@ -25,6 +25,7 @@ TARGET = 1.80  # speedrun_tiny's
 STEPS = 250
 BATCH = 2048
 NAN = float("nan")
+SPEEDUP = "speedup vs muon (tokens to its final loss)"
 DIVERGED_LINE = "exit 3: error: the run diverged at step 120: train loss nan, grad norm nan; the update was not applied"
 
 
@@ -33,7 +34,7 @@ def tiny_config() -> dict:
     return compose_config("experiment=speedrun_tiny")
 
 
-def write_run(path: Path, cfg: dict, optimizer: str, seed: int, curve: dict[int, float], train_loss: float = 2.0) -> Path:
+def write_run(path: Path, cfg: dict, optimizer: str, seed: int, curve: dict[int, float], train_loss: float = 2.0):
     """A run directory as train/loop.py leaves it: config.yaml and a metrics.jsonl record at each
     validated step of `curve` ({step: val loss}); the last record's train loss is `train_loss`."""
     config = {**cfg, "seed": seed, "out_dir": str(path), "optim": {**cfg["optim"], "name": optimizer}}
@@ -41,8 +42,8 @@ def write_run(path: Path, cfg: dict, optimizer: str, seed: int, curve: dict[int,
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     steps = sorted(curve)
     records = [
-        {"step": step, "total_steps": STEPS, "tokens": step * BATCH, "train_loss": train_loss if step == steps[-1] else 2.0,
-         "val_loss": curve[step], "tokens_per_s": 1000.0, "optim_step_ms": 1.0, "elapsed_s": step / 10}
+        {"step": step, "total_steps": STEPS, "tokens": step * BATCH, "val_loss": curve[step], "elapsed_s": step / 10,
+         "train_loss": train_loss if step == steps[-1] else 2.0, "tokens_per_s": 1000.0, "optim_step_ms": 1.0}
         for step in steps
     ]
     (path / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -102,7 +103,8 @@ def test_a_record_reports_the_rule_and_the_t_test_at_the_step_it_names_and_at_th
     assert code == 0
     statistic = (TARGET - np.mean(at_240)) * 2
     assert f"**Verdict: PASS** at step 240: mean val loss {np.mean(at_240):.5f} over 4 seeds" in readme
-    assert f"(target − mean)·√n = {statistic:+.5f} ≥ 0.004; one-sided t-test at step 240: {t_test_text(at_240)}" in readme
+    assert f"(target − mean)·√n = {statistic:+.5f} ≥ 0.004; one-sided t-test at step 240: {t_test_text(at_240)}" \
+        in readme
     assert f"4 of 4 seeds finished: PASS at step 240: mean val loss {np.mean(at_240):.5f}" in verdict
     at_step = section(readme, "At the reported step, 240 (the verdict)")
     mean, std = np.mean(at_240), np.std(at_240, ddof=1)
@@ -117,7 +119,8 @@ def test_a_nan_final_loss_is_a_failed_seed_and_the_record_fails_naming_it(tiny_c
     curves = [ending(1.785), ending(NAN, 1.79), ending(1.786), ending(1.784)]
     code, verdict, readme = record(tmp_path, tiny_config, curves, capsys)
     assert code == 1
-    assert readme.splitlines()[0] == "# speedrun_tiny record: muon, 250 steps, 4 seeds launched, 3 finished (seed 1 failed)"
+    first_line = "# speedrun_tiny record: muon, 250 steps, 4 seeds launched, 3 finished (seed 1 failed)"
+    assert readme.splitlines()[0] == first_line
     assert "**Verdict: FAIL**: seed 1 failed, and a failed run counts as a loss above the target" in readme
     assert "| 1 | failed: val loss nan at its last step |" in readme
     finite = [1.785, 1.786, 1.784]
@@ -147,8 +150,9 @@ def test_an_unfinished_or_missing_seed_makes_the_record_incomplete_never_pass(ti
     code, verdict, readme = record(tmp_path, tiny_config, curves, capsys)
     assert code == 1
     assert readme.splitlines()[0].endswith("4 seeds launched, 2 finished (seed 2 unfinished, muon-seed3 unfinished)")
-    assert "**Verdict: INCOMPLETE**: seed 2, muon-seed3 have not finished; no verdict until every launched seed has" in readme
-    assert "| 2 | unfinished: logged 200 of 250 steps |" in readme and "| ? | no config.yaml; no metrics.jsonl | - | - | - | - | - | muon-seed3 |" in readme
+    assert "**Verdict: INCOMPLETE**: seed 2, muon-seed3 have not finished; no verdict until every" in readme
+    assert "| 2 | unfinished: logged 200 of 250 steps |" in readme
+    assert "| ? | no config.yaml; no metrics.jsonl | - | - | - | - | - | muon-seed3 |" in readme
     assert "PASS" not in readme and "2 of 4 seeds finished: INCOMPLETE" in verdict
 
 
@@ -156,7 +160,7 @@ def test_one_seed_has_no_std_ci_or_t_test_and_says_so(tiny_config, tmp_path, cap
     code, _, readme = record(tmp_path, tiny_config, [ending(1.790)], capsys)
     assert code == 0 and "**Verdict: PASS** at step 250" in readme  # (1.80 − 1.79)·1 = 0.01
     at_end = section(readme, "At the end of the run")
-    assert "Val loss over 1 seed: mean 1.79000, std –, 95% CI ± –; (target − mean)·√n = +0.01000 (passes the rule)" in at_end
+    assert "Val loss over 1 seed: mean 1.79000, std –, 95% CI ± –; (target − mean)·√n = +0.01000 (passes" in at_end
     assert "not run: a t-test needs two seeds or more in a group (1 here)" in at_end
 
 
@@ -206,13 +210,15 @@ def test_a_nan_final_loss_is_listed_as_a_problem_and_its_group_is_not_ranked(tin
                                                    "aurora": [ending(NAN, 1.9), ending(1.70), ending(1.71)]})
     table = comparison_table(list(groups.values()))
     aurora = table_row(table, "aurora")
-    assert aurora["seeds (finished/all)"] == "2/3" and aurora["final val loss (mean ± 95% CI)"] == ci_text([1.70, 1.71]) + " (2 of 3)"
+    assert aurora["seeds (finished/all)"] == "2/3"
+    assert aurora["final val loss (mean ± 95% CI)"] == ci_text([1.70, 1.71]) + " (2 of 3)"
     assert aurora["range"] == "1.7000–1.7100" and "nan" not in table.lower()
     found = "\n".join(findings(list(groups.values())))
-    assert f"Lowest final val loss among the 1 of 2 groups whose every seed finished: muon, {ci_text([1.80, 1.81, 1.805])}" in found
-    assert "Not ranked, as not every seed finished (see the problem runs): aurora (seed 0 failed; 2 of 3 seeds finished)" in found
+    lowest = "Lowest final val loss among the 1 of 2 groups whose every seed finished: muon, "
+    assert lowest + ci_text([1.80, 1.81, 1.805]) in found
+    assert "Not ranked, as not every seed finished (see the problem runs): aurora (seed 0 failed; 2 of 3 seeds" in found
     assert "every seed of one is below" not in found and "nan" not in found.lower()
-    assert problems(list(groups.values())) == [f"{tmp_path / 'runs' / 'aurora-seed0'}: failed: val loss nan at its last step"]
+    assert problems(list(groups.values())) == [f"{tmp_path}/runs/aurora-seed0: failed: val loss nan at its last step"]
     assert "the finished seeds of one are all below those of the other" in difference(groups["aurora"], groups["muon"])
 
 
@@ -222,17 +228,20 @@ def test_a_diverged_seed_is_a_problem_and_the_group_statistics_say_n_of_n(tiny_c
                                                    + [ending(f) for f in finals[2:]],
                                                    "muon": [ending(1.80), ending(1.81)]}, diverged=["aurora-seed2"])
     aurora = table_row(comparison_table(list(groups.values())), "aurora")
-    assert aurora["seeds (finished/all)"] == "4/5" and aurora["final val loss (mean ± 95% CI)"] == ci_text(finals) + " (4 of 5)"
-    assert problems(list(groups.values())) == [f"{tmp_path / 'runs' / 'aurora-seed2'}: diverged (sweep index: {DIVERGED_LINE})"]
-    assert "Lowest final val loss among the 1 of 2 groups whose every seed finished: muon" in findings(list(groups.values()))[0]
+    assert aurora["seeds (finished/all)"] == "4/5"
+    assert aurora["final val loss (mean ± 95% CI)"] == ci_text(finals) + " (4 of 5)"
+    assert problems(list(groups.values())) == [f"{tmp_path}/runs/aurora-seed2: diverged (sweep index: {DIVERGED_LINE})"]
+    found = findings(list(groups.values()))
+    assert found[0].startswith("Lowest final val loss among the 1 of 2 groups whose every seed finished: muon")
     # in the track's pairwise rule the diverged seed is a loss above any other: aurora cannot be the better one
     rule = pairwise(groups["aurora"], groups["muon"])[2]
     assert "→ -inf (a failed seed counts as a loss above any other): B (muon) significantly better" in rule
 
 
 def test_an_unfinished_seed_leaves_the_pairwise_verdict_incomplete(tiny_config, tmp_path):
-    groups = report_groups(tmp_path, tiny_config, {"aurora": [ending(1.70), {100: 2.3}], "muon": [ending(1.80), ending(1.81)]})
-    assert problems(list(groups.values())) == [f"{tmp_path / 'runs' / 'aurora-seed1'}: unfinished: logged 100 of 250 steps"]
+    groups = report_groups(tmp_path, tiny_config, {"aurora": [ending(1.70), {100: 2.3}],
+                                                   "muon": [ending(1.80), ending(1.81)]})
+    assert problems(list(groups.values())) == [f"{tmp_path}/runs/aurora-seed1: unfinished: logged 100 of 250 steps"]
     rule = pairwise(groups["aurora"], groups["muon"])[2]
     assert "→ –: INCOMPLETE: no verdict until every seed has finished (aurora: seed 1 unfinished)" in rule
 
@@ -245,7 +254,7 @@ def test_one_seed_per_group_has_no_ci_range_or_t_test(tiny_config, tmp_path):
         "aurora − muon = -0.1000 (1 vs 1 seeds; every seed of one is below every seed of the other; "
         "no Welch t-test: a t-test needs two seeds or more in a group (1 here))"
     )
-    assert "the σ measured in these runs (pooled within the two groups) is –." in pairwise(groups["aurora"], groups["muon"])[3]
+    assert "the σ measured in these runs (pooled within the two groups) is –." in pairwise(*groups.values())[3]
 
 
 def test_identical_seeds_give_the_real_reason_there_is_no_t_test(tiny_config, tmp_path):
@@ -259,14 +268,16 @@ def test_the_pairwise_verdict_names_the_better_group_both_ways_round(tiny_config
     rng = np.random.default_rng(0)
     better = list(np.round(1.790 + spread * rng.standard_normal(4), 6))
     worse = list(np.round(1.800 + spread * rng.standard_normal(4), 6))
-    groups = report_groups(tmp_path, tiny_config, {"aurora": [ending(v) for v in better], "muon": [ending(v) for v in worse]})
-    statistic = ((np.mean(worse) - np.mean(better)) + 0) / math.sqrt(1 / 4 + 1 / 4)
+    groups = report_groups(tmp_path, tiny_config, {"aurora": [ending(v) for v in better],
+                                                   "muon": [ending(v) for v in worse]})
+    statistic = (np.mean(worse) - np.mean(better)) / math.sqrt(1 / 4 + 1 / 4)  # the same steps: no step term
     welch = scipy_stats.ttest_ind(better, worse, equal_var=False)
     sigma = math.sqrt((np.var(better, ddof=1) * 3 + np.var(worse, ddof=1) * 3) / 6)
     forward, backward = pairwise(groups["aurora"], groups["muon"]), pairwise(groups["muon"], groups["aurora"])
     assert statistic >= 0.004
-    assert f"→ {statistic:.5f}: A (aurora) significantly better; Welch t = {welch.statistic:.2f}, two-sided p = {welch.pvalue:.3g}" in forward[2]
-    assert f"→ {-statistic:.5f}: B (aurora) significantly better; Welch t = {-welch.statistic:.2f}, two-sided p = {welch.pvalue:.3g}" in backward[2]
+    p = f"two-sided p = {welch.pvalue:.3g}"
+    assert f"→ {statistic:.5f}: A (aurora) significantly better; Welch t = {welch.statistic:.2f}, {p}" in forward[2]
+    assert f"→ {-statistic:.5f}: B (aurora) significantly better; Welch t = {-welch.statistic:.2f}, {p}" in backward[2]
     assert f"the σ measured in these runs (pooled within the two groups) is {sigma:.5f}." in forward[3]
     misfit = f"The measured σ is {sigma / 0.0013:.1f}× the assumed one: the rule's margin does not fit this setting"
     assert (misfit in forward[3]) == (sigma >= 2 * 0.0013) and (misfit in forward[3]) == (spread == 0.01)
@@ -280,9 +291,9 @@ def test_a_baseline_whose_loss_rises_at_the_end_is_one_times_as_fast_as_itself(t
     base_tokens = (200 + (1.90 - 1.85) / (1.90 - 1.80) * 25) * BATCH
     fast_tokens = (100 + (1.95 - 1.85) / (1.95 - 1.70) * 100) * BATCH
     muon, aurora = table_row(table, "muon"), table_row(table, "aurora")
-    assert muon["tokens to muon's final loss"] == f"{base_tokens:,.0f}" and muon["speedup vs muon (tokens to its final loss)"] == "1.00×"
+    assert muon["tokens to muon's final loss"] == f"{base_tokens:,.0f}" and muon[SPEEDUP] == "1.00×"
     assert aurora["tokens to muon's final loss"] == f"{fast_tokens:,.0f}"
-    assert aurora["speedup vs muon (tokens to its final loss)"] == f"{base_tokens / fast_tokens:.2f}×"
+    assert aurora[SPEEDUP] == f"{base_tokens / fast_tokens:.2f}×"
 
 
 def test_a_crossing_at_the_first_validation_is_a_lower_bound_on_the_speedup(tiny_config, tmp_path):
@@ -291,16 +302,17 @@ def test_a_crossing_at_the_first_validation_is_a_lower_bound_on_the_speedup(tiny
     groups = report_groups(tmp_path, tiny_config, {"muon": [baseline], "aurora": [early]})
     table = comparison_table(list(groups.values()), baseline="muon", target=1.86)
     aurora = table_row(table, "aurora")
-    assert aurora["tokens to muon's final loss"] == f"≤ {100 * BATCH:,.0f}" and aurora["tokens to 1.86"] == f"≤ {100 * BATCH:,.0f}"
-    assert aurora["speedup vs muon (tokens to its final loss)"] == f"≥ {250 / 100:.2f}×"
+    assert aurora["tokens to muon's final loss"] == aurora["tokens to 1.86"] == f"≤ {100 * BATCH:,.0f}"
+    assert aurora[SPEEDUP] == f"≥ {250 / 100:.2f}×"  # the baseline reaches 1.85 at 250, the candidate by 100
 
 
 def test_the_report_script_prints_the_problem_runs_and_never_ranks_them(tiny_config, tmp_path, capsys):
-    report_groups(tmp_path, tiny_config, {"aurora": [ending(NAN, 1.9), ending(1.70)], "muon": [ending(1.80), ending(1.81)]})
+    report_groups(tmp_path, tiny_config, {"aurora": [ending(NAN, 1.9), ending(1.70)],
+                                          "muon": [ending(1.80), ending(1.81)]})
     out = tmp_path / "report"
     assert load_script("report").main([str(tmp_path / "runs"), "--out", str(out), "--compare", "aurora", "muon"]) == 0
     printed = capsys.readouterr().out
     text = (out / "report.md").read_text()
     assert text in printed
-    assert f"## {PROBLEMS_HEADING}\n\n- {tmp_path / 'runs' / 'aurora-seed0'}: failed: val loss nan at its last step" in text
+    assert f"## {PROBLEMS_HEADING}\n\n- {tmp_path}/runs/aurora-seed0: failed: val loss nan at its last step" in text
     assert "Lowest final val loss among the 1 of 2 groups whose every seed finished: muon" in text
