@@ -8,13 +8,15 @@ A run with a missing config, no metrics, a run cut short or no validation loss i
 reports list it with its problems instead of dropping it or failing. Only a path that does not
 exist is an error. Each run has one `outcome`, the rule records and reports share:
     finished    it validated at its last step, with a finite loss
-    failed      it diverged, or its last loss is not finite: a failed run, counted as a loss above
-                any target. Diverged means exit 3 (train/cli.py) in the sweep index that launched it,
-                or a non-finite loss in the last record of a run that stopped early; a run launched
-                by hand that diverged before logging a non-finite loss leaves no such trace in its
-                directory, and reads as unfinished
+    failed      a failed run, counted as a loss above any target: its last val loss is not finite
+                (its parameters were not), or it diverged: exit 3 (train/cli.py) in the sweep index
+                of the sweep that launched it. A run launched by hand that diverges stops before
+                logging the step (its `error:` line goes to stderr only), so its directory holds no
+                such fact: it reads as unfinished. A non-finite train loss is not taken as failure:
+                with train.max_skipped_steps it is a skipped step of a run that goes on.
     unfinished  anything else: still running, stopped or interrupted (its command resumes it), never
-                started scripts/report.py, scripts/neuron_death_report.py and the README's main job
+                started
+scripts/report.py, scripts/neuron_death_report.py and the README's main job
 (scripts/compare_optimizers.py) all read runs through here.
 """
 
@@ -112,21 +114,20 @@ class Run:
         return vals[-1][1] if vals and vals[-1][0] == self.total_steps else None
 
     @property
-    def divergence(self) -> str | None:
-        """What shows that the run failed (see the module's docstring), or None."""
-        final = self.final_val_loss
-        if final is not None:
-            return None if math.isfinite(final) else f"failed: val loss {final} at its last step"
-        if self.launch_failure is not None:
+    def failure(self) -> str | None:
+        """What shows that the run failed (the module's docstring), or None."""
+        vals = self.series("val_loss")
+        if vals and not math.isfinite(vals[-1][1]):
+            at_end = vals[-1][0] == self.total_steps
+            return f"failed: val loss {vals[-1][1]} at {'its last step' if at_end else f'step {vals[-1][0]}'}"
+        if self.final_val_loss is None and self.launch_failure is not None:
             return f"diverged (sweep index: {self.launch_failure})"
-        last = self.records[-1] if self.records else {}
-        bad = [key for key in ("train_loss", "val_loss") if key in last and not math.isfinite(last[key])]
-        return f"diverged: {bad[0]} {last[bad[0]]} at step {last['step']}, its last logged step" if bad else None
+        return None
 
     @property
     def outcome(self) -> str:
         """FINISHED, FAILED or UNFINISHED (the module's docstring)."""
-        if self.divergence is not None:
+        if self.failure is not None:
             return FAILED
         return FINISHED if self.final_val_loss is not None else UNFINISHED
 
@@ -173,8 +174,8 @@ def load_run(path: Path) -> Run:
     except ValueError as err:
         run.problems.append(str(err))
     run.launch_failure = diverged_launch(path)
-    if run.divergence is not None:
-        run.problems.append(run.divergence)
+    if run.failure is not None:
+        run.problems.append(run.failure)
     elif run.config and run.records and run.total_steps and run.steps < run.total_steps:
         run.problems.append(f"unfinished: logged {run.steps} of {run.total_steps} steps")
     elif run.config and not run.records and "no metrics.jsonl" not in run.problems:

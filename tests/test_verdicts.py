@@ -129,15 +129,16 @@ def test_a_nan_final_loss_is_a_failed_seed_and_the_record_fails_naming_it(tiny_c
     assert "PASS" not in readme and "3 of 4 seeds finished: FAIL" in verdict
 
 
-@pytest.mark.parametrize("evidence", ["sweep index", "non-finite train loss"])
+@pytest.mark.parametrize("evidence", ["sweep index", "non-finite val loss"])
 def test_a_diverged_seed_fails_the_record_even_when_the_others_pass(tiny_config, tmp_path, capsys, evidence):
     curves = [ending(1.780), ending(1.781), {100: 2.3, 120: 2.4}, ending(1.782)]
     if evidence == "sweep index":
         code, verdict, readme = record(tmp_path, tiny_config, curves, capsys, diverged=[2])
         assert f"| 2 | diverged (sweep index: {DIVERGED_LINE}) |" in readme
     else:
-        code, verdict, readme = record(tmp_path, tiny_config, curves, capsys, train_losses={2: NAN})
-        assert "| 2 | diverged: train_loss nan at step 120, its last logged step |" in readme
+        curves[2] = {100: 2.3, 120: NAN}
+        code, verdict, readme = record(tmp_path, tiny_config, curves, capsys)
+        assert "| 2 | failed: val loss nan at step 120 |" in readme
     assert code == 1
     assert readme.splitlines()[0].endswith("4 seeds launched, 3 finished (seed 2 failed)")
     assert "**Verdict: FAIL**: seed 2 failed" in readme and "PASS" not in readme
@@ -147,7 +148,8 @@ def test_a_diverged_seed_fails_the_record_even_when_the_others_pass(tiny_config,
 
 def test_an_unfinished_or_missing_seed_makes_the_record_incomplete_never_pass(tiny_config, tmp_path, capsys):
     curves = [ending(1.780), ending(1.781), {100: 2.3, 200: 1.83}, None]
-    code, verdict, readme = record(tmp_path, tiny_config, curves, capsys)
+    # seed 2's last step was skipped (train.max_skipped_steps): a run that goes on, not a failed one
+    code, verdict, readme = record(tmp_path, tiny_config, curves, capsys, train_losses={2: NAN})
     assert code == 1
     assert readme.splitlines()[0].endswith("4 seeds launched, 2 finished (seed 2 unfinished, muon-seed3 unfinished)")
     assert "**Verdict: INCOMPLETE**: seed 2, muon-seed3 have not finished; no verdict until every" in readme
