@@ -9,7 +9,8 @@ Inputs: run directories, sweep directories (their sweep_index.json lists the run
 not) or folders holding run directories. Writes into --out:
   report.md    the settings; a table per group: final val loss mean ± 95% CI and range, best val
                loss, steps and tokens, tokens to --target (default: the runs' protocol target) and
-               to the --baseline group's final loss with the speedup against it, tokens/s,
+               to the --baseline group's final loss with the speedup against it (first arrival
+               on both curves; "≥"/"≤" where one is below it at its first validation), tokens/s,
                optimizer step ms, exactly-dead / nearly-dead / starved fractions and HellaSwag
                (both conventions) when measured; what it found; the pairwise statistics of
                --compare A B (the optimization track's pairwise rule read both ways round, with
