@@ -102,7 +102,7 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def arrival_text(arrival: tuple[float, bool] | None) -> str:
-    """Tokens to a loss: "not reached", or "≤ x" when reached by the first (or after a non-finite) validation."""
+    """Tokens to a loss: "not reached", or "≤ x" when x is an upper bound (stats.first_arrival)."""
     if arrival is None:
         return "not reached"
     return f"{'≤ ' if arrival[1] else ''}{arrival[0]:,.0f}"
@@ -142,11 +142,12 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
         ]
         curve = group.mean_curve()
         if target is not None:
-            row.append(arrival_text(stats.first_arrival(curve, target)))
+            row.append(arrival_text(stats.first_arrival(curve, target)) if curve else "-")
         if base is not None:
-            ratio = stats.speedup(base_curve, curve, base_curve[-1][1]) if base_curve and curve else None
+            base_loss = base_curve[-1][1] if base_curve else None
+            ratio = stats.speedup(base_curve, curve, base_loss) if base_curve and curve else None
             row += [
-                arrival_text(stats.first_arrival(curve, base_curve[-1][1])) if base_curve else "-",
+                arrival_text(stats.first_arrival(curve, base_loss)) if base_curve and curve else "-",
                 "-" if ratio is None else f"{'' if ratio[1] == '=' else ratio[1] + ' '}{ratio[0]:.2f}×",
             ]
         row += [
