@@ -133,7 +133,7 @@ class Run:
 
     @property
     def best_val_loss(self) -> float | None:
-        vals = [value for _, value in self.series("val_loss") if math.isfinite(value)]
+        vals = [value for _, value in self.series("val_loss")]
         return min(vals) if vals else None
 
     def hellaswag(self) -> dict[str, float] | None:

@@ -50,11 +50,11 @@ def write_run(path: Path, cfg: dict, optimizer: str, seed: int, curve: dict[int,
     return path
 
 
-def write_sweep_index(runs_dir: Path, diverged: Sequence[str]) -> None:
+def write_sweep_index(runs_dir: Path, diverged: Sequence[str], exit_code: int = 3) -> None:
     """The sweep index train/sweep.py leaves: every run done, but those in `diverged`, whose launch
-    exited 3 (train/cli.py: diverged)."""
+    failed with `exit_code` (train/cli.py: 3 is diverged)."""
     entries = {path.name: {"status": "done", "exit_code": 0, "error": None} for path in runs_dir.iterdir()}
-    entries.update({name: {"status": "failed", "exit_code": 3, "error": DIVERGED_LINE} for name in diverged})
+    entries.update({name: {"status": "failed", "exit_code": exit_code, "error": DIVERGED_LINE} for name in diverged})
     (runs_dir / "sweep_index.json").write_text(json.dumps({"launches": [], "runs": entries}))
 
 
@@ -156,6 +156,15 @@ def test_an_unfinished_or_missing_seed_makes_the_record_incomplete_never_pass(ti
     assert "| 2 | unfinished: logged 200 of 250 steps |" in readme
     assert "| ? | no config.yaml; no metrics.jsonl | - | - | - | - | - | muon-seed3 |" in readme
     assert "PASS" not in readme and "2 of 4 seeds finished: INCOMPLETE" in verdict
+
+
+@pytest.mark.parametrize("exit_code", [1, 2, 75], ids=["crashed", "bad input", "stopped by a signal"])
+def test_a_launch_that_failed_without_diverging_leaves_its_seed_unfinished(tiny_config, tmp_path, exit_code):
+    runs = tmp_path / "runs"
+    write_run(runs / "muon-seed0", tiny_config, "muon", 0, {100: 2.3})
+    write_sweep_index(runs, ["muon-seed0"], exit_code)
+    (run,) = load_runs([runs])
+    assert run.outcome == "unfinished" and run.problems == ["unfinished: logged 100 of 250 steps"]
 
 
 def test_one_seed_has_no_std_ci_or_t_test_and_says_so(tiny_config, tmp_path, capsys):
