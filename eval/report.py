@@ -109,9 +109,9 @@ def arrival_text(arrival: tuple[float, bool] | None) -> str:
 
 
 def comparison_table(groups: Sequence[Group], baseline: str | None = None, target: float | None = None) -> str:
-    """Markdown: one row per group. Loss columns pool the finished seeds (the final val loss says
-    "n of N" when that is not all); columns that no run has (diagnostics, HellaSwag, a baseline)
-    are left out."""
+    """Markdown: one row per group. Loss columns pool the finished seeds (the final val loss, and a
+    line below the table, say "n of N" when that is not all); columns that no run has
+    (diagnostics, HellaSwag, a baseline) are left out."""
     any_diag = any(run.series(DEAD) or run.series(STARVED_UP) for group in groups for run in group.runs)
     any_hellaswag = any(run.hellaswag() for group in groups for run in group.runs)
     base = next((g for g in groups if g.label == baseline), None)
@@ -162,7 +162,12 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
             row += [spread([s[c] for s in scores], 4) for c in ("llmc", "lm_eval")]
         rows.append(row)
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    partial = [f"{group.label} over {group.seeds}" for group in groups if group.final_losses and not group.all_finished]
+    if partial:
+        pooled = "; ".join(partial)
+        lines += ["", f"Every column but tokens/s and optimizer step pools the finished seeds only: {pooled}."]
+    return "\n".join(lines)
 
 
 def _format(value: float | None, spec: str) -> str:

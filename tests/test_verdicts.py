@@ -238,9 +238,12 @@ def test_a_diverged_seed_is_a_problem_and_the_group_statistics_say_n_of_n(tiny_c
     groups = report_groups(tmp_path, tiny_config, {"aurora": [ending(f) for f in finals[:2]] + [{100: 2.3, 120: 2.4}]
                                                    + [ending(f) for f in finals[2:]],
                                                    "muon": [ending(1.80), ending(1.81)]}, diverged=["aurora-seed2"])
-    aurora = table_row(comparison_table(list(groups.values())), "aurora")
+    table = comparison_table(list(groups.values()))
+    aurora = table_row(table, "aurora")
     assert aurora["seeds (finished/all)"] == "4/5"
     assert aurora["final val loss (mean ± 95% CI)"] == ci_text(finals) + " (4 of 5)"
+    note = "Every column but tokens/s and optimizer step pools the finished seeds only: aurora over 4 of 5."
+    assert table.endswith(note)
     assert problems(list(groups.values())) == [f"{tmp_path}/runs/aurora-seed2: diverged (sweep index: {DIVERGED_LINE})"]
     found = findings(list(groups.values()))
     assert found[0].startswith("Lowest final val loss among the 1 of 2 groups whose every seed finished: muon")
