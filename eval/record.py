@@ -1,29 +1,33 @@
 """A benchmark record: the seeds of one attempt under a protocol, judged by its rule, in a folder.
 
     record/
-      README.md        the protocol and its rule, the attempt's settings, a table per seed, the
-                       mean, std and the rule's statistic at every late validated step, the first
-                       step where the rule holds (the reported step), the verdict, wall time and
-                       hardware, and the command that reproduces it
+      README.md        the verdict first (PASS at the reported step, FAIL or INCOMPLETE, and how many
+                       of the launched seeds finished), the protocol and its rule, the attempt's
+                       settings, a table per seed with its outcome, the rule and the t-test at the
+                       reported step and again at the end of the run, the rule at every late
+                       validated step, wall time and hardware, and the command that reproduces it
       <run>/           each seed's config.yaml, launches.jsonl (code version, packages, hardware),
                        code.diff (and its sha256 in the README), metrics.jsonl, console.log
 
 The rule is the optimization track's: (target − mean)·√n ≥ 0.004 over n non-cherry-picked seeds,
-evaluated at every step all seeds validated; there is no early stopping inside a run. A record
-never overwrites another: a taken folder name gets .2, .3, ...
+evaluated at every step all seeds validated; there is no early stopping inside a run. Every
+launched seed counts (eval/runs.py gives each its outcome): a seed that has not finished makes
+the verdict INCOMPLETE; a failed one (diverged, or a non-finite loss) counts as a loss above the
+target, so the verdict is FAIL, naming it. A record never overwrites another: a taken folder name
+gets .2, .3, ...
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from eval import stats
-from eval.runs import Run
+from eval.report import PROBLEMS_HEADING, UNDEFINED
+from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
 from train.config import protocol_changes
 from train.rundir import describe_hardware, read_launches
 
@@ -66,32 +70,65 @@ def _code_version(run: Run) -> str:
     return f"{(commit or 'unknown')[:12]}" + (f" + uncommitted diff sha256 {diff_hash}… (code.diff)" if diff_hash else " (clean)")
 
 
+def _t_test(losses: Sequence[float], target: float) -> str:
+    """The main track's test as text: "t = …, p = …", or why it was not run."""
+    try:
+        t, p = stats.one_sided_t_test(losses, target)
+    except ValueError as reason:
+        return f"not run: {reason}"
+    return f"t = {t:.3f}, p = {p:.3g}"
+
+
+def _named(runs: Sequence[Run]) -> str:
+    return ", ".join(run.name for run in runs)
+
+
+def judge(runs: Sequence[Run], target: float) -> dict[str, Any]:
+    """The verdict on every launched seed: INCOMPLETE while one has not finished, FAIL when one
+    failed or the rule holds at no validated step, else PASS at the first step where it holds.
+    "reason" follows the status word in a sentence ("PASS at step …", "FAIL: …")."""
+    finished, failed, unfinished = (with_outcome(runs, outcome) for outcome in (FINISHED, FAILED, UNFINISHED))
+    passing = first_passing_step(runs, target) if len(finished) == len(runs) else None
+    if unfinished:
+        status, reason = "INCOMPLETE", (
+            f": {_named(unfinished)} {'has' if len(unfinished) == 1 else 'have'} not finished; no verdict until every "
+            "launched seed has (rerun the command to resume)" + (f"; {_named(failed)} failed" if failed else "")
+        )
+    elif failed:
+        status, reason = "FAIL", f": {_named(failed)} failed, and a failed run counts as a loss above the target"
+    elif passing is None:
+        status, reason = "FAIL", (
+            f": no validated step with (target − mean)·√n ≥ {stats.TRACK_MARGIN} over {len(runs)} seeds"
+        )
+    else:
+        step, losses = passing
+        status, reason = "PASS", (
+            f" at step {step}: mean val loss {stats.mean(losses):.5f} over {len(runs)} seeds, "
+            f"(target − mean)·√n = {stats.track_pass_statistic(losses, target):+.5f} ≥ {stats.TRACK_MARGIN}; "
+            f"one-sided t-test at step {step}: {_t_test(losses, target)}"
+        )
+    return {
+        "status": status, "reason": reason, "launched": len(runs), "finished": len(finished),
+        "reported_step": passing[0] if passing else None, "reported_losses": passing[1] if passing else None,
+    }
+
+
 def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any]]:
-    """The README text and the verdict's numbers for the seeds of one attempt."""
-    cfg = runs[0].config
+    """The README text and the verdict (judge's, with the protocol and whether it is official)."""
+    cfg = next(run.config for run in runs if run.config)
     protocol, target = cfg["protocol"], cfg["protocol"]["target"]
     changed = protocol_changes(cfg)
-    complete = [run for run in runs if run.final_val_loss is not None]
-    finals = [run.final_val_loss for run in complete]
-    passing = first_passing_step(complete, target) if complete else None
-    verdict = {
-        "protocol": protocol["name"],
-        "official": not changed,
-        "seeds": len(complete),
-        "steps": cfg["train"]["steps"],
-        "final_mean": statistics.fmean(finals) if finals else None,
-        "final_std": stats.sample_std(finals) if finals else None,
-        "reported_step": passing[0] if passing else None,
-        "reported_mean": statistics.fmean(passing[1]) if passing else None,
-        "passes": passing is not None,
-    }
+    verdict = {**judge(runs, target), "protocol": protocol["name"], "official": not changed,
+               "steps": cfg["train"]["steps"]}
+    finished = with_outcome(runs, FINISHED)
+    everyone = len(finished) == len(runs)
+    seeds = f"{len(runs)} seeds" + ("" if everyone else f" launched, {len(finished)} finished ({not_finished(runs)})")
+    subset = "" if everyone else f" (over the {len(finished)} finished seeds of {len(runs)}: not a verdict)"
+    reported = verdict["reported_step"]
     lines = [
-        f"# {protocol['name']} record: {cfg['optim']['name']}, {cfg['train']['steps']} steps, {len(complete)} seeds",
+        f"# {protocol['name']} record: {cfg['optim']['name']}, {cfg['train']['steps']} steps, {seeds}",
         "",
-        f"**Verdict: {'PASS' if passing else 'FAIL'}**"
-        + (f" at step {passing[0]}: mean val loss {verdict['reported_mean']:.5f} over {len(complete)} seeds, "
-           f"(target − mean)·√n = {stats.track_pass_statistic(passing[1], target):.5f} ≥ {stats.TRACK_MARGIN}"
-           if passing else f": no validated step with (target − mean)·√n ≥ {stats.TRACK_MARGIN}"),
+        f"**Verdict: {verdict['status']}**{verdict['reason']}",
         "",
         "**Official**" if not changed else "**UNOFFICIAL** (protocol.unofficial=true): it changed "
         + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items()),
@@ -99,9 +136,13 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
         "## Rule",
         "",
         f"Target val loss {target}. Over n non-cherry-picked seeds the mean must satisfy (target − mean)·√n ≥ "
-        f"{stats.TRACK_MARGIN} (modded-nanoGPT optimization track: a one-sided z-test with σ = 0.0013 at p < 0.001). "
-        "It is evaluated at every step all seeds validated; the reported step is the first that passes. No run "
-        "stops early on its val loss.",
+        f"{stats.TRACK_MARGIN} (modded-nanoGPT optimization track: a one-sided z-test with σ = "
+        f"{stats.TRACK_SEED_SIGMA} at p < 0.001; a statistic within {stats.RULE_TOLERANCE:g} of the margin is on it, "
+        "and passes). It is evaluated at every step all seeds validated; the reported step is the first that passes, "
+        "and the verdict's numbers, the main track's one-sided t-test included, are those at that step; the end of the "
+        "run is reported beside them. No run stops early on its val loss. Every launched seed counts: a failed one "
+        "(diverged, or a non-finite loss) as a loss above the target, and one that has not finished leaves the verdict "
+        "INCOMPLETE.",
         "",
         "## Settings",
         "",
@@ -115,43 +156,61 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
         "",
         "## Seeds",
         "",
-        "| seed | final val loss | val loss at the reported step | wall time (s) | code | hardware | run |",
-        "|---:|---:|---:|---:|---|---|---|",
+        "| seed | outcome | final val loss | val loss at the reported step | wall time (s) | code | hardware | run |",
+        "|---:|---|---:|---:|---:|---|---|---|",
     ]
     for run in runs:
-        at_report = dict(run.series("val_loss")).get(passing[0]) if passing else None
+        outcome = "; ".join(run.problems) or run.outcome
+        at_report = dict(run.series("val_loss")).get(reported)
         final = "-" if run.final_val_loss is None else f"{run.final_val_loss:.5f}"
         lines.append(
-            f"| {run.seed} | {final} | {'-' if at_report is None else f'{at_report:.5f}'} | "
-            f"{run.records[-1]['elapsed_s']:.0f} | {_code_version(run)} | {_hardware(run)} | [{run.path.name}]({run.path.name}/) |"
-            if run.records else f"| {run.seed} | - | - | - | - | - | {run.path.name}: {'; '.join(run.problems)} |"
+            f"| {run.seed} | {outcome} | {final} | {'-' if at_report is None else f'{at_report:.5f}'} | "
+            f"{run.records[-1]['elapsed_s']:.0f} | {_code_version(run)} | {_hardware(run)} | "
+            f"[{run.path.name}]({run.path.name}/) |"
+            if run.records else f"| {run.seed} | {outcome} | - | - | - | - | - | {run.path.name} |"
         )
-    if finals:
-        mean, half = stats.mean_ci(finals)
-        lines += [
-            "",
-            f"Final val loss over {len(finals)} seeds: mean {mean:.5f}, std {verdict['final_std']:.5f}"
-            + (f", 95% CI ± {half:.5f}" if half is not None else "")
-            + (f"; one-sided t-test against {target} (the main track's rule, p < 0.01): "
-               f"p = {stats.one_sided_t_test(finals, target)[1]:.3g}" if len(finals) > 1 and verdict["final_std"] > 0 else ""),
-        ]
-    late = [(step, losses) for step, losses in validated_means(complete)][-12:]
+    if reported is not None:
+        lines += ["", f"## At the reported step, {reported} (the verdict)", "",
+                  _summary(verdict["reported_losses"], target)]
+    if finished:
+        finals = [run.final_val_loss for run in finished]
+        lines += ["", f"## At the end of the run, step {cfg['train']['steps']}{subset}", "", _summary(finals, target)]
+    late = validated_means(finished)[-12:]
     if late:
-        lines += ["", "## The rule at the last validated steps", "", "| step | mean | (target − mean)·√n | passes |", "|---:|---:|---:|---|"]
+        lines += ["", f"## The rule at the last validated steps{subset}", "",
+                  "| step | mean | (target − mean)·√n | passes |", "|---:|---:|---:|---|"]
         lines += [
-            f"| {step} | {statistics.fmean(losses):.5f} | {stats.track_pass_statistic(losses, target):+.5f} | "
+            f"| {step} | {stats.mean(losses):.5f} | {stats.track_pass_statistic(losses, target):+.5f} | "
             f"{'yes' if stats.track_passes(losses, target) else 'no'} |"
             for step, losses in late
         ]
-    missing = [run for run in runs if run.problems]
-    if missing:
-        lines += ["", "## Runs with missing or partial metrics", ""] + [f"- {run.path}: {'; '.join(run.problems)}" for run in missing]
+    problem_runs = [run for run in runs if run.problems]
+    if problem_runs:
+        lines += ["", f"## {PROBLEMS_HEADING}", ""]
+        lines += [f"- {run.path}: {'; '.join(run.problems)}" for run in problem_runs]
     return "\n".join(lines) + "\n", verdict
+
+
+def _summary(losses: Sequence[float], target: float) -> str:
+    """Mean, std, 95% CI, the track's statistic and the main track's t-test of one set of seed losses."""
+    mean, half = stats.mean_ci(losses)
+    std = stats.sample_std(losses)
+    return (
+        f"Val loss over {len(losses)} seed{'s' if len(losses) > 1 else ''}: mean {mean:.5f}, "
+        f"std {UNDEFINED if std is None else f'{std:.5f}'}, 95% CI ± {UNDEFINED if half is None else f'{half:.5f}'}; "
+        f"(target − mean)·√n = {stats.track_pass_statistic(losses, target):+.5f} "
+        f"({'passes' if stats.track_passes(losses, target) else 'fails'} the rule); one-sided t-test against {target} "
+        f"(the main track's rule, p < 0.01): {_t_test(losses, target)}"
+    )
 
 
 def write_record(runs: Sequence[Run], record_dir: Path, command: str) -> tuple[Path, dict[str, Any]]:
     """Write the record folder (a free name at or after `record_dir`); returns it and the verdict."""
-    if not runs or not all(run.config.get("protocol", {}).get("name") for run in runs):
+    started = [run for run in runs if run.config]
+    if not started:
+        raise ValueError("no seed of this attempt has started (no config.yaml in its run directories): nothing to "
+                         "record")
+    if not all(run.config.get("protocol", {}).get("name") for run in started):
         raise ValueError("a record needs runs of a protocol recipe (experiment=speedrun_track3 or speedrun_tiny)")
     text, verdict = record_readme(runs, command)
     record_dir = free_name(record_dir)

@@ -6,13 +6,24 @@
 
 A run with a missing config, no metrics, a run cut short or no validation loss is still a Run:
 reports list it with its problems instead of dropping it or failing. Only a path that does not
-exist is an error. scripts/report.py, scripts/neuron_death_report.py and the README's main job
+exist is an error. Each run has one `outcome`, the rule records and reports share:
+    finished    it validated at its last step, with a finite loss
+    failed      a failed run, counted as a loss above any target: its last val loss is not finite
+                (its parameters were not), or it diverged: exit 3 (train/cli.py) in the sweep index
+                of the sweep that launched it. A run launched by hand that diverges stops before
+                logging the step (its `error:` line goes to stderr only), so its directory holds no
+                such fact: it reads as unfinished. A non-finite train loss is not taken as failure:
+                with train.max_skipped_steps it is a skipped step of a run that goes on.
+    unfinished  anything else: still running, stopped or interrupted (its command resumes it), never
+                started
+scripts/report.py, scripts/neuron_death_report.py and the README's main job
 (scripts/compare_optimizers.py) all read runs through here.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from train.cli import DIVERGED
 from train.metrics import read_metrics
 from train.rundir import effective_config, flatten
 from train.sweep import INDEX
@@ -33,6 +45,7 @@ NOT_SETTINGS = (
     "data.verify_checksums", "data.dir", "optim.search", "optim.source", "protocol.", "recipe",
 )
 OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
+FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 
 
 @dataclass
@@ -44,6 +57,7 @@ class Run:
     records: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     label: str = ""  # set by group_runs: the optimizer and the settings that set it apart
+    launch_failure: str | None = None  # set by load_run: the sweep index's error line when it exited as diverged
 
     @property
     def optimizer(self) -> str:
@@ -52,6 +66,11 @@ class Run:
     @property
     def seed(self) -> Any:
         return self.config.get("seed", "?")
+
+    @property
+    def name(self) -> str:
+        """"seed N", or the directory's name when it holds no config to read the seed from."""
+        return f"seed {self.config['seed']}" if "seed" in self.config else self.path.name
 
     @property
     def expansion(self) -> float | None:
@@ -65,10 +84,6 @@ class Run:
     @property
     def steps(self) -> int:
         return self.records[-1]["step"] if self.records else 0
-
-    @property
-    def complete(self) -> bool:
-        return not self.problems
 
     def series(self, key: str, x: str = "step") -> list[tuple[float, Any]]:
         """[(x, value)] of every record holding `key` (x: step, tokens or elapsed_s)."""
@@ -94,9 +109,27 @@ class Run:
 
     @property
     def final_val_loss(self) -> float | None:
-        """The val loss at the last step, when the run got there and measured it."""
+        """The val loss at the last step, when the run got there and measured it (NaN stays NaN)."""
         vals = self.series("val_loss")
         return vals[-1][1] if vals and vals[-1][0] == self.total_steps else None
+
+    @property
+    def failure(self) -> str | None:
+        """What shows that the run failed (the module's docstring), or None."""
+        vals = self.series("val_loss")
+        if vals and not math.isfinite(vals[-1][1]):
+            at_end = vals[-1][0] == self.total_steps
+            return f"failed: val loss {vals[-1][1]} at {'its last step' if at_end else f'step {vals[-1][0]}'}"
+        if self.final_val_loss is None and self.launch_failure is not None:
+            return f"diverged (sweep index: {self.launch_failure})"
+        return None
+
+    @property
+    def outcome(self) -> str:
+        """FINISHED, FAILED or UNFINISHED (the module's docstring)."""
+        if self.failure is not None:
+            return FAILED
+        return FINISHED if self.final_val_loss is not None else UNFINISHED
 
     @property
     def best_val_loss(self) -> float | None:
@@ -116,6 +149,15 @@ class Run:
         return {"llmc": last["hellaswag_llmc_acc_norm"], "lm_eval": last["hellaswag_lm_eval_acc_norm"], "n": last["hellaswag_n"]}
 
 
+def with_outcome(runs: Sequence[Run], outcome: str) -> list[Run]:
+    return [run for run in runs if run.outcome == outcome]
+
+
+def not_finished(runs: Sequence[Run]) -> str:
+    """The runs that did not finish and how, e.g. "seed 3 failed, seed 4 unfinished"."""
+    return ", ".join(f"{run.name} {run.outcome}" for run in runs if run.outcome != FINISHED)
+
+
 def load_run(path: Path) -> Run:
     """A Run whatever the directory holds; its problems say what is missing or partial."""
     run = Run(path)
@@ -131,13 +173,34 @@ def load_run(path: Path) -> Run:
         run.problems.append("no metrics.jsonl")
     except ValueError as err:
         run.problems.append(str(err))
-    if run.config and run.records and run.total_steps and run.steps < run.total_steps:
-        run.problems.append(f"partial: stopped at step {run.steps} of {run.total_steps}")
+    run.launch_failure = diverged_launch(path)
+    if run.failure is not None:
+        run.problems.append(run.failure)
+    elif run.config and run.records and run.total_steps and run.steps < run.total_steps:
+        run.problems.append(f"unfinished: logged {run.steps} of {run.total_steps} steps")
     elif run.config and not run.records and "no metrics.jsonl" not in run.problems:
         run.problems.append("no step logged")
     if run.records and not run.series("val_loss"):
         run.problems.append("no val loss")
     return run
+
+
+def diverged_launch(path: Path) -> str | None:
+    """The error line a sweep index (sweep_index.json in a folder above the run) holds for the
+    run when its last launch exited as diverged (train/cli.py's code 3); None otherwise."""
+    run = path.resolve()
+    for folder in run.parents:
+        index = folder / INDEX
+        if not index.is_file():
+            continue
+        try:
+            entry = json.loads(index.read_text())["runs"].get(str(run.relative_to(folder)))
+        except (json.JSONDecodeError, KeyError, AttributeError):
+            continue  # not an index this code wrote: nothing to read from it
+        if entry is not None:
+            diverged = entry.get("status") == "failed" and entry.get("exit_code") == DIVERGED
+            return entry.get("error") if diverged else None
+    return None
 
 
 def looks_like_run(path: Path) -> bool:

@@ -5,48 +5,72 @@ modded-nanoGPT optimization track (records/track_3_optimization/README.md, "Rule
                              σ = 0.0013 at p < 0.001): one run needs ≤ 3.276, four a mean ≤ 3.278
     track_pairwise_statistic ((loss_B − loss_A) + (steps_B − steps_A)·0.0045/100) / √(1/n_A + 1/n_B),
                              ≥ 0.004 when attempt A is better than attempt B (100 steps are worth
-                             0.0045 of val loss near the target)
+                             0.0045 of val loss near the target); `track_pairwise_winner` reads it
+                             both ways round
+Both compare with RULE_TOLERANCE, so that a statistic exactly on 0.004 passes whatever the rounding.
 The main (wall-clock) track asks instead for p < 0.01 in a one-sided t-test of the seeds' losses
 against the target: `one_sided_t_test`.
 
 For any comparison: `mean_ci` (mean ± 95% CI over seeds, Student t), `welch_t_test` (two groups),
-and `tokens_to_reach` / `speedup` (read from validation curves).
+`pooled_std` (the seed-to-seed σ two groups measure), and `first_arrival` / `speedup` (read from
+validation curves). The t distribution and the tests are scipy.stats'.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
+
+from scipy import stats as scipy_stats
 
 TRACK_TARGET = 3.28
 TRACK_MARGIN = 0.004
+TRACK_SEED_SIGMA = 0.0013  # the seed-to-seed σ the margin assumes (0.004 = 3.09σ: p < 0.001 one-sided)
 LOSS_PER_100_STEPS = 0.0045
+# Rounding moves a statistic by ~1e-15 ((3.28 − 3.278)·2 = 0.0039999999999996); a val loss is
+# measured in float32 (~1e-7). A statistic within 1e-9 below the margin is on it, and passes.
+RULE_TOLERANCE = 1e-9
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean(values: Sequence[float]) -> float:
     if not values:
         raise ValueError("no values")
     return math.fsum(values) / len(values)
 
 
-def sample_std(values: Sequence[float]) -> float:
-    """Standard deviation with n − 1 (0 for a single value)."""
+def sample_std(values: Sequence[float]) -> float | None:
+    """Standard deviation with n − 1; None for fewer than two values (it is undefined)."""
     if len(values) < 2:
-        return 0.0
-    mean = _mean(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return None
+    centre = mean(values)
+    return math.sqrt(math.fsum((v - centre) ** 2 for v in values) / (len(values) - 1))
+
+
+def pooled_std(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """The within-group σ of two groups pooled (each group's squared deviations from its own
+    mean over n_A + n_B − 2); None when that is below one degree of freedom."""
+    dof = len(a) + len(b) - 2
+    if dof < 1 or not a or not b:
+        return None
+    squares = math.fsum((v - mean(group)) ** 2 for group in (a, b) for v in group)
+    return math.sqrt(squares / dof)
 
 
 # --- the optimization track's rules -------------------------------------------------------
 
 
+def meets_margin(statistic: float, margin: float = TRACK_MARGIN) -> bool:
+    return statistic >= margin - RULE_TOLERANCE
+
+
 def track_pass_statistic(losses: Sequence[float], target: float = TRACK_TARGET) -> float:
-    """(target − mean loss)·√n over n non-cherry-picked runs."""
-    return (target - _mean(losses)) * math.sqrt(len(losses))
+    """(target − mean loss)·√n over n non-cherry-picked runs (−inf when a loss is: a failed run)."""
+    return (target - mean(losses)) * math.sqrt(len(losses))
 
 
 def track_passes(losses: Sequence[float], target: float = TRACK_TARGET, margin: float = TRACK_MARGIN) -> bool:
-    return track_pass_statistic(losses, target) >= margin
+    return meets_margin(track_pass_statistic(losses, target), margin)
 
 
 def track_pairwise_statistic(
@@ -54,114 +78,97 @@ def track_pairwise_statistic(
     loss_per_100_steps: float = LOSS_PER_100_STEPS,
 ) -> float:
     """The track's evidence that attempt A is better than attempt B (≥ 0.004: significant):
-    B's extra loss plus the loss B's extra steps are worth, over √(1/n_A + 1/n_B)."""
-    loss_diff = _mean(losses_b) - _mean(losses_a)
+    B's extra loss plus the loss B's extra steps are worth, over √(1/n_A + 1/n_B). Swapping A
+    and B negates it."""
+    loss_diff = mean(losses_b) - mean(losses_a)
     step_diff = (steps_b - steps_a) / 100 * loss_per_100_steps
     return (loss_diff + step_diff) / math.sqrt(1 / len(losses_a) + 1 / len(losses_b))
+
+
+def track_pairwise_winner(statistic: float, margin: float = TRACK_MARGIN) -> str | None:
+    """"A" or "B", whichever the pairwise statistic (A against B) shows significantly better; None
+    when it shows neither."""
+    if meets_margin(statistic, margin):
+        return "A"
+    if meets_margin(-statistic, margin):
+        return "B"
+    return None
 
 
 # --- Student's t ----------------------------------------------------------------------------
 
 
-def _incomplete_beta(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b) (continued fraction, Lentz's method)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below the mean
-        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    result = d
-    for m in range(1, 300):
-        for numerator in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            result *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return front * result
-
-
-def t_cdf(t: float, dof: float) -> float:
-    """P(T ≤ t) for Student's t with `dof` degrees of freedom."""
-    if dof <= 0:
-        raise ValueError(f"degrees of freedom must be positive, got {dof}")
-    tail = 0.5 * _incomplete_beta(dof / 2, 0.5, dof / (dof + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_quantile(p: float, dof: float) -> float:
-    """The t with P(T ≤ t) = p (bisection on t_cdf)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    low, high = -1e6, 1e6
-    for _ in range(200):
-        middle = (low + high) / 2
-        low, high = (middle, high) if t_cdf(middle, dof) < p else (low, middle)
-    return (low + high) / 2
+def t_test_obstacle(*groups: Sequence[float]) -> str | None:
+    """Why a t-test over these groups cannot be run (a group of one, or no spread at all), or None."""
+    small = [len(group) for group in groups if len(group) < 2]
+    if small:
+        return f"a t-test needs two seeds or more in a group ({min(small)} here)"
+    if all(min(group) == max(group) for group in groups):
+        return "the seeds' losses are identical within each group: no spread to test against"
+    return None
 
 
 def one_sided_t_test(losses: Sequence[float], target: float = TRACK_TARGET) -> tuple[float, float]:
     """(t, p) of the one-sided test that the seeds' mean loss is below `target` (the main
-    track's rule: p < 0.01). Needs two losses that are not all equal."""
-    n, std = len(losses), sample_std(losses)
-    if n < 2 or std == 0:
-        raise ValueError("a t-test needs at least two losses that are not all equal")
-    t = (_mean(losses) - target) / (std / math.sqrt(n))
-    return t, t_cdf(t, n - 1)
+    track's rule: p < 0.01). ValueError, saying why, when it cannot be run (t_test_obstacle)."""
+    obstacle = t_test_obstacle(losses)
+    if obstacle:
+        raise ValueError(obstacle)
+    result = scipy_stats.ttest_1samp(losses, target, alternative="less")
+    return float(result.statistic), float(result.pvalue)
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None]:
     """(mean, half-width of its two-sided Student-t confidence interval); None for one value."""
-    mean = _mean(values)
-    if len(values) < 2:
-        return mean, None
-    quantile = t_quantile(0.5 + confidence / 2, len(values) - 1)
-    return mean, quantile * sample_std(values) / math.sqrt(len(values))
+    std = sample_std(values)
+    if std is None:
+        return mean(values), None
+    quantile = scipy_stats.t.ppf(0.5 + confidence / 2, len(values) - 1)
+    return mean(values), float(quantile) * std / math.sqrt(len(values))
 
 
 def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """(t, two-sided p) of Welch's test that groups a and b have the same mean; needs two
-    values in each and some spread."""
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("Welch's t-test needs at least two values per group")
-    va, vb = sample_std(a) ** 2 / len(a), sample_std(b) ** 2 / len(b)
-    if va + vb == 0:
-        raise ValueError("Welch's t-test needs some spread within the groups")
-    t = (_mean(a) - _mean(b)) / math.sqrt(va + vb)
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return t, 2 * t_cdf(-abs(t), dof)
+    """(t, two-sided p) of Welch's test that groups a and b have the same mean. ValueError,
+    saying why, when it cannot be run (t_test_obstacle)."""
+    obstacle = t_test_obstacle(a, b)
+    if obstacle:
+        raise ValueError(obstacle)
+    with warnings.catch_warnings():
+        # scipy warns of "catastrophic cancellation" when one group's values are all equal; its
+        # variance is then exactly 0 and the test exact (both groups equal is refused above)
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        result = scipy_stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
 
 
 # --- reading curves -------------------------------------------------------------------------
 
 
-def tokens_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:
-    """The tokens (or steps) at which a validation curve [(x, loss), ...] first reaches
-    `target`, interpolated linearly between the two validations around it; None if it never does."""
+def first_arrival(curve: Sequence[tuple[float, float]], target: float) -> tuple[float, bool] | None:
+    """Where a validation curve [(x, loss), ...] first reaches `target` (x: tokens or steps),
+    interpolated linearly from the validation before it, and whether that x is only an upper
+    bound: the point before is missing (the first validation reaches it) or not finite. A
+    non-finite loss has not reached the target. None when the curve never reaches it."""
     previous = None
     for x, loss in curve:
-        if loss <= target:
-            if previous is None or previous[1] == loss:
-                return x
+        if loss <= target:  # False for NaN
+            if previous is None or not math.isfinite(previous[1]):
+                return x, True
             (x0, l0) = previous
-            return x0 + (l0 - target) / (l0 - loss) * (x - x0)
+            return (x if l0 == loss else x0 + (l0 - target) / (l0 - loss) * (x - x0)), False
         previous = (x, loss)
     return None
 
 
-def speedup(baseline: Sequence[tuple[float, float]], candidate: Sequence[tuple[float, float]]) -> float | None:
-    """How many times fewer tokens the candidate needs to reach the baseline's final val loss:
-    the baseline's tokens over the candidate's (read from its curve); None when it never reaches it."""
-    final_x, final_loss = baseline[-1]
-    reached = tokens_to_reach(candidate, final_loss)
-    return None if reached is None or reached <= 0 else final_x / reached
+def speedup(
+    baseline: Sequence[tuple[float, float]], candidate: Sequence[tuple[float, float]], target: float,
+) -> tuple[float, str] | None:
+    """How many times fewer tokens the candidate needs than the baseline to first reach `target`
+    (each read from its own curve by first_arrival), and how that ratio relates to the truth:
+    "=", "≥" (the candidate's arrival is an upper bound) or "≤" (the baseline's is). None when
+    either never reaches it, or both arrivals are upper bounds (the ratio is then unknown)."""
+    base, cand = first_arrival(baseline, target), first_arrival(candidate, target)
+    if base is None or cand is None or (base[1] and cand[1]) or cand[0] <= 0:
+        return None
+    relation = "≥" if cand[1] else "≤" if base[1] else "="
+    return base[0] / cand[0], relation

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from eval.plots import DEATH_PANELS, plot_groups
-from eval.report import comparison_table, findings, groups_of, problems
+from eval.report import PROBLEMS_HEADING, comparison_table, findings, groups_of, problems
 from eval.runs import group_runs, load_runs
 from eval.sample import generate, load_for_sampling
 from train.cli import exit_code
@@ -124,12 +124,12 @@ def main(argv: list[str]) -> int:
         [
             "# Optimizer comparison", "", scale, "", machine_line(grouped), "",
             comparison_table(groups), "",
-            "Final val loss: mean ± 95% CI (Student t) over the complete seeds, and the range. Exactly dead: zero "
+            "Final val loss: mean ± 95% CI (Student t) over the finished seeds, and the range. Exactly dead: zero "
             "activation on every probe token; nearly dead: mean |activation| below 1% of the layer's; starved: "
             "update leverage below 0.1·n/m in each of the last 5 diagnostics (docs/neuron_death.md). Values at the "
             "last step, mean (min–max) over seeds.", "",
             "## What it found", "", *[line if line.startswith("  ") else f"- {line}" for line in found], "",
-            *(["## Runs with missing or partial metrics", "", *[f"- {line}" for line in missing], ""] if missing else []),
+            *([f"## {PROBLEMS_HEADING}", "", *[f"- {line}" for line in missing], ""] if missing else []),
             f"## Samples (prompt {SAMPLE_PROMPT.strip()!r}, temperature 0.8, top-k 50, sampling seed 0)", "",
             *samples(grouped, args.sample_tokens),
         ]

@@ -9,11 +9,14 @@ Inputs: run directories, sweep directories (their sweep_index.json lists the run
 not) or folders holding run directories. Writes into --out:
   report.md    the settings; a table per group: final val loss mean ± 95% CI and range, best val
                loss, steps and tokens, tokens to --target (default: the runs' protocol target) and
-               to the --baseline group's final loss with the speedup against it, tokens/s,
+               to the --baseline group's final loss with the speedup against it (first arrival
+               on both curves; "≥"/"≤" where one is below it at its first validation), tokens/s,
                optimizer step ms, exactly-dead / nearly-dead / starved fractions and HellaSwag
                (both conventions) when measured; what it found; the pairwise statistics of
-               --compare A B (Welch's t-test and the optimization track's pairwise rule, each with
-               its inputs); and every run with missing or partial metrics, with what it lacks
+               --compare A B (the optimization track's pairwise rule read both ways round, with
+               its inputs, Welch's p, and the seed σ its margin assumes against the σ measured);
+               and every run that failed (diverged, NaN), has not finished or lacks metrics: never
+               ranked, and a group statistic without them says "n of N"
   curves.png   val loss against step, tokens and wall time, a line per group with a seed band
   tuning.png   final val loss against each searched key, when the input is a scripts/tune.py sweep
 With --wandb offline|online the table also goes to W&B as a table (a run of job_type "report").
@@ -28,7 +31,7 @@ import sys
 from pathlib import Path
 
 from eval.plots import LOSS_PANELS, plot_groups, plot_tuning
-from eval.report import comparison_table, findings, groups_of, pairwise, problems
+from eval.report import PROBLEMS_HEADING, comparison_table, findings, groups_of, pairwise, problems
 from eval.runs import group_runs, load_runs
 from train.cli import exit_code
 from train.files import atomic_write
@@ -89,7 +92,7 @@ def main(argv: list[str]) -> int:
         sections += ["## Pairwise", "\n".join(pairwise(by_label[args.compare[0]], by_label[args.compare[1]]))]
     missing = problems(groups)
     if missing:
-        sections += ["## Runs with missing or partial metrics (left out of the statistics)", "\n".join(f"- {line}" for line in missing)]
+        sections += [f"## {PROBLEMS_HEADING}", "\n".join(f"- {line}" for line in missing)]
     outputs = [atomic_write(args.out / "report.md", "\n\n".join(sections) + "\n")]
     outputs.append(plot_groups(grouped, LOSS_PANELS, args.out / "curves.png"))
     for path in args.inputs:

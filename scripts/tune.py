@@ -30,7 +30,7 @@ import torch
 
 from eval.plots import plot_tuning
 from eval.report import comparison_table, findings, groups_of
-from eval.runs import group_runs, load_run
+from eval.runs import FINISHED, group_runs, load_run
 from train.cli import exit_code
 from train.config import compose_config, compose_sweep
 from train.files import atomic_write
@@ -84,7 +84,7 @@ def compose_points(overrides: list[str], out: Path, optimizer: str, kind: str, s
 
 def final_loss(point: Point) -> float:
     run = load_run(point.out_dir)
-    return run.final_val_loss if run.final_val_loss is not None and math.isfinite(run.final_val_loss) else math.inf
+    return run.final_val_loss if run.outcome == FINISHED else math.inf
 
 
 def trial_table(optimizer: str, trials: list[tuple[dict, Point]], winner: int) -> str:

@@ -1,5 +1,5 @@
 """The benchmark protocol: the track's fixed setting and what it refuses, a record from seeds,
-equal-budget tuning, the comparison report (also over missing and partial runs), W&B grouping."""
+equal-budget tuning, the comparison report (also over missing and unfinished runs), W&B grouping."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def test_a_two_seed_speedrun_tiny_writes_its_record(tmp_path, capsys):
     assert speedrun.main(argv) == 0
     printed = capsys.readouterr().out
     readme = (tmp_path / "record" / "README.md").read_text()
-    assert "speedrun_tiny (official), muon, 12 steps, 2 complete seeds: FAIL" in printed  # 12 steps cannot reach 1.80
+    # 12 steps cannot reach 1.80
+    assert "speedrun_tiny (official), muon, 12 steps, 2 of 2 seeds finished: FAIL: no validated step" in printed
     assert "**Verdict: FAIL**" in readme and "**Official**" in readme and "(target − mean)·√n" in readme
     seeds = [line for line in readme.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
     assert len(seeds) == 2 and all("2 CPUs" in line or "CPUs" in line for line in seeds)
@@ -131,7 +132,7 @@ def test_the_report_lists_missing_and_partial_runs_instead_of_failing(micro_conf
     out = tmp_path / "report"
     assert report.main([str(tmp_path / "runs"), "--out", str(out), "--baseline", "adamw", "--compare", "muon", "adamw"]) == 0
     text = (out / "report.md").read_text()
-    assert f"{partial}: partial: stopped at step 5 of 12" in text
+    assert f"{partial}: unfinished: logged 5 of 12 steps" in text
     assert f"{tmp_path / 'runs' / 'never-started'}: no config.yaml; no metrics.jsonl" in text
     muon_row = next(line for line in text.splitlines() if line.startswith("| muon"))
     assert "| 2/3 |" in muon_row  # the partial seed is listed but left out of the statistics
