@@ -51,6 +51,7 @@ STEP_CASES = [
     ("aurora floored K=2", "aurora", {"pp_row_floor": 0.1}),
     ("aurora recycling K=2", "aurora", {"recycle_after": 20, "recycle_below": 0.01}),  # conf/optim/aurora_recycle.yaml
     ("aurora tall K=1 warm", "aurora", {"pp_iterations": 1, "pp_warm_start": True}),
+    ("aurora leverage K=3", "aurora", {"pp_leverage": "exact", "pp_iterations": 3}),  # conf/optim/aurora_leverage.yaml
     ("aurora rectangular K=2", "aurora", {"apply_to": "rectangular"}),
     ("riemannian_aurora tall", "riemannian_aurora", {}),
 ]
