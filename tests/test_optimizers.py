@@ -249,11 +249,14 @@ def test_unormuon_tall_rows_have_norm_sqrt_n_over_m_per_unit_lr():
     torch.testing.assert_close(row_norms, torch.full((32,), math.sqrt(8 / 32)), rtol=0.02, atol=0)
 
 
-@pytest.mark.parametrize("apply_to", ["tall", "wide", "rectangular"])
-def test_aurora_applies_the_aurora_rule_to_the_right_shapes(apply_to):
+EXACT_LEVERAGE = {"pp_leverage": "exact", "pp_iterations": 3}  # conf/optim/aurora_leverage.yaml
+
+
+@pytest.mark.parametrize("apply_to, rule", [("tall", {}), ("wide", {}), ("rectangular", {}), ("tall", EXACT_LEVERAGE)])
+def test_aurora_applies_the_aurora_rule_to_the_right_shapes(apply_to, rule):
     ours, muon = matrices(), matrices()
     lr = 0.02
-    step_with_gradients(ours, Aurora(ours, lr=lr, weight_decay=0.0, apply_to=apply_to), 1)
+    step_with_gradients(ours, Aurora(ours, lr=lr, weight_decay=0.0, apply_to=apply_to, **rule), 1)
     step_with_gradients(muon, Muon(muon, lr=lr, weight_decay=0.0), 1)
     originals = matrices()
     generator = torch.Generator().manual_seed(0)
@@ -262,7 +265,10 @@ def test_aurora_applies_the_aurora_rule_to_the_right_shapes(apply_to):
         rows, cols = p.shape
         if rows != cols and apply_to in ("rectangular", "tall" if rows > cols else "wide"):
             # Nesterov after one step from zero momentum: X = (1 − μ)G + μ(1 − μ)G.
-            expected = original - lr * math.sqrt(max(1, rows / cols)) * aurora_polar((1 - 0.95**2) * g)
+            direction = aurora_polar(
+                (1 - 0.95**2) * g, iterations=rule.get("pp_iterations", 2), leverage=rule.get("pp_leverage", "polar")
+            )
+            expected = original - lr * math.sqrt(max(1, rows / cols)) * direction
             torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
         else:
             assert torch.equal(p, m)
@@ -281,18 +287,19 @@ def test_lr_comes_from_the_param_group_so_lambdalr_schedules_it():
 
 def test_step_never_reads_tensor_values_on_the_host(monkeypatch):
     """No .item()/bool()/float() on a tensor inside step(): no host-device synchronisation."""
-    models = {name: StandInGPT() for name in NAMES}
-    optimizers = {name: build_optimizer(load_config(name), models[name]) for name in NAMES}
+    configs = {**{name: load_config(name) for name in NAMES}, "aurora_leverage": load_config("aurora", **EXACT_LEVERAGE)}
+    models = {name: StandInGPT() for name in configs}
+    optimizers = {name: build_optimizer(configs[name], models[name]) for name in configs}
 
     def forbidden(*args, **kwargs):
         raise AssertionError("step() read a tensor value on the host")
 
-    for name in NAMES:
-        fake_gradients(models[name], 0)
+    for model in models.values():
+        fake_gradients(model, 0)
     for attribute in ("item", "tolist", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, attribute, forbidden)
-    for name in NAMES:
-        optimizers[name].step()
+    for optimizer in optimizers.values():
+        optimizer.step()
 
 
 def test_compile_flag_traces_the_update_direction_and_changes_nothing(monkeypatch):
@@ -356,6 +363,7 @@ def test_state_dict_round_trip_continues_bit_identically(name, overrides):
         (Aurora, {"pp_iterations": 0}, "pp_iterations"),
         (Aurora, {"pp_beta": -0.5}, "pp_beta"),
         (Aurora, {"pp_warm_start": 1}, "pp_warm_start"),
+        (Aurora, {"pp_leverage": "svd"}, "pp_leverage"),
         (Aurora, {"riemannian_step_size": 0.0}, "riemannian_step_size"),
         (AdamW, {"betas": (0.9, 1.0)}, "betas"),
         (AdamW, {"eps": -1e-8}, "eps"),

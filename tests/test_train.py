@@ -138,7 +138,10 @@ def test_rerunning_a_finished_run_changes_nothing(micro_config):
 RECYCLE_NOW = ("optim.matrix.recycle_after=2", "optim.matrix.recycle_below=0.5", "diagnostics.every=4")
 
 
-@pytest.mark.parametrize("optimizer, extra", [("adamw", ()), ("muon", ()), ("aurora", ()), ("aurora_recycle", RECYCLE_NOW)])
+@pytest.mark.parametrize(
+    "optimizer, extra",
+    [("adamw", ()), ("muon", ()), ("aurora", ()), ("aurora_recycle", RECYCLE_NOW), ("aurora_leverage", ())],
+)
 def test_loss_curve_matches_the_golden_curve(micro_config, optimizer, extra):
     """Golden curves catch silent changes to the model, data order or optimizers.
 
