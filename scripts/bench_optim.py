@@ -18,10 +18,13 @@ allocates the optimizer state.
 CPU, bf16 on CUDA).
 Quality: row-norm CV, ‖UᵀU − I‖₂ and ⟨G, U⟩/‖G‖_* of every method on one synthetic 3072×768
 gradient with log-normal row scales (σ = 1.2), and the fastest time of one call; then how far one
-Muon and one Aurora update in bf16 lie from the same update in fp32.
+Muon and one Aurora update in bf16 lie from the same update in fp32; then the row-norm CV of
+vanilla Aurora against exact leverage (optim=aurora_leverage) on that gradient and on 1024×256
+matrices whose spectrum decays to 1e-2 ... 1e-8, where the NS polar and exact leverage differ.
 """
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -179,6 +182,8 @@ def quality_table(device, repeats):
         ("aurora K=3 beta=0.5", lambda g: aurora_polar(g, iterations=3)),
         ("aurora K=3 beta=0.25", lambda g: aurora_polar(g, iterations=3, beta=0.25)),
         ("aurora K=2 polar_express 5", lambda g: aurora_polar(g, polar_method="polar_express")),
+        ("aurora K=2 exact leverage", lambda g: aurora_polar(g, leverage="exact")),
+        ("aurora K=3 exact leverage (aurora_leverage)", lambda g: aurora_polar(g, iterations=3, leverage="exact")),
         ("riemannian 3 outer (default)", lambda g: riemannian_aurora_polar(g)),
     ]
     print(f"\n## Quality against cost: 3072x768, log-normal row scales sigma=1.2, {device} (aurora rows: polar in auto)\n")
@@ -192,6 +197,44 @@ def quality_table(device, repeats):
     print_quality_row("aurora K=1 cold, same momentum", M, aurora_polar(M, iterations=1), None)
     print_quality_row("aurora K=2 cold, same momentum", M, aurora_polar(M), None)
     precision_table(G)
+    leverage_table(G)
+
+
+def spectrum_decaying_to(smallest, m=1024, n=256, sigma=1.2, seed=0):
+    """An m×n matrix with log-spaced singular values from 1 to `smallest` (float64 factors), then
+    log-normal row scales (σ = sigma): an ill-conditioned momentum."""
+    generator = torch.Generator().manual_seed(seed)
+    left, _ = torch.linalg.qr(torch.randn(m, n, generator=generator, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    singular_values = torch.logspace(0, math.log10(smallest), n, dtype=torch.float64)
+    row_scales = torch.exp(sigma * torch.randn(m, 1, generator=generator, dtype=torch.float64))
+    return (row_scales * (left * singular_values) @ right.T).float()
+
+
+def leverage_table(G):
+    """Row-norm CV of vanilla Aurora (its inner polar gives the row norms) against exact leverage,
+    on the quality input and on ever worse conditioned ones, polar in bf16 and in fp32."""
+    inputs = [("3072x768, sigma=1.2 (above)", G)]
+    inputs += [(f"1024x256, spectrum 1 to {s:g}", spectrum_decaying_to(s)) for s in (1e-2, 1e-4, 1e-6, 1e-8)]
+    rules = [
+        ("vanilla K=2", {}),
+        ("exact K=2", {"leverage": "exact"}),
+        ("exact K=3 (aurora_leverage)", {"leverage": "exact", "iterations": 3}),
+    ]
+    print("\n## Row-norm CV: exact leverage against the inner polar's row norms, polar in bf16 / fp32\n")
+    print(f"| input | {' | '.join(label for label, _ in rules)} |")
+    print(f"|---|{'---|' * len(rules)}")
+    for name, X in inputs:
+        cells = [
+            " / ".join(f"{row_norm_cv(aurora_polar(X, dtype=d, **rule)):.4f}" for d in (torch.bfloat16, torch.float32))
+            for _, rule in rules
+        ]
+        print(f"| {name} | {' | '.join(cells)} |", flush=True)
+
+
+def row_norm_cv(U):
+    norms = U.double().norm(dim=-1)
+    return (norms.std() / norms.mean()).item()
 
 
 def precision_table(G):
@@ -209,8 +252,7 @@ def precision_table(G):
 
 def print_quality_row(label, G, U, seconds):
     G, U = G.double(), U.double()
-    norms = U.norm(dim=1)
-    cv = (norms.std() / norms.mean()).item()
+    cv = row_norm_cv(U)
     identity = torch.eye(U.shape[1], dtype=torch.float64, device=U.device)
     orthogonality = torch.linalg.matrix_norm(U.mT @ U - identity, ord=2).item()
     alignment = ((G * U).sum() / torch.linalg.matrix_norm(G, ord="nuc")).item()
