@@ -18,21 +18,26 @@ allocates the optimizer state.
 CPU, bf16 on CUDA).
 Quality: row-norm CV, ‖UᵀU − I‖₂ and ⟨G, U⟩/‖G‖_* of every method on one synthetic 3072×768
 gradient with log-normal row scales (σ = 1.2), and the fastest time of one call; then how far one
-Muon and one Aurora update in bf16 lie from the same update in fp32; then the row-norm CV of
-vanilla Aurora against exact leverage (optim=aurora_leverage) on that gradient and on 1024×256
-matrices whose spectrum decays to 1e-2 ... 1e-8, where the NS polar and exact leverage differ.
+Muon and one Aurora update in bf16 lie from the same update in fp32.
+Leverage (CPU): the row-norm CV of vanilla Aurora against exact leverage (optim=aurora_leverage)
+on that gradient, on 1024×256 matrices whose spectrum decays to 1e-2 ... 1e-8 (where the NS
+polar and exact leverage differ), and with --momenta on the tall momentum matrices of checkpoints:
+
+    python scripts/bench_optim.py --part leverage --momenta runs/long_bytes/aurora_leverage-x16-seed0/checkpoints/step_*
 """
 
 import argparse
 import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -197,7 +202,6 @@ def quality_table(device, repeats):
     print_quality_row("aurora K=1 cold, same momentum", M, aurora_polar(M, iterations=1), None)
     print_quality_row("aurora K=2 cold, same momentum", M, aurora_polar(M), None)
     precision_table(G)
-    leverage_table(G)
 
 
 def spectrum_decaying_to(smallest, m=1024, n=256, sigma=1.2, seed=0):
@@ -211,11 +215,24 @@ def spectrum_decaying_to(smallest, m=1024, n=256, sigma=1.2, seed=0):
     return (row_scales * (left * singular_values) @ right.T).float()
 
 
-def leverage_table(G):
+def checkpoint_momenta(checkpoint: Path) -> list[tuple[str, torch.Tensor]]:
+    """(name, momentum) of every tall matrix in a training checkpoint (a step_XXXXXXX directory)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        dcp_to_torch_save(checkpoint, Path(scratch) / "state.pt")
+        state = torch.load(Path(scratch) / "state.pt", weights_only=True)["optimizer"]["state"]
+    momenta = ((name, entry.get("momentum_buffer")) for name, entry in state.items())
+    return [(name, M) for name, M in momenta if M is not None and M.ndim == 2 and M.shape[0] > M.shape[1]]
+
+
+def leverage_table(checkpoints=()):
     """Row-norm CV of vanilla Aurora (its inner polar gives the row norms) against exact leverage,
-    on the quality input and on ever worse conditioned ones, polar in bf16 and in fp32."""
-    inputs = [("3072x768, sigma=1.2 (above)", G)]
+    on the quality input, on ever worse conditioned ones and on the tall momentum matrices of
+    training checkpoints, polar in bf16 and in fp32."""
+    G, _ = row_scaled_gradient()
+    inputs = [("3072x768, sigma=1.2 (the quality input)", G)]
     inputs += [(f"1024x256, spectrum 1 to {s:g}", spectrum_decaying_to(s)) for s in (1e-2, 1e-4, 1e-6, 1e-8)]
+    for checkpoint in checkpoints:
+        inputs += [(f"{Path(checkpoint).name} {name}", M) for name, M in checkpoint_momenta(Path(checkpoint))]
     rules = [
         ("vanilla K=2", {}),
         ("exact K=2", {"leverage": "exact"}),
@@ -262,12 +279,13 @@ def print_quality_row(label, G, U, seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "steps", "quality"), default="all")
+    parser.add_argument("--part", choices=("all", "steps", "quality", "leverage"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default: 1 on CPU, 10 on CUDA)")
     parser.add_argument("--cpu-warm-up", action="store_true", help="an untimed step first on CPU too (CUDA always has one)")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="gpt124m", help="the parameter set the step-time part times")
     parser.add_argument("--cases", nargs="+", help="only the step-time cases whose label starts with one of these (the first is the reference)")
     parser.add_argument("--ns-dtype", choices=NS_DTYPES, help="every matrix optimizer's polar dtype (default: the configs')")
+    parser.add_argument("--momenta", nargs="+", default=(), metavar="CHECKPOINT", help="leverage part: also these checkpoints' tall momenta")
     args = parser.parse_args(argv)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"{describe_hardware(hardware())}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
@@ -278,6 +296,8 @@ def main(argv=None):
             step_time_table(device, repeats, args.cpu_warm_up or not on_cpu, args.cases, args.shape, args.ns_dtype)
         if args.part in ("all", "quality"):
             quality_table(device, repeats)
+    if args.part in ("all", "leverage"):
+        leverage_table(args.momenta)
 
 
 if __name__ == "__main__":
