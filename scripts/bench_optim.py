@@ -232,7 +232,8 @@ def leverage_table(checkpoints=()):
     inputs = [("3072x768, sigma=1.2 (the quality input)", G)]
     inputs += [(f"1024x256, spectrum 1 to {s:g}", spectrum_decaying_to(s)) for s in (1e-2, 1e-4, 1e-6, 1e-8)]
     for checkpoint in checkpoints:
-        inputs += [(f"{Path(checkpoint).name} {name}", M) for name, M in checkpoint_momenta(Path(checkpoint))]
+        run = f"{Path(checkpoint).parent.parent.name} {Path(checkpoint).name}"  # <run>/checkpoints/step_XXXXXXX
+        inputs += [(f"{run} {name}", M) for name, M in checkpoint_momenta(Path(checkpoint))]
     rules = [
         ("vanilla K=2", {}),
         ("exact K=2", {"leverage": "exact"}),
