@@ -12,7 +12,7 @@ The row statistics are computed in float32; only the polar calls run in the NS d
 The squared row norms of polar(Y) for a tall Y of full column rank are Y's leverage scores,
 diag(Y (YᵀY)⁻¹ Yᵀ), so vanilla Aurora's inner polar calls, which only feed those row norms, can
 be replaced by one n×n Gram, a Cholesky factorisation and a triangular solve (leverage="exact",
-about a fifteenth of a 12-step polar's work).
+about a seventeenth of a 12-step polar's work).
 """
 
 import torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from train.checkpoint import list_checkpoints, load_model
 from train.data import DataError
 from train.loop import lr_scale, train
 from train.metrics import read_metrics
-from train.rundir import RunDirError
+from train.rundir import RunDirError, config_changes
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REPO = Path(__file__).resolve().parent.parent
@@ -163,6 +164,15 @@ def test_checkpoint_loads_back_as_a_model_for_eval(micro_config):
     run_dir = train(micro_config())
     model, cfg = load_model(run_dir)
     assert cfg["model"]["d_model"] == 32 and not model.training
+
+
+def test_an_aurora_run_saved_before_pp_leverage_existed_has_the_same_config(micro_config):
+    current = micro_config("optim=aurora")
+    saved = copy.deepcopy(current)
+    del saved["optim"]["matrix"]["pp_leverage"]
+    assert config_changes(saved, current) == {}
+    saved["optim"]["matrix"]["pp_leverage"] = "exact"
+    assert config_changes(saved, current) == {"optim.matrix.pp_leverage": ("exact", "polar")}
 
 
 def test_changed_config_is_refused_and_the_run_is_untouched(micro_config):
