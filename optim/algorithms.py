@@ -11,7 +11,7 @@ from torch import Tensor
 
 from torch.distributed.tensor import DTensor
 
-from .aurora import aurora_polar_with_state, riemannian_aurora_polar
+from .aurora import AURORA_LEVERAGE, aurora_polar_with_state, riemannian_aurora_polar
 from .matrix import ADAMW, MATRIX, MatrixOptimizer, is_number, require
 from .polar import ns_dtype, polar
 from .recycle import STATE_KEYS as RECYCLE_STATE_KEYS
@@ -105,6 +105,9 @@ class Aurora(MatrixOptimizer):
         "rectangular" (the release code: every non-square matrix, wide ones via the transpose).
     pp_warm_start: carry the vanilla row scaling D over from the previous step (per matrix),
         so that pp_iterations=1 does the work of more (our extension, off by default).
+    pp_leverage: "polar" (the paper: each of the K rescalings runs a polar) or "exact" (ours: the
+        first K − 1 rescalings read the polar's squared row norms as exact leverage scores, one
+        Gram and one Cholesky solve each, and only the last runs a polar: one polar per step).
     pp_row_floor: our variant, off (0) by default: rows whose momentum norm is below this
         fraction of the matrix's median row norm are not blown up to full size (their update
         stays proportional to their momentum); see optim/aurora.py and docs/neuron_death.md.
@@ -128,6 +131,7 @@ class Aurora(MatrixOptimizer):
         pp_beta: float = 0.5,
         pp_eps: float = 1e-7,
         pp_warm_start: bool = False,
+        pp_leverage: str = "polar",
         pp_row_floor: float = 0.0,
         recycle_after: int = 0,
         recycle_below: float = 0.0,
@@ -148,6 +152,7 @@ class Aurora(MatrixOptimizer):
                 pp_beta=pp_beta,
                 pp_eps=pp_eps,
                 pp_warm_start=pp_warm_start,
+                pp_leverage=pp_leverage,
                 pp_row_floor=pp_row_floor,
                 recycle_after=recycle_after,
                 recycle_below=recycle_below,
@@ -169,6 +174,8 @@ class Aurora(MatrixOptimizer):
         require(is_number(group["pp_beta"]) and group["pp_beta"] >= 0, "pp_beta", group["pp_beta"], "a number >= 0")
         require(is_number(group["pp_eps"]) and group["pp_eps"] > 0, "pp_eps", group["pp_eps"], "a number > 0")
         require(isinstance(group["pp_warm_start"], bool), "pp_warm_start", group["pp_warm_start"], "a bool")
+        leverage = group["pp_leverage"]
+        require(leverage in AURORA_LEVERAGE, "pp_leverage", leverage, f"one of {AURORA_LEVERAGE}")
         floor = group["pp_row_floor"]
         require(is_number(floor) and 0 <= floor < 1, "pp_row_floor", floor, "a number in [0, 1) (0: the paper's Aurora)")
         after = group["recycle_after"]
@@ -231,7 +238,7 @@ class Aurora(MatrixOptimizer):
             return U, state
         U, row_correction = aurora_polar_with_state(
             X, state.get("row_correction"), group["pp_iterations"], group["pp_beta"], **polar_options,
-            row_floor=group["pp_row_floor"],
+            row_floor=group["pp_row_floor"], leverage=group["pp_leverage"],
         )
         return U, ({"row_correction": row_correction} if "row_correction" in state else state)
 

@@ -8,6 +8,11 @@ transpose, and a square orthogonal matrix already has unit rows, so square input
 
 The row statistics are computed in float32; only the polar calls run in the NS dtype
 (dtype None: optim.polar.ns_dtype("auto", G.device)).
+
+The squared row norms of polar(Y) for a tall Y of full column rank are Y's leverage scores,
+diag(Y (YᵀY)⁻¹ Yᵀ), so vanilla Aurora's inner polar calls, which only feed those row norms, can
+be replaced by one n×n Gram, a Cholesky factorisation and a triangular solve (leverage="exact",
+about a seventeenth of a 12-step polar's work).
 """
 
 import torch
@@ -15,9 +20,44 @@ from torch import Tensor
 
 from .polar import polar
 
+# How vanilla Aurora reads the row norms of polar(D ⊙ X) between rescalings: "polar" (the paper:
+# run the polar) or "exact" (ours: the leverage scores, no polar until the last iteration).
+AURORA_LEVERAGE = ("polar", "exact")
+
 
 def _row_norms(X: Tensor) -> Tensor:
     return X.norm(dim=-1, keepdim=True)
+
+
+# Ridges added to YᵀY, relative to its trace ‖Y‖_F². The small one counts a direction of singular
+# value σ about as the 12-step simple-quintic polar (which divides by ‖Y‖_F) does: weight
+# σ²/(σ² + λ), a half at σ = 1.7e-4·‖Y‖_F, where the polar's σ² is 0.38, and ~1 above 1e-3·‖Y‖_F.
+# Where fp32 Cholesky fails with it (Y numerically rank-deficient), the large one, which it
+# survives (measured in docs/optimizers.md).
+LEVERAGE_RIDGE = 3e-8
+LEVERAGE_FALLBACK_RIDGE = 1e-5
+
+
+def leverage_scores(Y: Tensor) -> tuple[Tensor, Tensor]:
+    """Ridge leverage scores diag(Y (YᵀY + λI)⁻¹ Yᵀ) of every tall Y [..., m, n] (m ≥ n), in fp32,
+    as [..., m, 1], λ = LEVERAGE_RIDGE·‖Y‖_F² (LEVERAGE_FALLBACK_RIDGE·‖Y‖_F² for a matrix whose
+    factorisation fails with it); and whether either factorisation succeeded ([..., 1, 1] bool:
+    where neither did, as for a zero Y, the scores are meaningless and must not be used).
+
+    With λ → 0 these are the squared row norms of polar(Y). No host sync: a failed Cholesky
+    factorisation is reported by cholesky_ex, not raised, and the choice is a torch.where.
+    """
+    Y = Y.float()
+    gram = Y.mT @ Y
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(dim=-1)[..., None, None]
+    identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    cholesky, info = torch.linalg.cholesky_ex(gram + (LEVERAGE_RIDGE * trace) * identity)
+    fallback, fallback_info = torch.linalg.cholesky_ex(gram + (LEVERAGE_FALLBACK_RIDGE * trace) * identity)
+    small_ridge_solved = (info == 0)[..., None, None]
+    cholesky = torch.where(small_ridge_solved, cholesky, fallback)
+    whitened = torch.linalg.solve_triangular(cholesky.mT, Y, upper=True, left=False)  # Y L⁻ᵀ
+    solved = small_ridge_solved | (fallback_info == 0)[..., None, None]
+    return whitened.square().sum(dim=-1, keepdim=True), solved
 
 
 def aurora_polar_with_state(
@@ -30,6 +70,7 @@ def aurora_polar_with_state(
     dtype: torch.dtype | None = None,
     eps: float = 1e-7,
     row_floor: float = 0.0,
+    leverage: str = "polar",
 ) -> tuple[Tensor, Tensor | None]:
     """Vanilla Aurora, also returning the row correction for a warm start of the next call.
 
@@ -47,9 +88,16 @@ def aurora_polar_with_state(
     update stays proportional to its momentum, as under Muon, instead of being blown up to full
     size. The rows above the floor are made uniform as in vanilla Aurora; with every row above it
     the result is vanilla Aurora's exactly.
+
+    leverage="exact" is our fast variant: the first iterations − 1 rescalings read the squared
+    row norms as the exact leverage scores of D ⊙ X (leverage_scores) instead of running a
+    polar, and only the last iteration runs one; a matrix whose factorisation fails keeps its D
+    for that rescaling. "polar" is the paper's rule.
     """
     if iterations < 1:
         raise ValueError(f"pp_iterations must be >= 1, got {iterations}")
+    if leverage not in AURORA_LEVERAGE:
+        raise ValueError(f"pp_leverage must be one of {AURORA_LEVERAGE}, got {leverage!r}")
     m, n = G.shape[-2:]
     if m == n:
         return polar(G, polar_method, polar_steps, dtype), row_correction
@@ -65,10 +113,18 @@ def aurora_polar_with_state(
         row_norms = torch.maximum(row_norms, floor)
     inverse_row_norm = 1.0 / row_norms.clamp_min(eps)
     D = inverse_row_norm if row_correction is None else inverse_row_norm * row_correction
-    for _ in range(iterations):
-        U = polar(D * X, polar_method, polar_steps, dtype)
-        rescale = (target / _row_norms(U).square().clamp_min(eps)) ** beta
-        D = D * (rescale if weak is None else torch.where(weak, 1.0, rescale))
+    for iteration in range(iterations):
+        if leverage == "exact" and iteration < iterations - 1:
+            squared_row_norms, solved = leverage_scores(D * X)
+        else:
+            U = polar(D * X, polar_method, polar_steps, dtype)
+            squared_row_norms, solved = _row_norms(U).square(), None
+        rescale = (target / squared_row_norms.clamp_min(eps)) ** beta
+        if solved is not None:
+            rescale = torch.where(solved, rescale, 1.0)
+        if weak is not None:
+            rescale = torch.where(weak, 1.0, rescale)
+        D = D * rescale
     correction = D / inverse_row_norm
     correction = correction / correction.mean(dim=-2, keepdim=True)
     U = U.to(G.dtype)
@@ -84,10 +140,13 @@ def aurora_polar(
     dtype: torch.dtype | None = None,
     eps: float = 1e-7,
     row_floor: float = 0.0,
+    leverage: str = "polar",
 ) -> Tensor:
     """Vanilla Aurora's semi-orthogonal, row-norm-uniform polar factor (K = iterations, β = beta;
-    row_floor > 0: the floored variant, see aurora_polar_with_state)."""
-    U, _ = aurora_polar_with_state(G, None, iterations, beta, polar_method, polar_steps, dtype, eps, row_floor)
+    row_floor > 0: the floored variant; leverage="exact": one polar, see aurora_polar_with_state)."""
+    U, _ = aurora_polar_with_state(
+        G, None, iterations, beta, polar_method, polar_steps, dtype, eps, row_floor, leverage
+    )
     return U
 
 

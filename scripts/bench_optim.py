@@ -20,17 +20,25 @@ Quality: row-norm CV, ‖UᵀU − I‖₂ and ⟨G, U⟩/‖G‖_* of every met
 gradient with log-normal row scales (σ = 1.2), and the fastest time of one call; then how far one
 Muon and one Aurora update in bf16 lie from the same update in fp32, and the fp32 polar's direct
 and Gram forms timed on MLP-shaped stacks.
+Leverage (CPU): the row-norm CV of vanilla Aurora against exact leverage (optim=aurora_leverage)
+on that gradient, on 1024×256 matrices whose spectrum decays to 1e-2 ... 1e-8 (where the NS
+polar and exact leverage differ), and with --momenta on the tall momentum matrices of checkpoints:
+
+    python scripts/bench_optim.py --part leverage --momenta runs/long_bytes/aurora_leverage-x16-seed0/checkpoints/step_*
 """
 
 import argparse
+import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,6 +61,7 @@ STEP_CASES = [
     ("aurora floored K=2", "aurora", {"pp_row_floor": 0.1}),
     ("aurora recycling K=2", "aurora", {"recycle_after": 20, "recycle_below": 0.01}),  # conf/optim/aurora_recycle.yaml
     ("aurora tall K=1 warm", "aurora", {"pp_iterations": 1, "pp_warm_start": True}),
+    ("aurora leverage K=3", "aurora", {"pp_leverage": "exact", "pp_iterations": 3}),  # conf/optim/aurora_leverage.yaml
     ("aurora rectangular K=2", "aurora", {"apply_to": "rectangular"}),
     ("riemannian_aurora tall", "riemannian_aurora", {}),
 ]
@@ -199,6 +208,8 @@ def quality_table(device, repeats):
         ("aurora K=3 beta=0.5", lambda g: aurora_polar(g, iterations=3)),
         ("aurora K=3 beta=0.25", lambda g: aurora_polar(g, iterations=3, beta=0.25)),
         ("aurora K=2 polar_express 5", lambda g: aurora_polar(g, polar_method="polar_express")),
+        ("aurora K=2 exact leverage", lambda g: aurora_polar(g, leverage="exact")),
+        ("aurora K=3 exact leverage (aurora_leverage)", lambda g: aurora_polar(g, iterations=3, leverage="exact")),
         ("riemannian 3 outer (default)", lambda g: riemannian_aurora_polar(g)),
     ]
     print(f"\n## Quality against cost: 3072x768, log-normal row scales sigma=1.2, {device} (aurora rows: polar in auto)\n")
@@ -213,6 +224,57 @@ def quality_table(device, repeats):
     print_quality_row("aurora K=2 cold, same momentum", M, aurora_polar(M), None)
     precision_table(G)
     forms_table(device, repeats)
+
+
+def spectrum_decaying_to(smallest, m=1024, n=256, sigma=1.2, seed=0):
+    """An m×n matrix with log-spaced singular values from 1 to `smallest` (float64 factors), then
+    log-normal row scales (σ = sigma): an ill-conditioned momentum."""
+    generator = torch.Generator().manual_seed(seed)
+    left, _ = torch.linalg.qr(torch.randn(m, n, generator=generator, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    singular_values = torch.logspace(0, math.log10(smallest), n, dtype=torch.float64)
+    row_scales = torch.exp(sigma * torch.randn(m, 1, generator=generator, dtype=torch.float64))
+    return (row_scales * (left * singular_values) @ right.T).float()
+
+
+def checkpoint_momenta(checkpoint: Path) -> list[tuple[str, torch.Tensor]]:
+    """(name, momentum) of every tall matrix in a training checkpoint (a step_XXXXXXX directory)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        dcp_to_torch_save(checkpoint, Path(scratch) / "state.pt")
+        state = torch.load(Path(scratch) / "state.pt", weights_only=True)["optimizer"]["state"]
+    momenta = ((name, entry.get("momentum_buffer")) for name, entry in state.items())
+    return [(name, M) for name, M in momenta if M is not None and M.ndim == 2 and M.shape[0] > M.shape[1]]
+
+
+def leverage_table(checkpoints=()):
+    """Row-norm CV of vanilla Aurora (its inner polar gives the row norms) against exact leverage,
+    on the quality input, on ever worse conditioned ones and on the tall momentum matrices of
+    training checkpoints, polar in bf16 and in fp32."""
+    G, _ = row_scaled_gradient()
+    inputs = [("3072x768, sigma=1.2 (the quality input)", G)]
+    inputs += [(f"1024x256, spectrum 1 to {s:g}", spectrum_decaying_to(s)) for s in (1e-2, 1e-4, 1e-6, 1e-8)]
+    for checkpoint in checkpoints:
+        run = f"{Path(checkpoint).parent.parent.name} {Path(checkpoint).name}"  # <run>/checkpoints/step_XXXXXXX
+        inputs += [(f"{run} {name}", M) for name, M in checkpoint_momenta(Path(checkpoint))]
+    rules = [
+        ("vanilla K=2", {}),
+        ("exact K=2", {"leverage": "exact"}),
+        ("exact K=3 (aurora_leverage)", {"leverage": "exact", "iterations": 3}),
+    ]
+    print("\n## Row-norm CV: exact leverage against the inner polar's row norms, polar in bf16 / fp32\n")
+    print(f"| input | {' | '.join(label for label, _ in rules)} |")
+    print(f"|---|{'---|' * len(rules)}")
+    for name, X in inputs:
+        cells = [
+            " / ".join(f"{row_norm_cv(aurora_polar(X, dtype=d, **rule)):.4f}" for d in (torch.bfloat16, torch.float32))
+            for _, rule in rules
+        ]
+        print(f"| {name} | {' | '.join(cells)} |", flush=True)
+
+
+def row_norm_cv(U):
+    norms = U.double().norm(dim=-1)
+    return (norms.std() / norms.mean()).item()
 
 
 def precision_table(G):
@@ -230,8 +292,7 @@ def precision_table(G):
 
 def print_quality_row(label, G, U, seconds):
     G, U = G.double(), U.double()
-    norms = U.norm(dim=1)
-    cv = (norms.std() / norms.mean()).item()
+    cv = row_norm_cv(U)
     identity = torch.eye(U.shape[1], dtype=torch.float64, device=U.device)
     orthogonality = torch.linalg.matrix_norm(U.mT @ U - identity, ord=2).item()
     alignment = ((G * U).sum() / torch.linalg.matrix_norm(G, ord="nuc")).item()
@@ -241,12 +302,13 @@ def print_quality_row(label, G, U, seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "steps", "quality"), default="all")
+    parser.add_argument("--part", choices=("all", "steps", "quality", "leverage"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default: 1 on CPU, 10 on CUDA)")
     parser.add_argument("--cpu-warm-up", action="store_true", help="an untimed step first on CPU too (CUDA always has one)")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="gpt124m", help="the parameter set the step-time part times")
     parser.add_argument("--cases", nargs="+", help="only the step-time cases whose label starts with one of these (the first is the reference)")
     parser.add_argument("--ns-dtype", choices=NS_DTYPES, help="every matrix optimizer's polar dtype (default: the configs')")
+    parser.add_argument("--momenta", nargs="+", default=(), metavar="CHECKPOINT", help="leverage part: also these checkpoints' tall momenta")
     args = parser.parse_args(argv)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"{describe_hardware(hardware())}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
@@ -257,6 +319,8 @@ def main(argv=None):
             step_time_table(device, repeats, args.cpu_warm_up or not on_cpu, args.cases, args.shape, args.ns_dtype)
         if args.part in ("all", "quality"):
             quality_table(device, repeats)
+    if args.part in ("all", "leverage"):
+        leverage_table(args.momenta)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ which plain polar's row norms have a coefficient of variation (CV) of about 0.7.
 import pytest
 import torch
 
-from optim.aurora import aurora_polar, aurora_polar_with_state, riemannian_aurora_polar
-from optim.polar import polar
+from optim.aurora import aurora_polar, aurora_polar_with_state, leverage_scores, riemannian_aurora_polar
+from optim.polar import polar, svd_polar
 
 
 def row_scaled_gradient(m, n, sigma=1.2, seed=0):
@@ -158,3 +158,88 @@ def test_rows_with_signal_are_uniform_and_with_every_row_above_the_floor_it_is_v
     assert torch.equal(aurora_polar(G, row_floor=0.01), aurora_polar(G))
     wide = gradient_with_stale_rows().mT  # a wide matrix floors its columns, through the transpose
     assert torch.equal(aurora_polar(wide, row_floor=0.1), aurora_polar(wide.mT.contiguous(), row_floor=0.1).mT)
+
+
+# --- exact leverage (pp_leverage: exact, optim=aurora_leverage) ---
+
+
+def spectrum_decaying_to(m, n, smallest, seed=0):
+    """A tall m×n matrix with log-spaced singular values from 1 down to `smallest` and log-normal row scales."""
+    generator = torch.Generator().manual_seed(seed)
+    left, _ = torch.linalg.qr(torch.randn(m, n, generator=generator, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    singular_values = torch.logspace(0, torch.log10(torch.tensor(smallest)).item(), n, dtype=torch.float64)
+    row_scales = torch.exp(1.2 * torch.randn(m, 1, generator=generator, dtype=torch.float64))
+    return (row_scales * (left * singular_values) @ right.T).float()
+
+
+def test_leverage_scores_are_the_squared_row_norms_of_the_exact_polar_factor():
+    G = torch.stack([row_scaled_gradient(512, 128, seed=s) for s in range(2)])
+    Y = G / G.norm(dim=-1, keepdim=True)  # as Aurora's first rescaling sees it
+    scores, solved = leverage_scores(Y)
+    assert scores.shape == (2, 512, 1) and solved.all()
+    torch.testing.assert_close(scores.double(), svd_polar(Y).square().sum(dim=-1, keepdim=True), rtol=1e-4, atol=1e-5)
+
+
+def test_leverage_scores_count_a_weak_direction_as_the_ns_polar_does():
+    # Singular values down to 1e-8 of the largest: the 12-step polar maps those below ~2e-4·‖G‖_F
+    # to less than 1, the exact (SVD) polar maps every one to 1; the ridge follows the NS polar.
+    G = spectrum_decaying_to(512, 128, 1e-8)
+    scores, solved = leverage_scores(G)
+    ns = polar(G, dtype=torch.float32).square().sum(dim=-1, keepdim=True)
+    exact = svd_polar(G).square().sum(dim=-1, keepdim=True)
+    assert solved.all()
+    assert (scores - ns).abs().max() < 0.1 * (scores - exact).abs().max()
+
+
+def test_a_numerically_rank_deficient_matrix_takes_the_fallback_ridge_and_a_zero_one_keeps_its_scaling():
+    generator = torch.Generator().manual_seed(0)
+    column = torch.randn(256, 1, generator=generator)
+    rank_one = column @ torch.randn(1, 64, generator=generator)
+    scores, solved = leverage_scores(torch.stack([rank_one, torch.zeros(256, 64)]))
+    assert solved.tolist() == [[[True]], [[False]]]
+    # The leverage of a b^T is (a_i / ‖a‖)^2: its one left singular vector, squared.
+    torch.testing.assert_close(scores[0], (column / column.norm()).square(), rtol=0, atol=1e-5)
+    for G in (rank_one, torch.zeros(256, 64)):
+        assert torch.isfinite(aurora_polar(G, iterations=3, leverage="exact")).all()
+
+
+def test_exact_leverage_aurora_k3_is_more_uniform_than_vanilla_k2_with_one_polar(issue_gradient, monkeypatch):
+    G, _, vanilla = issue_gradient
+    calls = []
+    monkeypatch.setattr("optim.aurora.polar", lambda *args: calls.append(args) or polar(*args))
+    U = aurora_polar(G, iterations=3, beta=0.5, leverage="exact")
+    assert len(calls) == 1
+    assert row_norm_cv(U) <= 0.5 * row_norm_cv(vanilla)
+    assert orthogonality_error(U) <= max(1.5 * orthogonality_error(polar(G)), 0.02)
+
+
+def test_exact_leverage_aurora_k2_is_vanilla_k2_up_to_the_inner_polars_error():
+    # The same rescaling from the exact instead of the 12-step polar's row norms.
+    G = row_scaled_gradient(768, 192)
+    exact, vanilla = aurora_polar(G, leverage="exact", dtype=torch.float32), aurora_polar(G, dtype=torch.float32)
+    torch.testing.assert_close(exact, vanilla, rtol=0, atol=2e-4)
+
+
+def test_exact_leverage_on_an_ill_conditioned_matrix_is_as_uniform_as_vanilla_k2():
+    G = spectrum_decaying_to(1024, 256, 1e-6)
+    vanilla = row_norm_cv(aurora_polar(G, dtype=torch.float32))
+    assert row_norm_cv(aurora_polar(G, iterations=3, leverage="exact", dtype=torch.float32)) <= vanilla
+
+
+def test_exact_leverage_aurora_on_a_wide_matrix_is_the_transpose_of_the_tall_case():
+    G = row_scaled_gradient(256, 64)
+    tall = aurora_polar(G, iterations=3, leverage="exact")
+    assert torch.equal(aurora_polar(G.mT.contiguous(), iterations=3, leverage="exact"), tall.mT)
+
+
+def test_exact_leverage_keeps_zero_rows_zero_and_every_value_finite():
+    G = gradient_with_stale_rows(stale=8, scale=1e-6)
+    G[:3] = 0.0
+    U = aurora_polar(G, iterations=3, leverage="exact")
+    assert torch.isfinite(U).all() and U[:3].abs().max() == 0
+
+
+def test_aurora_rejects_an_unknown_leverage_rule():
+    with pytest.raises(ValueError, match="pp_leverage"):
+        aurora_polar(torch.randn(8, 4), leverage="svd")

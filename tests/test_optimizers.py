@@ -268,6 +268,18 @@ def test_aurora_applies_the_aurora_rule_to_the_right_shapes(apply_to):
             assert torch.equal(p, m)
 
 
+EXACT_LEVERAGE = {"pp_leverage": "exact", "pp_iterations": 3}  # conf/optim/aurora_leverage.yaml
+
+
+@pytest.mark.parametrize("rule, polar_calls", [({}, 2), (EXACT_LEVERAGE, 1)])
+def test_aurora_with_exact_leverage_runs_one_polar_on_the_tall_stack(monkeypatch, rule, polar_calls):
+    calls = []
+    monkeypatch.setattr("optim.aurora.polar", lambda X, *args: calls.append(tuple(X.shape)) or polar(X, *args))
+    params = matrices()  # the two tall 24×8 matrices make one stack
+    step_with_gradients(params, Aurora(params, **rule), 1)
+    assert calls == [(2, 24, 8)] * polar_calls
+
+
 def test_lr_comes_from_the_param_group_so_lambdalr_schedules_it():
     model = StandInGPT()
     before = copy.deepcopy(model.state_dict())
@@ -281,18 +293,19 @@ def test_lr_comes_from_the_param_group_so_lambdalr_schedules_it():
 
 def test_step_never_reads_tensor_values_on_the_host(monkeypatch):
     """No .item()/bool()/float() on a tensor inside step(): no host-device synchronisation."""
-    models = {name: StandInGPT() for name in NAMES}
-    optimizers = {name: build_optimizer(load_config(name), models[name]) for name in NAMES}
+    configs = {**{name: load_config(name) for name in NAMES}, "aurora_leverage": load_config("aurora", **EXACT_LEVERAGE)}
+    models = {name: StandInGPT() for name in configs}
+    optimizers = {name: build_optimizer(configs[name], models[name]) for name in configs}
 
     def forbidden(*args, **kwargs):
         raise AssertionError("step() read a tensor value on the host")
 
-    for name in NAMES:
-        fake_gradients(models[name], 0)
+    for model in models.values():
+        fake_gradients(model, 0)
     for attribute in ("item", "tolist", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, attribute, forbidden)
-    for name in NAMES:
-        optimizers[name].step()
+    for optimizer in optimizers.values():
+        optimizer.step()
 
 
 def test_compile_flag_traces_the_update_direction_and_changes_nothing(monkeypatch):
@@ -356,6 +369,7 @@ def test_state_dict_round_trip_continues_bit_identically(name, overrides):
         (Aurora, {"pp_iterations": 0}, "pp_iterations"),
         (Aurora, {"pp_beta": -0.5}, "pp_beta"),
         (Aurora, {"pp_warm_start": 1}, "pp_warm_start"),
+        (Aurora, {"pp_leverage": "svd"}, "pp_leverage"),
         (Aurora, {"riemannian_step_size": 0.0}, "riemannian_step_size"),
         (AdamW, {"betas": (0.9, 1.0)}, "betas"),
         (AdamW, {"eps": -1e-8}, "eps"),

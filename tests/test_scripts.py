@@ -114,3 +114,19 @@ def test_bench_optim_times_the_chosen_cases_in_order_against_the_first(capsys):
     out = capsys.readouterr().out
     assert "tiny_x16 parameter set (2,453,568 parameters)" in out and "| / aurora tall K=2 (median over rounds) |" in out
     assert f"| aurora tall K=2 | {results['aurora tall K=2']:.3f} | 1.000 |" in out  # the reference against itself
+
+
+def test_bench_optim_reads_the_tall_momentum_matrices_of_a_checkpoint(micro_config):
+    from optim import build_optimizer
+    from train.checkpoint import list_checkpoints, load_checkpoint, load_model
+    from train.loop import train
+
+    checkpoint = list_checkpoints(train(micro_config("optim=aurora")) / "checkpoints")[-1]
+    momenta = load_script("bench_optim").checkpoint_momenta(checkpoint)
+    assert [name for name, _ in momenta] == ["blocks.0.mlp.up.weight", "blocks.1.mlp.up.weight"]
+    model, cfg = load_model(checkpoint)
+    optimizer = build_optimizer(cfg["optim"], model)
+    load_checkpoint(checkpoint, model, optimizer, cfg["data"]["tokenizer"])
+    parameters = dict(model.named_parameters())
+    for name, momentum in momenta:
+        assert torch.equal(momentum, optimizer.state[parameters[name]]["momentum_buffer"])

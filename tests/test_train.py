@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from train.checkpoint import list_checkpoints, load_model
 from train.data import DataError
 from train.loop import lr_scale, train
 from train.metrics import read_metrics
-from train.rundir import RunDirError
+from train.rundir import RunDirError, config_changes
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REPO = Path(__file__).resolve().parent.parent
@@ -138,7 +139,10 @@ def test_rerunning_a_finished_run_changes_nothing(micro_config):
 RECYCLE_NOW = ("optim.matrix.recycle_after=2", "optim.matrix.recycle_below=0.5", "diagnostics.every=4")
 
 
-@pytest.mark.parametrize("optimizer, extra", [("adamw", ()), ("muon", ()), ("aurora", ()), ("aurora_recycle", RECYCLE_NOW)])
+@pytest.mark.parametrize(
+    "optimizer, extra",
+    [("adamw", ()), ("muon", ()), ("aurora", ()), ("aurora_recycle", RECYCLE_NOW), ("aurora_leverage", ())],
+)
 def test_loss_curve_matches_the_golden_curve(micro_config, optimizer, extra):
     """Golden curves catch silent changes to the model, data order or optimizers.
 
@@ -160,6 +164,15 @@ def test_checkpoint_loads_back_as_a_model_for_eval(micro_config):
     run_dir = train(micro_config())
     model, cfg = load_model(run_dir)
     assert cfg["model"]["d_model"] == 32 and not model.training
+
+
+def test_an_aurora_run_saved_before_pp_leverage_existed_has_the_same_config(micro_config):
+    current = micro_config("optim=aurora")
+    saved = copy.deepcopy(current)
+    del saved["optim"]["matrix"]["pp_leverage"]
+    assert config_changes(saved, current) == {}
+    saved["optim"]["matrix"]["pp_leverage"] = "exact"
+    assert config_changes(saved, current) == {"optim.matrix.pp_leverage": ("exact", "polar")}
 
 
 def test_changed_config_is_refused_and_the_run_is_untouched(micro_config):

@@ -78,7 +78,12 @@ LEGACY_DEFAULTS = {
 }
 # Optimizer options added since, per optimizer (optim.name): an older run of it had these values.
 LEGACY_OPTIM_DEFAULTS = {
-    ("aurora", "riemannian_aurora"): {"optim.matrix.pp_row_floor": 0.0, "optim.matrix.recycle_after": 0, "optim.matrix.recycle_below": 0.0},
+    ("aurora", "riemannian_aurora"): {
+        "optim.matrix.pp_row_floor": 0.0,
+        "optim.matrix.recycle_after": 0,
+        "optim.matrix.recycle_below": 0.0,
+        "optim.matrix.pp_leverage": "polar",
+    },
     ("normuon", "unormuon"): {"optim.matrix.normalize": "rows"},
 }
 LOCK = ".lock"
