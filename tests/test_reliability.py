@@ -31,6 +31,7 @@ from train.data import DataError, write_manifest, write_shard
 from train.loop import train
 from train.metrics import read_metrics, wandb_run_id
 from train.rundir import RunDir, RunDirError, effective_config, read_launches
+from train.signals import StopSignals, stop_at_once_on_signals
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,27 +85,55 @@ def test_a_signal_stops_at_a_step_boundary_with_a_checkpoint_exit_75_and_the_run
     assert losses(resumed) == losses(uninterrupted)
 
 
-TWO_SIGNALS = """
-import os, signal, sys, time
-from train.signals import StopSignals
-with StopSignals():
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(float(sys.argv[1]))
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(0.5)
-print("still running")
-"""
+class Exited(Exception):
+    """What os._exit(code) raises in these tests, so that the test process lives on."""
 
 
-def test_a_second_signal_aborts_at_once():
-    done = subprocess.run([sys.executable, "-c", TWO_SIGNALS, "1.2"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 128 + signal.SIGINT, done.stderr
-    assert "SIGINT again: aborting now, without a checkpoint" in done.stderr and "still running" not in done.stdout
+@pytest.fixture
+def exits_and_clock(monkeypatch):
+    """os._exit raising Exited, and a clock the test moves (clock[0], in seconds)."""
+
+    def exit_now(code):
+        raise Exited(code)
+
+    clock = [1000.0]
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    return clock
 
 
-def test_a_second_signal_within_a_second_is_the_same_request():
-    done = subprocess.run([sys.executable, "-c", TWO_SIGNALS, "0.1"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "still running" in done.stdout, done.stderr
+def test_a_second_signal_aborts_at_once(exits_and_clock, capsys):
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs before os.kill returns to Python
+        assert stop.received == signal.SIGINT
+        exits_and_clock[0] += 1.1
+        with pytest.raises(Exited) as exited:
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert exited.value.args == (128 + signal.SIGTERM,)
+    assert "SIGTERM again: aborting now, without a checkpoint" in capsys.readouterr().err
+
+
+def test_a_second_signal_within_a_second_is_the_same_request(exits_and_clock):
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        exits_and_clock[0] += 0.9
+        os.kill(os.getpid(), signal.SIGTERM)  # Ctrl-C under torchrun: SIGINT, then SIGTERM forwarded
+    assert stop.received == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_a_signal_outside_the_training_steps_exits_75_at_once(exits_and_clock, capsys):
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop_at_once_on_signals()
+        for signum in previous:
+            with pytest.raises(Exited) as exited:
+                os.kill(os.getpid(), signum)
+            assert exited.value.args == (75,)
+            assert capsys.readouterr().err.startswith(f"stopped: {signal.Signals(signum).name} outside the training steps")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def catches(pid: int, signum: int) -> bool:
