@@ -130,7 +130,8 @@ def test_a_signal_outside_the_training_steps_exits_75_at_once(exits_and_clock, c
             with pytest.raises(Exited) as exited:
                 os.kill(os.getpid(), signum)
             assert exited.value.args == (75,)
-            assert capsys.readouterr().err.startswith(f"stopped: {signal.Signals(signum).name} outside the training steps")
+            name = signal.Signals(signum).name
+            assert capsys.readouterr().err.startswith(f"stopped: {name} outside the training steps")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -198,7 +199,8 @@ def test_a_damaged_newest_checkpoint_is_named_set_aside_and_the_run_falls_back_t
     assert checkpoint_problem(crashed / "checkpoints" / "step_0000012").startswith("__0_0.distcp is")
     resumed = train(micro_config(out="crashed"))
     printed = capsys.readouterr().out
-    assert "passed over checkpoint step_0000012: __0_0.distcp is" in printed and "resuming" in printed and "step 8" in printed
+    assert "passed over checkpoint step_0000012: __0_0.distcp is" in printed
+    assert "resuming" in printed and "step 8" in printed
     assert losses(resumed) == losses(full)  # retrained steps 9-12 bit-exactly
     assert (crashed / "checkpoints" / "step_0000012.damaged").is_dir()  # kept, not deleted
     launch = read_launches(crashed / "launches.jsonl")[-1]
@@ -211,8 +213,10 @@ def test_a_checkpoint_without_checksums_is_incomplete_and_passed_over(micro_conf
     assert "no checksums.json" in checkpoint_problem(full / "checkpoints" / "step_0000012")
     assert losses(train(micro_config(out="full"))) == losses(full)  # steps 9-12 again, bit-exactly
     launch = read_launches(full / "launches.jsonl")[-1]
-    assert launch["resumed_from"] == "step_0000008" and launch["damaged_checkpoints_passed_over"][0].startswith("step_0000012: no checksums")
-    assert (full / "checkpoints" / "step_0000012.damaged").is_dir() and checkpoint_problem(full / "checkpoints" / "step_0000012") is None
+    assert launch["resumed_from"] == "step_0000008"
+    assert launch["damaged_checkpoints_passed_over"][0].startswith("step_0000012: no checksums")
+    assert (full / "checkpoints" / "step_0000012.damaged").is_dir()
+    assert checkpoint_problem(full / "checkpoints" / "step_0000012") is None  # saved again
 
 
 def test_all_checkpoints_damaged_is_refused_not_silently_restarted(micro_config):
@@ -353,7 +357,9 @@ def test_non_finite_parameters_are_never_checkpointed(micro_config, monkeypatch,
     monkeypatch.setattr(loop, "build_optimizer", build_optimizer)
     code, line = failed_launch(micro_config(out="run"), capsys)
     assert code == 3
-    assert line.startswith("error: the parameters are not finite after step 8; nothing was saved (last good checkpoint: step_0000004)")
+    assert line.startswith(
+        "error: the parameters are not finite after step 8; nothing was saved (last good checkpoint: step_0000004)"
+    )
     assert [p.name for p in list_checkpoints(Path(micro_config(out="run")["out_dir"]) / "checkpoints")] == ["step_0000004"]
 
 
@@ -471,7 +477,9 @@ runpy.run_module("train", run_name="__main__", alter_sys=True)  # python -m trai
 # Moments of step 8's save (module, function, before or after it, the path that marks step 8's save),
 # and the newest intact checkpoint each leaves.
 SAVE_MOMENTS = {
-    "while DCP writes the shards": ("torch.distributed.checkpoint.filesystem", "_write_item", "after", "step_0000008.tmp", 4),
+    "while DCP writes the shards": (
+        "torch.distributed.checkpoint.filesystem", "_write_item", "after", "step_0000008.tmp", 4
+    ),
     "after meta.pt, before checksums.json": ("train.checkpoint", "_write_checksums", "before", "step_0000008.tmp", 4),
     "after checksums.json, before the rename": ("train.checkpoint", "_write_checksums", "after", "step_0000008.tmp", 4),
     "after the rename, before older ones are pruned": ("train.checkpoint", "fsync_dir", "after", "step_0000008", 8),
@@ -479,14 +487,17 @@ SAVE_MOMENTS = {
 
 
 @pytest.mark.parametrize("moment", SAVE_MOMENTS)
-def test_a_launch_killed_while_saving_leaves_the_previous_checkpoint_and_resumes_exactly(micro_shards, micro_config, tmp_path, moment):
+def test_a_launch_killed_while_saving_leaves_the_previous_checkpoint_and_resumes_exactly(
+    micro_shards, micro_config, tmp_path, moment
+):
     module, function, when, marker, intact = SAVE_MOMENTS[moment]
     killed = tmp_path / "killed"
     overrides = micro_overrides(micro_shards, f"out_dir={killed}", "train.keep_checkpoints=1")
     command = [sys.executable, "-c", KILL_AT, module, function, when, str(killed / "checkpoints" / marker), *overrides]
     done = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
-    assert [p.name for p in list_checkpoints(killed / "checkpoints") if checkpoint_problem(p) is None][-1] == f"step_{intact:07d}"
+    intact_ones = [p.name for p in list_checkpoints(killed / "checkpoints") if checkpoint_problem(p) is None]
+    assert intact_ones[-1] == f"step_{intact:07d}"
     # Resumed with another checkpoint_every, which never saves step 8 again: the partial save must still go.
     resumed = train(micro_config("train.checkpoint_every=3", out="killed"))
     assert losses(resumed) == losses(train(micro_config(out="full")))
@@ -517,7 +528,8 @@ def test_a_val_shard_with_an_id_outside_the_vocabulary_stops_the_run_before_its_
     tokens = np.full(8_192, 7)
     tokens[100] = 600  # the micro model's vocabulary is 512
     write_shard(bad / "micro_val_000000.bin", tokens)
-    with pytest.raises(DataError, match=r"micro_val_000000.bin holds token id 600 near token 100, outside the model's vocabulary of 512"):
+    expected = r"micro_val_000000.bin holds token id 600 near token 100, outside the model's vocabulary of 512"
+    with pytest.raises(DataError, match=expected):
         train(micro_config(f"data.dir={bad}", out="run"))
     assert not (tmp_path / "run").exists()
 
@@ -554,8 +566,10 @@ def test_a_full_disk_outside_a_save_is_one_line_naming_enospc_and_the_file(micro
     monkeypatch.setattr(os, "fsync", fsync)
     cfg = micro_config(out="run")
     code, line = failed_launch(cfg, capsys)
-    assert (code, line) == (
-        2, f"error: no space left on the device (ENOSPC) while writing {cfg['out_dir']}/metrics.jsonl; free space and run the same command again"
+    assert code == 2
+    assert line == (
+        f"error: no space left on the device (ENOSPC) while writing {cfg['out_dir']}/metrics.jsonl; "
+        "free space and run the same command again"
     )
 
 
@@ -573,7 +587,9 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def test_a_really_full_disk_while_a_launch_is_recorded_is_one_line_and_the_next_launch_counts(micro_config, tmp_path, capsys):
+def test_a_really_full_disk_while_a_launch_is_recorded_is_one_line_and_the_next_launch_counts(
+    micro_config, tmp_path, capsys
+):
     disk = tmp_path / "disk"
     if not tiny_filesystem(disk, "4m"):
         pytest.skip("this machine cannot mount a tmpfs (needs root); torn records are also tested by writing one")
@@ -581,8 +597,10 @@ def test_a_really_full_disk_while_a_launch_is_recorded_is_one_line_and_the_next_
         run = train(micro_config("train.steps=4", "train.decay_frac=0", out=str(disk / "run")))
         filler = fill(disk)  # launches.jsonl has the rest of its last page: less than a launch record
         code, line = failed_launch(micro_config("train.steps=8", "train.decay_frac=0", out=str(disk / "run")), capsys)
-        assert (code, line) == (
-            2, f"error: no space left on the device (ENOSPC) while writing {run}/launches.jsonl; free space and run the same command again"
+        assert code == 2
+        assert line == (
+            f"error: no space left on the device (ENOSPC) while writing {run}/launches.jsonl; "
+            "free space and run the same command again"
         )
         filler.unlink()
         train(micro_config("train.steps=8", "train.decay_frac=0", out=str(disk / "run")))
@@ -593,11 +611,14 @@ def test_a_really_full_disk_while_a_launch_is_recorded_is_one_line_and_the_next_
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-def test_metrics_cut_inside_the_steps_a_checkpoint_covers_are_logged_again_from_an_earlier_checkpoint(micro_config, capsys):
+def test_metrics_cut_inside_the_steps_a_checkpoint_covers_are_logged_again_from_an_earlier_checkpoint(
+    micro_config, capsys
+):
     full = train(micro_config(out="full"))
     cut = full.parent / "cut"
     shutil.copytree(full, cut)
-    (cut / "metrics.jsonl").write_bytes((full / "metrics.jsonl").read_bytes()[:-60])  # step 12's record, with its val loss, torn
+    # Step 12's record, with its val loss, torn: the checkpoint of step 12 covers a step metrics.jsonl lacks.
+    (cut / "metrics.jsonl").write_bytes((full / "metrics.jsonl").read_bytes()[:-60])
     resumed = train(micro_config(out="cut"))
     assert "passed over checkpoint step_0000012: metrics.jsonl has no record of step 12" in capsys.readouterr().out
 
@@ -629,7 +650,8 @@ def test_shards_manifests_and_eval_results_are_fsynced_with_their_directory(tmp_
 
 def snapshot(run: Path) -> dict[str, bytes]:
     """Every file of a run directory and its bytes, but the lock (each launch writes its holder there)."""
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+    files = (p for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock")
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
 def change_the_lr(run: Path, shards: Path) -> list[str]:
@@ -697,6 +719,7 @@ def test_a_moved_run_directory_keeps_its_wandb_id(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     run_id = wandb_run_id(run)
-    assert run_id == hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:16]  # as before the id was kept: old runs keep theirs
+    # The id a run had before ids were kept: an old run keeps it.
+    assert run_id == hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:16]
     shutil.move(run, tmp_path / "moved")
     assert wandb_run_id(tmp_path / "moved") == run_id

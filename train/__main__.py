@@ -17,7 +17,13 @@ from train.signals import stop_at_once_on_signals
 stop_at_once_on_signals()  # before the imports below, which take seconds: a signal then still gives exit 75
 
 from train.cli import STOPPED, exit_code, leave_stopped, message  # noqa: E402
-from train.config import compose_config, compose_sweep, check_config, register_resolvers, world_size_from_env  # noqa: E402
+from train.config import (  # noqa: E402
+    check_config,
+    compose_config,
+    compose_sweep,
+    register_resolvers,
+    world_size_from_env,
+)
 from train.metrics import SWEEP_ENV  # noqa: E402
 from train.sweep import Point, SweepIndex, header, summary, sweep_directory  # noqa: E402
 

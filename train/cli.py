@@ -58,7 +58,8 @@ def message(err: BaseException) -> str:
     """What went wrong, in words: a full disk by its name (ENOSPC) and the file being written."""
     if isinstance(err, OSError) and err.errno in DISK_FULL:
         where = f" while writing {err.filename}" if err.filename else ""
-        return f"no space left on the device ({errno.errorcode[err.errno]}){where}; free space and run the same command again"
+        name = errno.errorcode[err.errno]
+        return f"no space left on the device ({name}){where}; free space and run the same command again"
     return str(err)
 
 

@@ -270,8 +270,9 @@ class RunDir:
             ) from None
         lock_file.seek(0)
         lock_file.truncate()
+        this_launch = f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
         with naming(self.path / LOCK):
-            lock_file.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+            lock_file.write(this_launch + "\n")
             lock_file.flush()
         self._lock_file = lock_file
 
@@ -280,7 +281,9 @@ class RunDir:
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
 
-    def changes(self, config: dict[str, Any], checkpoint_config: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    def changes(
+        self, config: dict[str, Any], checkpoint_config: dict[str, Any] | None = None
+    ) -> dict[str, tuple[Any, Any]]:
         """The keys this launch changes against the run's effective config ({} for a new run);
         refuses any change outside RESUMABLE_CHANGES and train.steps. Without config.yaml, the
         run's config is the one its newest checkpoint holds (`checkpoint_config`; `commit`
@@ -289,8 +292,8 @@ class RunDir:
         if saved is None:
             if read_launches(self.launches_path):
                 raise RunDirError(
-                    f"out_dir {str(self.path)!r} has no {CONFIG} and no intact checkpoint holding the run's config, but "
-                    f"{LAUNCHES} shows launches: put {CONFIG} back, or use a new out_dir"
+                    f"out_dir {str(self.path)!r} has no {CONFIG} and no intact checkpoint holding the run's config, "
+                    f"but {LAUNCHES} shows launches: put {CONFIG} back, or use a new out_dir"
                 )
             return {}
         changes = config_changes(saved, config)
@@ -302,6 +305,16 @@ class RunDir:
                 "use a new out_dir, or the same settings to resume it"
             )
         return changes
+
+    def _remove_torn_record(self) -> str | None:
+        """Take a torn last line (a launch that died writing its record) out of launches.jsonl, so
+        that the next record starts on a line of its own; returns it."""
+        if not self.launches_path.is_file():
+            return None
+        records, torn = read_jsonl(self.launches_path)
+        if torn is not None:
+            atomic_write(self.launches_path, "".join(line + "\n" for line, _ in records))
+        return torn
 
     def commit(
         self,
@@ -327,10 +340,9 @@ class RunDir:
         if restored:
             atomic_write(self.config_path, yaml.safe_dump(checkpoint_config, sort_keys=False))
             notes.append(f"{CONFIG} was missing: restored it from the config of checkpoint {facts.get('resumed_from')}")
-        records, torn = read_jsonl(self.launches_path) if self.launches_path.is_file() else ([], None)
+        torn = self._remove_torn_record()
         if torn is not None:
-            atomic_write(self.launches_path, "".join(line + "\n" for line, _ in records))
-            notes.append(f"moved the torn last line of {LAUNCHES} (a launch that died writing it) into this launch's record")
+            notes.append(f"moved the torn last line of {LAUNCHES} (a launch that died writing it) into this record")
         launch = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resuming": not first,

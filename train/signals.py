@@ -67,4 +67,8 @@ class StopSignals:
             print(f"{name} again: aborting now, without a checkpoint", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.received, self.received_at = signum, time.monotonic()
-        print(f"{name}: stopping at the end of this step, after a checkpoint; {name} again aborts at once", file=sys.stderr, flush=True)
+        print(
+            f"{name}: stopping at the end of this step, after a checkpoint; {name} again aborts at once",
+            file=sys.stderr,
+            flush=True,
+        )
