@@ -106,6 +106,9 @@ def test_a_second_signal_aborts_at_once(exits_and_clock, capsys):
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)  # the handler runs before os.kill returns to Python
         assert stop.received == signal.SIGINT
+        assert capsys.readouterr().err == (
+            "SIGINT: stopping at the end of this step, after a checkpoint; SIGINT again aborts at once\n"
+        )
         exits_and_clock[0] += 1.1
         with pytest.raises(Exited) as exited:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -713,6 +716,15 @@ def test_a_deleted_config_yaml_is_restored_from_the_checkpoint_and_still_guards_
     assert "config.yaml was missing: restored it from the config of checkpoint step_0000012" in capsys.readouterr().out
     assert (run / "config.yaml").read_text() == original
     assert read_launches(run / "launches.jsonl")[-1]["config_restored"] is True
+
+
+def test_a_run_with_launches_but_no_config_yaml_nor_checkpoint_is_refused(micro_config):
+    run = train(micro_config(out="run"))
+    (run / "config.yaml").unlink()
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(RunDirError, match=r"has no config.yaml and no intact checkpoint holding the run's config"):
+        train(micro_config(out="run"))
+    assert not (run / "config.yaml").exists()
 
 
 def test_a_moved_run_directory_keeps_its_wandb_id(tmp_path):
