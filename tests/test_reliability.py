@@ -28,7 +28,7 @@ from tests.conftest import micro_overrides
 from train.checkpoint import CHECKSUMS, CheckpointError, checkpoint_problem, list_checkpoints
 from train.cli import exit_code
 from train.data import DataError, write_manifest, write_shard
-from train.loop import train
+from train.loop import schedule_change_problem, train
 from train.metrics import read_metrics, wandb_run_id
 from train.rundir import RunDir, RunDirError, effective_config, read_launches
 from train.signals import StopSignals, stop_at_once_on_signals
@@ -510,6 +510,14 @@ def test_a_launch_killed_while_saving_leaves_the_previous_checkpoint_and_resumes
 # --- what a launch writes, and when -----------------------------------------------------------
 
 
+def test_train_steps_may_shrink_to_the_step_reached_but_not_below():
+    constant = {"steps": 4, "warmup_frac": 0.0, "decay_frac": 0.0}
+    assert schedule_change_problem(8, constant, resume_step=4) is None
+    assert schedule_change_problem(8, constant | {"steps": 3}, resume_step=4) == (
+        "train.steps=3 is below step 4, which the run has already reached"
+    )
+
+
 def test_a_decaying_run_extended_from_a_checkpoint_before_its_decay_matches_the_longer_run(micro_config):
     # 8 steps, the last 4 decaying: steps 1-5 run at lr scale 1 (step 5 is the decay's first, at 4/4),
     # step 6 at 0.75. Over 12 steps, step 6 runs at 1: the extension must give it that, not the checkpoint's lr.
@@ -556,6 +564,21 @@ def test_a_damaged_line_inside_launches_is_refused_naming_the_file(micro_config)
     (run / "launches.jsonl").write_text("\n".join(["garbage", *lines[1:]]) + "\n")
     with pytest.raises(ValueError, match=r"launches.jsonl: line 1 is not JSON"):
         train(micro_config(out="run"))
+
+
+def disk_full() -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")  # naming no file, as a write error does
+
+
+def test_exit_code_passes_a_commands_own_code_through_and_a_traceback_when_asked(monkeypatch, capsys):
+    assert exit_code(lambda: None) == 0 and exit_code(lambda: 4) == 4
+    assert exit_code(lambda: open("/nonexistent/file")) == 2
+    assert capsys.readouterr().err == "error: [Errno 2] No such file or directory: '/nonexistent/file'\n"
+    assert exit_code(disk_full) == 2
+    assert capsys.readouterr().err == "error: no space left on the device (ENOSPC); free space and run the same command again\n"
+    monkeypatch.setenv("AURORA_BENCH_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        exit_code(lambda: open("/nonexistent/file"))
 
 
 def test_a_full_disk_outside_a_save_is_one_line_naming_enospc_and_the_file(micro_config, monkeypatch, capsys):
