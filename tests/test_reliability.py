@@ -222,6 +222,14 @@ def test_a_checkpoint_without_checksums_is_incomplete_and_passed_over(micro_conf
     assert checkpoint_problem(full / "checkpoints" / "step_0000012") is None  # saved again
 
 
+def test_a_checkpoint_missing_a_file_it_lists_is_named_and_passed_over(micro_config):
+    full = train(micro_config(out="full"))
+    (full / "checkpoints" / "step_0000012" / "__0_0.distcp").unlink()
+    assert checkpoint_problem(full / "checkpoints" / "step_0000012") == "missing __0_0.distcp"
+    train(micro_config(out="full"))
+    assert read_launches(full / "launches.jsonl")[-1]["resumed_from"] == "step_0000008"
+
+
 def test_all_checkpoints_damaged_is_refused_not_silently_restarted(micro_config):
     full = train(micro_config(out="full"))
     for checkpoint in list_checkpoints(full / "checkpoints"):
@@ -450,9 +458,9 @@ def test_a_torn_last_metrics_line_is_repaired_on_resume_and_kept(micro_config, c
 
 def test_a_damaged_line_inside_metrics_is_refused_naming_the_file(micro_config):
     full = train(micro_config(out="run"))
-    lines = (full / "metrics.jsonl").read_text().splitlines()
-    lines[3] = "garbage"
-    (full / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    lines = (full / "metrics.jsonl").read_bytes().splitlines()
+    lines[3] = b"\xff\xfe garbage"  # not even UTF-8
+    (full / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     shutil.rmtree(full / "checkpoints" / "step_0000012")
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 4 is not JSON"):
         train(micro_config(out="run"))
@@ -680,31 +688,34 @@ def snapshot(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
-def change_the_lr(run: Path, shards: Path) -> list[str]:
-    return ["optim.matrix.lr=0.5"]
+# Each makes a launch into the run refused: (its overrides, what its error line says).
 
 
-def change_the_seed_with_config_yaml_deleted(run: Path, shards: Path) -> list[str]:
+def change_the_lr(run: Path, shards: Path) -> tuple[list[str], str]:
+    return ["optim.matrix.lr=0.5"], "optim.matrix.lr: 0.004 -> 0.5"
+
+
+def change_the_seed_with_config_yaml_deleted(run: Path, shards: Path) -> tuple[list[str], str]:
     (run / "config.yaml").unlink()
-    return ["seed=3"]  # caught by the checkpoint's config, not only by the loader after the launch is recorded
+    return ["seed=3"], "seed: 0 -> 3"  # by the checkpoint's config, not by the loader after the launch is recorded
 
 
-def point_to_other_shards(run: Path, shards: Path) -> list[str]:
+def point_to_other_shards(run: Path, shards: Path) -> tuple[list[str], str]:
     other = run.parent / "other"
     other.mkdir()
     shutil.copy(shards / "micro_val_000000.bin", other)
     shutil.copy(shards / "micro_train_000001.bin", other)  # one of the two train shards: another stream
-    return [f"data.dir={other}"]  # an allowed change; the loader refuses the stream
+    return [f"data.dir={other}"], "cannot resume the data loader: the saved position is for n_windows="
 
 
-def cut_train_steps_below_the_checkpoint(run: Path, shards: Path) -> list[str]:
-    return ["train.steps=3"]
+def cut_train_steps_below_the_checkpoint(run: Path, shards: Path) -> tuple[list[str], str]:
+    return ["train.steps=3"], "train.steps=3 is below step 4"
 
 
-def damage_a_line_inside_metrics(run: Path, shards: Path) -> list[str]:
+def damage_a_line_inside_metrics(run: Path, shards: Path) -> tuple[list[str], str]:
     metrics = run / "metrics.jsonl"
     metrics.write_text("garbage\n" + metrics.read_text())
-    return []
+    return [], "metrics.jsonl: line 1 is not JSON"
 
 
 REFUSALS = [
@@ -721,10 +732,10 @@ def test_a_refused_launch_changes_nothing_in_the_run_directory(micro_shards, mic
     run = train(micro_config(out="run"))
     shutil.rmtree(run / "checkpoints" / "step_0000012")
     damage(run / "checkpoints" / "step_0000008", "truncate")  # a launch would pass it over and set it aside
-    overrides = refusal(run, micro_shards)
+    overrides, says = refusal(run, micro_shards)
     before = snapshot(run)
     code, line = failed_launch(micro_config(*overrides, out="run"), capsys)
-    assert code == 2 and line.startswith("error: "), line
+    assert code == 2 and line.startswith("error: ") and says in line, line
     assert snapshot(run) == before
 
 
