@@ -267,7 +267,8 @@ def test_a_save_that_would_not_fit_is_refused_before_writing(micro_config, monke
     run = train(micro_config("train.steps=4", "train.decay_frac=0", out="run"))
     usage = shutil.disk_usage(run)
     monkeypatch.setattr("train.checkpoint.shutil.disk_usage", lambda path: usage._replace(free=1000))
-    with pytest.raises(CheckpointError, match="not enough free space .* run again to resume from step_0000004"):
+    expected = r"not enough free space .*: 0.0 MB free, about 1.0 MB needed \(the last one's size, \+10%\); .* step_0000004"
+    with pytest.raises(CheckpointError, match=expected):
         train(micro_config("train.steps=8", "train.decay_frac=0", out="run"))
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_0000004"]
 
