@@ -267,7 +267,9 @@ def test_a_save_that_would_not_fit_is_refused_before_writing(micro_config, monke
     run = train(micro_config("train.steps=4", "train.decay_frac=0", out="run"))
     usage = shutil.disk_usage(run)
     monkeypatch.setattr("train.checkpoint.shutil.disk_usage", lambda path: usage._replace(free=1000))
-    expected = r"not enough free space .*: 0.0 MB free, about 1.0 MB needed \(the last one's size, \+10%\); .* step_0000004"
+    expected = (
+        r"not enough free space .*: 0.0 MB free, about 1.0 MB needed \(the last one's size, \+10%\); .* step_0000004"
+    )
     with pytest.raises(CheckpointError, match=expected):
         train(micro_config("train.steps=8", "train.decay_frac=0", out="run"))
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_0000004"]
@@ -584,7 +586,9 @@ def test_exit_code_passes_a_commands_own_code_through_and_a_traceback_when_asked
     assert exit_code(lambda: open("/nonexistent/file")) == 2
     assert capsys.readouterr().err == "error: [Errno 2] No such file or directory: '/nonexistent/file'\n"
     assert exit_code(disk_full) == 2
-    assert capsys.readouterr().err == "error: no space left on the device (ENOSPC); free space and run the same command again\n"
+    assert capsys.readouterr().err == (
+        "error: no space left on the device (ENOSPC); free space and run the same command again\n"
+    )
     monkeypatch.setenv("AURORA_BENCH_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError):
         exit_code(lambda: open("/nonexistent/file"))
