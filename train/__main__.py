@@ -12,10 +12,21 @@ from __future__ import annotations
 import os
 import sys
 
-from train.cli import STOPPED, exit_code, leave_stopped
-from train.config import CONF_DIR, compose_config, compose_sweep, check_config, register_resolvers, world_size_from_env
-from train.metrics import SWEEP_ENV
-from train.sweep import Point, SweepIndex, header, summary, sweep_directory
+from train.signals import stop_at_once_on_signals
+
+stop_at_once_on_signals()  # before the imports below, which take seconds: a signal then still gives exit 75
+
+from train.cli import STOPPED, exit_code, leave_stopped, message  # noqa: E402
+from train.config import (  # noqa: E402
+    CONF_DIR,
+    check_config,
+    compose_config,
+    compose_sweep,
+    register_resolvers,
+    world_size_from_env,
+)
+from train.metrics import SWEEP_ENV  # noqa: E402
+from train.sweep import Point, SweepIndex, header, summary, sweep_directory  # noqa: E402
 
 
 class Multirun:
@@ -71,7 +82,7 @@ def main() -> None:
             train(config)
             point.status = "done"
         except (ValueError, OSError) as err:  # the run's one-line error; the sweep goes on
-            point.status, point.error = "failed", str(err).splitlines()[0]
+            point.status, point.error = "failed", message(err).splitlines()[0]
             print(f"error: {point.error}", file=sys.stderr, flush=True)
         if rank0:
             Multirun.index.update(point)

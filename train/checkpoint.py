@@ -17,7 +17,6 @@ against checksums.json and falls back from a damaged checkpoint to the newest in
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -37,11 +36,12 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from model import GPT, build_model
 from model.tokenizer import sha256_of
-from train.files import atomic_write, fsync_dir
+from train.files import DISK_FULL, atomic_write, fsync_dir
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{7})$")
 META = "meta.pt"
 CHECKSUMS = "checksums.json"
+PARTIAL = ".tmp"  # step_XXXXXXX.tmp/: a checkpoint being written
 FREE_SPACE_MARGIN = 1.1  # a save needs this many times the last checkpoint's size free
 
 
@@ -86,12 +86,16 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def newest_intact(directory: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+def newest_intact(directory: Path, logged_through: int | None = None) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest checkpoint whose files all match their checksums, and each newer one passed
-    over with what is wrong with it."""
+    over with what is wrong with it. With `logged_through` (the last step metrics.jsonl holds with
+    every step before it), a checkpoint of a later step is passed over too: resuming from it would
+    leave the missing records out for good, while an earlier checkpoint logs them again."""
     passed_over = []
     for path in reversed(list_checkpoints(directory)):
         problem = checkpoint_problem(path)
+        if problem is None and logged_through is not None and checkpoint_step(path) > logged_through:
+            problem = f"metrics.jsonl has no record of step {logged_through + 1} (a torn or lost line), which it covers"
         if problem is None:
             return path, passed_over
         passed_over.append((path, problem))
@@ -127,7 +131,7 @@ def _is_disk_full(err: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(current, OSError) and current.errno in DISK_FULL:
             return True
         failures = current.failures.values() if isinstance(current, CheckpointException) else ()
         pending += [current.__cause__, current.__context__, *(exc for exc, _ in failures)]
@@ -187,12 +191,12 @@ def save_checkpoint(
     checkpoint's size) or fills up while writing.
     """
     path = checkpoint_path(directory, step)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + PARTIAL)
     problem = None
     if _is_main():
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by a launch that died while saving
-        problem = _free_space_problem(directory)
+        for partial in directory.glob(f"step_*{PARTIAL}"):  # left by launches that died while saving, any step
+            shutil.rmtree(partial)
+        problem = _free_space_problem(directory)  # after those are gone: their space is free
     problem = _agree(problem)
     if problem is not None:
         raise CheckpointError(problem)

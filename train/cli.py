@@ -11,10 +11,13 @@ what kind it was.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 from typing import Callable, NoReturn
+
+from train.files import DISK_FULL
 
 BAD_INPUT = 2
 DIVERGED = 3
@@ -47,8 +50,17 @@ def exit_code(main: Callable[[], int | None]) -> int:
         if os.environ.get("AURORA_BENCH_TRACEBACK"):
             raise
         prefix, code = (err.prefix, err.exit_code) if isinstance(err, RunFailure) else ("error", BAD_INPUT)
-        print(f"{prefix}: {err}", file=sys.stderr)
+        print(f"{prefix}: {message(err)}", file=sys.stderr)
         return code
+
+
+def message(err: BaseException) -> str:
+    """What went wrong, in words: a full disk by its name (ENOSPC) and the file being written."""
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
+        where = f" while writing {err.filename}" if err.filename else ""
+        name = errno.errorcode[err.errno]
+        return f"no space left on the device ({name}){where}; free space and run the same command again"
+    return str(err)
 
 
 def leave_stopped() -> NoReturn:

@@ -34,6 +34,7 @@ from train.data import (
     write_manifest,
     write_shard,
 )
+from train.files import fsync_dir
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # FineWeb10B's shard size
 # The val split: the default 65,536-token validation budget plus headroom, about 5% of
@@ -123,6 +124,7 @@ def build_shard_dir(out_dir: str | os.PathLike, build: Callable[[Path], object],
         if out_dir.exists() and replace:
             os.replace(out_dir, old)
         os.replace(staging, out_dir)  # rename(2) may replace an empty directory
+        fsync_dir(out_dir.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from model.tokenizer import TOKENIZERS, sha256_of
+from train.files import atomic_write
 
 MAGIC = 20240520
 VERSION = 1
@@ -40,11 +41,18 @@ class DataError(ValueError):
     """Bad data input: a missing or corrupt shard, an empty corpus, too little data."""
 
 
+def outside_vocabulary(path: Path, token_id: int, position: int, vocab_size: int) -> DataError:
+    return DataError(
+        f"shard {path} holds token id {token_id} near token {position}, outside the model's vocabulary of "
+        f"{vocab_size}: the shard is damaged or was made with another tokenizer (data.tokenizer)"
+    )
+
+
 # --- shard files -------------------------------------------------------------
 
 
 def write_shard(path: str | os.PathLike, tokens: np.ndarray | Sequence[int]) -> Path:
-    """Write tokens as one shard, atomically (a reader never sees a partial file)."""
+    """Write tokens as one shard, atomically and durably (train/files.py)."""
     path = Path(path)
     tokens = np.asarray(tokens)
     if tokens.size == 0:
@@ -53,12 +61,7 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray | Sequence[int]) -> 
         raise DataError(f"{path}: token ids must fit in uint16 (0..65535)")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = MAGIC, VERSION, tokens.size
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(staged, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-    os.replace(staged, path)
-    return path
+    return atomic_write(path, header.tobytes() + tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
 
 
 def read_shard_header(path: str | os.PathLike) -> int:
@@ -100,11 +103,8 @@ def write_manifest(directory: str | os.PathLike, tokenizer: str, source: str) ->
     """Record the tokenizer and every shard's token count and sha256 in directory/manifest.json."""
     directory = Path(directory)
     shards = {p.name: {"tokens": read_shard_header(p), "sha256": sha256_of(p)} for p in sorted(directory.glob("*.bin"))}
-    path = directory / MANIFEST
-    staged = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-    staged.write_text(json.dumps({"tokenizer": tokenizer, "source": source, "shards": shards}, indent=1) + "\n")
-    os.replace(staged, path)
-    return path
+    manifest = {"tokenizer": tokenizer, "source": source, "shards": shards}
+    return atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
 def read_manifest(directory: str | os.PathLike) -> dict | None:
@@ -192,11 +192,7 @@ class TokenLoader:
         rows = np.stack([self.shards[s][o:o + self.window] for s, o in zip(shard_ids, offsets)])
         if self.vocab_size is not None and rows.max() >= self.vocab_size:
             row = int(np.argmax(rows.max(axis=1)))
-            raise DataError(
-                f"shard {self.files[shard_ids[row]]} holds token id {int(rows[row].max())} near token "
-                f"{offsets[row]}, outside the model's vocabulary of {self.vocab_size}: the shard is damaged "
-                "or was made with another tokenizer (data.tokenizer)"
-            )
+            raise outside_vocabulary(self.files[shard_ids[row]], int(rows[row].max()), offsets[row], self.vocab_size)
         batch = torch.from_numpy(rows.astype(np.int64))
         return batch[:, :-1], batch[:, 1:]
 
@@ -205,7 +201,8 @@ class TokenLoader:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
                 "seq_len": self.seq_len, "n_windows": self.n_windows}
 
-    def load_state_dict(self, state: Mapping) -> None:
+    def check_state(self, state: Mapping) -> None:
+        """Refuse a saved position taken over another stream (seed, seq_len or shards)."""
         mine = self.state_dict()
         for key in ("seed", "seq_len", "n_windows"):
             if state[key] != mine[key]:
@@ -213,6 +210,9 @@ class TokenLoader:
                     f"cannot resume the data loader: the saved position is for {key}={state[key]}, "
                     f"this loader has {key}={mine[key]} (different seed, seq_len or shards)"
                 )
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.check_state(state)
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
 
 
@@ -239,9 +239,11 @@ def validation_batches(files: Sequence[str | os.PathLike], micro_batch: int, seq
 
 
 def validation_batch_count(files: Sequence[str | os.PathLike], micro_batch: int, seq_len: int, tokens: int,
-                           world_size: int = 1) -> int:
-    """How many global batches the validation budget gives; checks the val shards (headers and
-    length) so that a bad val shard stops a run before its first step, not at its first validation."""
+                           world_size: int = 1, vocab_size: int | None = None) -> int:
+    """How many global batches the validation budget gives; checks the val shards (headers, length,
+    and with `vocab_size` every token id validation reads) so that a bad val shard stops a run
+    before its first step, not at its first validation (where an id outside the vocabulary would
+    be an IndexError, or a device assert on CUDA)."""
     global_batch = world_size * micro_batch * seq_len
     n_batches = tokens // global_batch
     if n_batches == 0:
@@ -256,19 +258,28 @@ def validation_batch_count(files: Sequence[str | os.PathLike], micro_batch: int,
             f"validation data too short: {len(files)} val shard(s) hold {have} tokens, "
             f"the validation budget needs {needed} (lower data.val_tokens or seq_len)"
         )
+    if vocab_size is not None:
+        for path, part in _stream_parts(files, needed):
+            if part.max() >= vocab_size:
+                position = int(np.argmax(part >= vocab_size))
+                raise outside_vocabulary(Path(path), int(part[position]), position, vocab_size)
     return n_batches
 
 
-def _stream_head(files: Sequence[str | os.PathLike], needed: int) -> np.ndarray:
-    """The first `needed` tokens of the shards' concatenated stream (validation_batch_count checked there are)."""
-    parts, have = [], 0
+def _stream_parts(files: Sequence[str | os.PathLike], needed: int) -> Iterator[tuple[str | os.PathLike, np.ndarray]]:
+    """(shard, its tokens) making up the first `needed` tokens of the shards' concatenated stream."""
+    have = 0
     for f in files:
         if have >= needed:
             break
         part = load_shard(f)[:needed - have]
-        parts.append(part)
+        yield f, part
         have += len(part)
-    return np.concatenate(parts)
+
+
+def _stream_head(files: Sequence[str | os.PathLike], needed: int) -> np.ndarray:
+    """The first `needed` tokens of the shards' concatenated stream (validation_batch_count checked there are)."""
+    return np.concatenate([part for _, part in _stream_parts(files, needed)])
 
 
 # --- data config -------------------------------------------------------------

@@ -5,10 +5,6 @@ each comes from its config group through one builder.
 from __future__ import annotations
 
 import math
-import os
-import signal
-import sys
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -25,10 +21,10 @@ from model.tokenizer import get_tokenizer
 from optim import build_optimizer
 from train.checkpoint import (
     CheckpointError,
-    checkpoint_step,
     describe,
     load_checkpoint,
     newest_intact,
+    read_meta,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -39,9 +35,16 @@ from train.config import accumulation_steps, check_config
 from train.data import TokenLoader, resolve_shards, validation_batch_count, validation_batches
 from train.diagnostics import NeuronDiagnostics, probe_batch
 from train.dist import DeviceTimer, Runtime, autocast_context, gradient_sync, init_runtime, parallelize, set_determinism
-from train.metrics import Metrics
+from train.metrics import Metrics, logged_through, read_metrics
 from train.rundir import RunDir, RunDirError
+from train.signals import StopSignals
 from train.unit_trace import UnitTracer
+
+# A run directory refuses an lr change (train/rundir.py), so a lower lr needs a new one.
+DIVERGED_ADVICE = (
+    "start a new out_dir with a lower lr, or resume this one with train.max_skipped_steps=N to skip up to N such steps"
+)
+
 
 def lr_scale(step: int, total: int, warmup_frac: float, decay_frac: float) -> float:
     """Linear warmup, constant, then linear decay to zero at `total` (step counts from 0).
@@ -182,55 +185,27 @@ def step_scalars(loss_sum: torch.Tensor, norm: torch.Tensor, stop: bool, runtime
     return loss, norm_value, stops > 0
 
 
-class StopSignals:
-    """SIGTERM and SIGINT (preemption, Ctrl-C) ask the run to stop at the next step boundary,
-    where it saves a checkpoint; a second signal aborts at once. Signals within a second of the
-    first count as the same request: Ctrl-C under torchrun reaches a worker twice (SIGINT from
-    the terminal, SIGTERM forwarded by torchrun). Installed only in the main thread (Python's
-    rule), restored on exit."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-    SAME_REQUEST_S = 1.0
-
-    def __init__(self):
-        self.received: int | None = None
-        self.received_at = 0.0
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame) -> None:
-        name = signal.Signals(signum).name
-        if self.received is not None:
-            if time.monotonic() - self.received_at < self.SAME_REQUEST_S:
-                return
-            print(f"{name} again: aborting now, without a checkpoint", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        self.received, self.received_at = signum, time.monotonic()
-        print(f"{name}: stopping at the end of this step, after a checkpoint; {name} again aborts at once", file=sys.stderr, flush=True)
-
-
-def select_checkpoint(run: RunDir) -> tuple[Path | None, list[str]]:
-    """The newest intact checkpoint, and a line for each newer, damaged one passed over; those
-    are renamed step_XXXXXXX.damaged (kept for inspection, out of the way of the steps that
-    will be saved again). Refuses a run whose checkpoints are all damaged rather than silently
-    starting it again."""
-    found, passed_over = newest_intact(run.checkpoint_dir)
-    lines = describe(passed_over)
+def select_checkpoint(run: RunDir) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint whose steps metrics.jsonl covers (read_metrics refuses one
+    damaged inside), and each newer one passed over, with why. Refuses a run whose checkpoints
+    are all passed over rather than silently starting it again. Writes nothing: the launch sets
+    the passed-over ones aside once it is accepted."""
+    records = read_metrics(run.path) if run.metrics_path.is_file() else []
+    found, passed_over = newest_intact(run.checkpoint_dir, logged_through(records))
     if found is None and passed_over:
         raise CheckpointError(
-            f"no intact checkpoint in {run.checkpoint_dir} ({'; '.join(lines)}); move the damaged ones away to start the run over"
+            f"no intact checkpoint in {run.checkpoint_dir} ({'; '.join(describe(passed_over))}); "
+            "move those away to start the run over"
         )
-    for path, _ in passed_over:
-        set_aside(path)
-    return found, lines
+    return found, passed_over
+
+
+def follow_schedule(scheduler: LambdaLR, optimizer: torch.optim.Optimizer) -> None:
+    """Give each group the lr this launch's schedule sets for the next step (LambdaLR's own
+    formula). A checkpoint holds the lr its launch's schedule set, which differs once train.steps
+    has grown: the decay moves later."""
+    for group, scale, base_lr in zip(optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs, strict=True):
+        group["lr"] = base_lr * scale(scheduler.last_epoch)
 
 
 def train(cfg: dict[str, Any]) -> Path:
@@ -255,7 +230,10 @@ def train(cfg: dict[str, Any]) -> Path:
         train_files, tcfg["micro_batch"], tcfg["seq_len"], runtime.rank, runtime.world_size, cfg["seed"],
         vocab_size=cfg["model"]["vocab_size"],
     )
-    validation_batch_count(val_files, tcfg["micro_batch"], tcfg["seq_len"], cfg["data"]["val_tokens"], runtime.world_size)
+    validation_batch_count(
+        val_files, tcfg["micro_batch"], tcfg["seq_len"], cfg["data"]["val_tokens"], runtime.world_size,
+        vocab_size=cfg["model"]["vocab_size"],
+    )
     hellaswag = hellaswag_subset(cfg["eval"], tcfg, cfg["data"]["tokenizer"], runtime)
     model = build_model(cfg["model"]).to(runtime.device)
     trained = parallelize(model, runtime, tcfg["parallelism"])
@@ -276,22 +254,20 @@ def train(cfg: dict[str, Any]) -> Path:
 def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, optimizer, scheduler, accum, stop) -> Path:
     tcfg = cfg["train"]
     total_steps = tcfg["steps"]
-    checkpoint, passed_over = None, []
+    # Rank 0 checks everything that can refuse the launch before it writes anything (exit 2: nothing was changed).
+    checkpoint, passed_over, saved = None, [], None
     if runtime.is_main:
         run.lock()
-        changes = run.changes(cfg)
         checkpoint, passed_over = select_checkpoint(run)
-        resume_step = checkpoint_step(checkpoint) if checkpoint else 0
+        saved = read_meta(checkpoint) if checkpoint else None
+        changes = run.changes(cfg, saved["config"] if saved else None)
+        resume_step = saved["step"] if saved else 0
         if "train.steps" in changes:
             problem = schedule_change_problem(changes["train.steps"][0], tcfg, resume_step)
             if problem:
                 raise RunDirError(problem)
-        facts = {
-            "resumed_from": checkpoint.name if checkpoint else None,
-            "damaged_checkpoints_passed_over": passed_over,
-            "ns_dtype": optimizer.ns_dtype_used(runtime.device),
-        }
-        run.commit(cfg, runtime.world_size, changes, **facts)
+        if saved:
+            loader.check_state(saved["loader"])
     if runtime.distributed:
         shared = [checkpoint]
         dist.broadcast_object_list(shared, src=0)
@@ -307,6 +283,7 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, model, optimizer, cfg["data"]["tokenizer"])
         scheduler.load_state_dict(meta["scheduler"])
+        follow_schedule(scheduler, optimizer)
         loader.load_state_dict(meta["loader"])
         restore_rng_state(meta["rng"])
         if diagnostics is not None and meta["diagnostics"] is not None:
@@ -315,14 +292,27 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
         if tracer is not None:
             tracer.resume(run.path, start_step, meta.get("unit_trace"))
 
+    notes = []
+    if runtime.is_main:
+        for path, _ in passed_over:
+            set_aside(path)
+        facts = {
+            "resumed_from": checkpoint.name if checkpoint else None,
+            "damaged_checkpoints_passed_over": describe(passed_over),
+            "ns_dtype": optimizer.ns_dtype_used(runtime.device),
+        }
+        notes = run.commit(cfg, runtime.world_size, changes, saved["config"] if saved else None, **facts)
+
     metrics = Metrics.for_run(cfg, run.path, start_step) if runtime.is_main else Metrics.disabled()
     n_params = sum(p.numel() for p in model.parameters())
     metrics.message(
         f"model {cfg['model']['name']}: {n_params:,} parameters | optimizer {cfg['optim']['name']} | "
         f"world size {runtime.world_size} | {accum} micro-batches of {tcfg['micro_batch']}x{tcfg['seq_len']} per step"
     )
-    for line in passed_over:
-        metrics.message(f"passed over damaged checkpoint {line}")
+    for line in describe(passed_over):
+        metrics.message(f"passed over checkpoint {line}")
+    for note in notes:
+        metrics.message(note)
     if checkpoint is not None:
         metrics.message(f"resuming {run.path} from step {start_step} ({checkpoint.name})")
 
@@ -334,7 +324,7 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
         if not parameters_finite(model, runtime):
             raise Diverged(
                 f"the parameters are not finite after step {step}; nothing was saved "
-                f"(last good checkpoint: {last_saved or 'none'}); lower the lr or set train.max_skipped_steps"
+                f"(last good checkpoint: {last_saved or 'none'}); {DIVERGED_ADVICE}"
             )
         meta = {
             "elapsed_s": elapsed,
@@ -381,8 +371,8 @@ def _train(cfg, runtime, run, loader, val_files, hellaswag, model, trained, opti
                 if skipped > tcfg["max_skipped_steps"]:
                     raise Diverged(
                         f"the run diverged at step {step}: train loss {train_loss}, grad norm {norm}; the update was not "
-                        f"applied and nothing was saved after the last good checkpoint ({last_saved or 'none'}); lower the "
-                        f"lr, or allow skipping such steps with train.max_skipped_steps"
+                        f"applied and nothing was saved after the last good checkpoint ({last_saved or 'none'}); "
+                        f"{DIVERGED_ADVICE}"
                     )
                 metrics.message(f"step {step}: train loss {train_loss}, grad norm {norm}: update skipped ({skipped} of at most {tcfg['max_skipped_steps']})")
                 optimizer_timer = None

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
-from train.files import atomic_write
+from train.files import atomic_write, naming, read_jsonl
 
 DISCARDED = "metrics.discarded.jsonl"
 
@@ -44,23 +44,16 @@ class JsonlSink:
         then the run restarts from step 0); the resumed run logs those steps again. Nothing is
         deleted. A damaged line before the last one is not a crash's trace: it is refused.
         """
-        lines = self.path.read_text(errors="replace").splitlines()
-        kept, stale, torn = [], [], []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if number < len(lines):
-                    raise ValueError(f"{self.path}: line {number} is not JSON; the file is damaged, repair or move it") from None
-                torn.append(json.dumps({"torn_line": line}))
-                continue
+        parsed, torn = read_jsonl(self.path)
+        kept, stale = [], []
+        for line, record in parsed:
             (stale if record.get("step", -1) > step else kept).append(line)
-        if not stale and not torn:
+        set_aside = stale + ([json.dumps({"torn_line": torn})] if torn is not None else [])
+        if not set_aside:
             return []
-        with open(self.path.with_name(DISCARDED), "a") as f:
-            f.write("".join(line + "\n" for line in stale + torn))
+        discarded = self.path.with_name(DISCARDED)
+        with naming(discarded), open(discarded, "a") as f:
+            f.write("".join(line + "\n" for line in set_aside))
             f.flush()
             os.fsync(f.fileno())
         atomic_write(self.path, "".join(line + "\n" for line in kept))
@@ -71,18 +64,20 @@ class JsonlSink:
                 f"set aside {len(stale)} record(s) of steps {min(steps)}-{max(steps)}, logged after step {step} by an "
                 f"interrupted launch, in {DISCARDED}"
             )
-        if torn:
+        if torn is not None:
             notes.append(f"repaired the torn last line of {self.path.name} (a crash mid-write); it is kept in {DISCARDED}")
         return notes
 
     def log(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        with naming(self.path):
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
 
     def sync(self) -> None:
         """Make every logged record durable (at each checkpoint)."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        with naming(self.path):
+            self.file.flush()
+            os.fsync(self.file.fileno())
 
     def close(self) -> None:
         self.file.close()
@@ -112,6 +107,7 @@ class ConsoleSink:
     """A one-line progress bar on a terminal, plain log lines otherwise (both go to console.log)."""
 
     def __init__(self, console_log: Path, every: int):
+        self.path = console_log
         self.file = open(console_log, "a")
         self.every = every
         self.tty = sys.stdout.isatty()
@@ -120,8 +116,9 @@ class ConsoleSink:
         if self.tty:
             sys.stdout.write("\r\033[K")
         print(text, flush=True)
-        self.file.write(text + "\n")
-        self.file.flush()
+        with naming(self.path):
+            self.file.write(text + "\n")
+            self.file.flush()
 
     def log(self, record: dict[str, Any]) -> None:
         line = format_record(record)
@@ -131,8 +128,9 @@ class ConsoleSink:
             or "hellaswag_n" in record
             or record["step"] == record["total_steps"]
         ):
-            self.file.write(line + "\n")
-            self.file.flush()
+            with naming(self.path):
+                self.file.write(line + "\n")
+                self.file.flush()
             if not self.tty:
                 print(line, flush=True)
         if self.tty:
@@ -183,9 +181,20 @@ class WandbSink:
         self.run.finish()
 
 
+WANDB_ID = "wandb_id"  # in the run directory
+
+
 def wandb_run_id(out_dir: Path) -> str:
-    """A stable id per run directory, so a resumed run continues the same W&B run."""
-    return hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:16]
+    """The run directory's W&B run id, so that every launch of a run (and its evals) continues one
+    W&B run, also after the directory is moved. Kept in out_dir/wandb_id, which the first call
+    writes: derived from the directory's absolute path, as it was before the file existed, so that
+    older runs keep their id."""
+    path = Path(out_dir) / WANDB_ID
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
+    atomic_write(path, run_id + "\n")
+    return run_id
 
 
 class Metrics:
@@ -236,17 +245,16 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {str(run_dir)!r} a run directory?")
-    lines = path.read_text(errors="replace").splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise ValueError(f"{path}: line {number} is not JSON; the file is damaged") from None
-    return records
+    return [record for _, record in read_jsonl(path)[0]]
+
+
+def logged_through(records: list[dict[str, Any]]) -> int:
+    """The last step S such that every step 1..S has a record (0 when step 1 has none)."""
+    logged = {record.get("step") for record in records}
+    step = 0
+    while step + 1 in logged:
+        step += 1
+    return step
 
 
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:

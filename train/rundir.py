@@ -1,16 +1,18 @@
 """The run directory: one per run, shared by all ranks, never overwritten.
 
     out_dir/
-      config.yaml      the resolved config of the first launch (written once)
+      config.yaml      the resolved config of the first launch (written once; if deleted, a later
+                       launch restores it from the config its checkpoint holds)
       launches.jsonl   one record per launch: code version, packages, hardware (with the CPU's
                        instruction-set features), argv, the polar iteration's dtype, the
                        config keys it changed (old and new value), the checkpoint it resumed
-                       from and any damaged checkpoint it passed over
+                       from and any checkpoint it passed over
       code.diff        uncommitted changes at the first launch, when there were any (each launch
                        records the sha256 of its own)
       metrics.jsonl    one JSON object per logged step (the single source of truth)
       console.log      everything printed on rank 0
       checkpoints/     step_XXXXXXX/ directories (train/checkpoint.py)
+      wandb_id         the run's W&B id, when W&B was on (train/metrics.py)
       .lock            held by the launch that trains (an OS lock: released when it dies)
 
 The run's config is config.yaml with each launch's allowed changes applied in order
@@ -21,6 +23,7 @@ anything else is refused, naming each key with its old and new value.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -37,7 +40,7 @@ from typing import Any
 import torch
 import yaml
 
-from train.files import atomic_write
+from train.files import atomic_write, naming, read_jsonl
 
 # Keys that may change when a run is resumed: they do not change its training numbers
 # (out_dir, so that a moved or copied run directory still resumes; diagnostics and eval
@@ -87,6 +90,8 @@ LEGACY_OPTIM_DEFAULTS = {
     ("normuon", "unormuon"): {"optim.matrix.normalize": "rows"},
 }
 LOCK = ".lock"
+CONFIG = "config.yaml"
+LAUNCHES = "launches.jsonl"
 
 
 class RunDirError(ValueError):
@@ -137,28 +142,27 @@ def apply_changes(config: dict[str, Any], changes: dict[str, list[Any]]) -> dict
 
 
 def read_launches(path: Path) -> list[dict[str, Any]]:
-    """The launch records, a torn last line (a launch killed mid-write) left out."""
+    """The launch records. A torn last line (a launch that died, or found the disk full, while
+    writing its record) is left out; a damaged line before it is an error naming the file."""
     if not path.is_file():
         return []
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    return [record for _, record in read_jsonl(path)[0]]
 
 
-def effective_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """config.yaml with the changes of every later launch applied, and the values an older run
-    had for keys added since (legacy_defaults); None without config.yaml."""
+def effective_config(run_dir: str | os.PathLike, base: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """config.yaml (or, where it is missing, `base`: the config a checkpoint of the run holds) with
+    the changes of every later launch applied, and the values an older run had for keys added
+    since (legacy_defaults); None without either."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if (run_dir / CONFIG).is_file():
+        config = yaml.safe_load((run_dir / CONFIG).read_text())
+    elif base is not None:
+        config = copy.deepcopy(base)
+    else:
         return None
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     present = flatten(config)
     apply_changes(config, {key: (None, value) for key, value in legacy_defaults(present).items() if key not in present})
-    for launch in read_launches(run_dir / "launches.jsonl"):
+    for launch in read_launches(run_dir / LAUNCHES):
         apply_changes(config, launch.get("config_changes") or {})
     return config
 
@@ -244,7 +248,8 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.config_path = self.path / "config.yaml"
+        self.config_path = self.path / CONFIG
+        self.launches_path = self.path / LAUNCHES
         self.metrics_path = self.path / "metrics.jsonl"
         self.console_path = self.path / "console.log"
         self.checkpoint_dir = self.path / "checkpoints"
@@ -270,8 +275,10 @@ class RunDir:
             ) from None
         lock_file.seek(0)
         lock_file.truncate()
-        lock_file.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
-        lock_file.flush()
+        this_launch = f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
+        with naming(self.path / LOCK):
+            lock_file.write(this_launch + "\n")
+            lock_file.flush()
         self._lock_file = lock_file
 
     def unlock(self) -> None:
@@ -279,11 +286,20 @@ class RunDir:
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
 
-    def changes(self, config: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    def changes(
+        self, config: dict[str, Any], checkpoint_config: dict[str, Any] | None = None
+    ) -> dict[str, tuple[Any, Any]]:
         """The keys this launch changes against the run's effective config ({} for a new run);
-        refuses any change outside RESUMABLE_CHANGES and train.steps. Writes nothing."""
-        saved = effective_config(self.path)
+        refuses any change outside RESUMABLE_CHANGES and train.steps. Without config.yaml, the
+        run's config is the one its newest checkpoint holds (`checkpoint_config`; `commit`
+        restores config.yaml from it); a run with launches but neither is refused. Writes nothing."""
+        saved = effective_config(self.path, base=checkpoint_config)
         if saved is None:
+            if read_launches(self.launches_path):
+                raise RunDirError(
+                    f"out_dir {str(self.path)!r} has no {CONFIG} and no intact checkpoint holding the run's config, "
+                    f"but {LAUNCHES} shows launches: put {CONFIG} back, or use a new out_dir"
+                )
             return {}
         changes = config_changes(saved, config)
         refused = refused_changes(changes)
@@ -295,15 +311,43 @@ class RunDir:
             )
         return changes
 
-    def commit(self, config: dict[str, Any], world_size: int, changes: dict[str, tuple[Any, Any]], **facts: Any) -> None:
-        """Write config.yaml and code.diff on the first launch, and this launch's record: its
-        config changes key by key and `facts` (the checkpoint it resumed from, what it passed over)."""
-        first = not self.config_path.exists()
+    def _remove_torn_record(self) -> str | None:
+        """Take a torn last line (a launch that died writing its record) out of launches.jsonl, so
+        that the next record starts on a line of its own; returns it."""
+        if not self.launches_path.is_file():
+            return None
+        records, torn = read_jsonl(self.launches_path)
+        if torn is not None:
+            atomic_write(self.launches_path, "".join(line + "\n" for line, _ in records))
+        return torn
+
+    def commit(
+        self,
+        config: dict[str, Any],
+        world_size: int,
+        changes: dict[str, tuple[Any, Any]],
+        checkpoint_config: dict[str, Any] | None = None,
+        **facts: Any,
+    ) -> list[str]:
+        """Write this launch's record: its config changes key by key and `facts` (the checkpoint it
+        resumed from, what it passed over). The first launch also writes config.yaml and code.diff;
+        a later one finding config.yaml gone restores it from `checkpoint_config`. A torn last
+        record (a launch that died writing it) is moved into this record first, so that this one
+        starts on a line of its own. Returns a note for each repair."""
+        notes = []
+        restored = not self.config_path.exists() and checkpoint_config is not None
+        first = not self.config_path.exists() and not restored
         diff = git("diff", "HEAD")
         if first:
             atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
             if diff:
                 atomic_write(self.path / "code.diff", diff)
+        if restored:
+            atomic_write(self.config_path, yaml.safe_dump(checkpoint_config, sort_keys=False))
+            notes.append(f"{CONFIG} was missing: restored it from the config of checkpoint {facts.get('resumed_from')}")
+        torn = self._remove_torn_record()
+        if torn is not None:
+            notes.append(f"moved the torn last line of {LAUNCHES} (a launch that died writing it) into this record")
         launch = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resuming": not first,
@@ -311,6 +355,8 @@ class RunDir:
             "world_size": world_size,
             "config_changes": {key: list(values) for key, values in changes.items()},
             **facts,
+            **({"config_restored": True} if restored else {}),
+            **({"torn_previous_record": torn} if torn is not None else {}),
             "git_commit": (git("rev-parse", "HEAD") or "").strip() or None,
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,  # code.diff is the first launch's
@@ -319,7 +365,8 @@ class RunDir:
             "hardware": hardware(),
             "packages": packages(),
         }
-        with open(self.path / "launches.jsonl", "a") as f:
+        with naming(self.launches_path), open(self.launches_path, "a") as f:
             f.write(json.dumps(launch) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        return notes
