@@ -183,16 +183,27 @@ def direct_polar(G):
     return newton_schulz(wide, ns_coefficients("simple_quintic")).mT.reshape(G.shape)
 
 
-def forms_table(device, repeats):
-    """The fp32 polar's two forms side by side on stacks of 4 MLP-shaped matrices."""
+def forms_table(G, device, repeats):
+    """The fp32 polar's two forms side by side on stacks of 4 MLP-shaped matrices, then how far each
+    (and the direct form in bf16) lies from the float64 iteration on G."""
     print(f"\n## fp32 polar (simple_quintic 12), direct against Gram form, stacks of 4, {device}\n")
     print("| matrices | direct (ms) | Gram (ms) | direct / Gram |")
     print("|---|---|---|---|")
     for rows, cols in ((1024, 128), (2048, 128), (3072, 768)):
-        G = torch.randn(4, rows, cols, device=device)
-        direct = best_time(lambda: direct_polar(G), device, max(repeats, 2))
-        gram = best_time(lambda: polar(G, dtype=torch.float32), device, max(repeats, 2))
+        stack = torch.randn(4, rows, cols, device=device)
+        direct = best_time(lambda: direct_polar(stack), device, max(repeats, 2))
+        gram = best_time(lambda: polar(stack, dtype=torch.float32), device, max(repeats, 2))
         print(f"| 4 × {rows}×{cols} | {1000 * direct:.0f} | {1000 * gram:.0f} | {direct / gram:.2f} |", flush=True)
+    exact = polar(G.double(), dtype=torch.float64)
+    print(f"\nSpectral-norm distance from the float64 iteration, the {G.shape[0]}x{G.shape[1]} input above:\n")
+    print("| polar | ‖U − U_float64‖₂ |")
+    print("|---|---|")
+    for label, U in (
+        ("fp32, Gram form", polar(G, dtype=torch.float32)),
+        ("fp32, direct form", direct_polar(G)),
+        ("bf16, direct form", polar(G, dtype=torch.bfloat16)),
+    ):
+        print(f"| {label} | {torch.linalg.matrix_norm(U.double() - exact, ord=2).item():.2e} |", flush=True)
 
 
 def quality_table(device, repeats):
@@ -212,7 +223,8 @@ def quality_table(device, repeats):
         ("aurora K=3 exact leverage (aurora_leverage)", lambda g: aurora_polar(g, iterations=3, leverage="exact")),
         ("riemannian 3 outer (default)", lambda g: riemannian_aurora_polar(g)),
     ]
-    print(f"\n## Quality against cost: 3072x768, log-normal row scales sigma=1.2, {device} (aurora rows: polar in auto)\n")
+    title = f"Quality against cost: 3072x768, log-normal row scales sigma=1.2, {device} (aurora rows: polar in auto)"
+    print(f"\n## {title}\n")
     print("| method | row-norm CV | ‖UᵀU−I‖₂ | ⟨G,U⟩/‖G‖_* | time (ms) |")
     print("|---|---|---|---|---|")
     for label, method in cases:
@@ -223,7 +235,7 @@ def quality_table(device, repeats):
     print_quality_row("aurora K=1 cold, same momentum", M, aurora_polar(M, iterations=1), None)
     print_quality_row("aurora K=2 cold, same momentum", M, aurora_polar(M), None)
     precision_table(G)
-    forms_table(device, repeats)
+    forms_table(G, device, repeats)
 
 
 def spectrum_decaying_to(smallest, m=1024, n=256, sigma=1.2, seed=0):
@@ -307,8 +319,12 @@ def main(argv=None):
     parser.add_argument("--cpu-warm-up", action="store_true", help="an untimed step first on CPU too (CUDA always has one)")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="gpt124m", help="the parameter set the step-time part times")
     parser.add_argument("--cases", nargs="+", help="only the step-time cases whose label starts with one of these (the first is the reference)")
-    parser.add_argument("--ns-dtype", choices=NS_DTYPES, help="every matrix optimizer's polar dtype (default: the configs')")
-    parser.add_argument("--momenta", nargs="+", default=(), metavar="CHECKPOINT", help="leverage part: also these checkpoints' tall momenta")
+    parser.add_argument(
+        "--ns-dtype", choices=NS_DTYPES, help="every matrix optimizer's polar dtype (default: the configs')"
+    )
+    parser.add_argument(
+        "--momenta", nargs="+", default=(), metavar="CHECKPOINT", help="leverage part: also these checkpoints' tall momenta"
+    )
     args = parser.parse_args(argv)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"{describe_hardware(hardware())}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
