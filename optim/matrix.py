@@ -135,7 +135,8 @@ class MatrixOptimizer(Optimizer):
 
     def ns_dtype_used(self, device: torch.device) -> str | None:
         """The dtype the polar iteration runs in on `device` (None: no matrix group runs one)."""
-        used = sorted({str(ns_dtype(g["ns_dtype"], device)).removeprefix("torch.") for g in self.param_groups if g["kind"] == MATRIX})
+        groups = (group for group in self.param_groups if group["kind"] == MATRIX)
+        used = sorted({str(ns_dtype(group["ns_dtype"], device)).removeprefix("torch.") for group in groups})
         return ", ".join(used) or None
 
     # --- param groups -------------------------------------------------------------------

@@ -51,8 +51,8 @@ def ns_dtype(name: str, device: torch.device) -> torch.dtype:
 
     "auto" is bf16 on CUDA (the reference's choice, for tensor-core throughput) and fp32 on every
     other device. Not bf16 on CPUs that have bf16 units either: without them (AVX2-only CPUs) a
-    bf16 matmul runs ~11-15x slower than fp32, and with them the same config would give other
-    numbers on another CPU; docs/optimizers.md has the measurements. An explicit name wins.
+    bf16 matmul runs 11-22x slower than fp32, and with them the same config would give other
+    numbers on another CPU; docs/benchmarks.md has the measurements. An explicit name wins.
     """
     if name == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32

@@ -28,7 +28,8 @@ from train.rundir import describe_hardware, hardware
 
 
 def time_steps(
-    model_name: str, data: str, optim_name: str, ns_dtype: str | None, micro_batch: int, seq_len: int, steps: int, device: str
+    model_name: str, data: str, optim_name: str, ns_dtype: str | None,
+    micro_batch: int, seq_len: int, steps: int, device: str,
 ) -> dict:
     overrides = [f"model={model_name}", f"data={data}", f"optim={optim_name}"]
     cfg = compose_config(overrides + ([f"optim.matrix.ns_dtype={ns_dtype}"] if ns_dtype else []))
@@ -75,7 +76,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    print(f"# {describe_hardware(hardware())}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.device}")
+    machine = describe_hardware(hardware())
+    print(f"# {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.device}")
     print(f"| model | data | params | optimizer | batch | step (s) | tokens/s | vs {args.data[0]} |")
     print("|---|---|---:|---|---|---:|---:|---:|")
     rows = [
@@ -87,7 +89,9 @@ def main() -> None:
     for model_name, optim_name, ns_dtype in rows:
         first = None
         for data in args.data:
-            r = time_steps(model_name, data, optim_name, ns_dtype, args.micro_batch, args.seq_len, args.steps, args.device)
+            r = time_steps(
+                model_name, data, optim_name, ns_dtype, args.micro_batch, args.seq_len, args.steps, args.device
+            )
             first = first or r["tokens_per_s"]
             print(
                 f"| {r['model']} | {r['data']} | {r['params']:,} | {r['optim']} | {r['batch']} | {r['step_s']:.3f} | "

@@ -84,11 +84,13 @@ def machine_line(groups: dict) -> str:
     last = [records[-1] for records in launches.values() if records]
     if not last:
         return "machine: unknown (no launch records)"
-    dtypes = ", ".join(f"{label} {records[-1].get('ns_dtype') or 'none'}" for label, records in launches.items() if records)
+    dtypes = ", ".join(
+        f"{label} {records[-1].get('ns_dtype') or 'none'}" for label, records in launches.items() if records
+    )
     hardware = last[0]["hardware"]
     return (
-        f"machine: {describe_hardware(hardware)}, threads per run {hardware.get('torch_threads')}, torch {last[0].get('torch')}; "
-        f"polar iteration dtype: {dtypes}"
+        f"machine: {describe_hardware(hardware)}, threads per run {hardware.get('torch_threads')}, "
+        f"torch {last[0].get('torch')}; polar iteration dtype: {dtypes}"
     )
 
 

@@ -16,7 +16,15 @@ singular values. Tolerances (each well above what we measure, well below failure
 import pytest
 import torch
 
-from optim.polar import POLAR_EXPRESS, POLAR_METHODS, gram_newton_schulz, newton_schulz, ns_coefficients, polar, svd_polar
+from optim.polar import (
+    POLAR_EXPRESS,
+    POLAR_METHODS,
+    gram_newton_schulz,
+    newton_schulz,
+    ns_coefficients,
+    polar,
+    svd_polar,
+)
 
 TOLERANCE = {
     ("simple_quintic", None, torch.float32): 1e-4,

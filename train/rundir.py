@@ -177,8 +177,8 @@ def git(*args: str) -> str | None:
 
 
 # The CPU features that set how fast a CPU run is: without bf16 units (AVX512-BF16 or AMX) a bf16
-# matmul runs ~15x slower than fp32. Recorded, with the variables that cap them, so that a slow
-# run can be explained from its launch record.
+# matmul is an order of magnitude slower than fp32 (optim.polar.ns_dtype). Recorded, with the
+# variables that cap them, so that a slow run can be explained from its launch record.
 CPU_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
 CPU_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
