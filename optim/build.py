@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from .algorithms import AdamW, Aurora, Muon, NorMuon, UNorMuon
@@ -111,6 +112,8 @@ def build_optimizer(cfg, model: nn.Module) -> Optimizer:
         raise ValueError(f"optim config for {name!r}: unknown keys {unknown}, missing sections {missing}")
     object_options = {key: cfg[key] for key in OBJECT_OPTIONS if key in cfg}
     assigned = assign_groups(model)
+    if not getattr(optimizer_class, "supports_fsdp2", True) and any(isinstance(p, DTensor) for p in model.parameters()):
+        raise ValueError(f"{target} does not support FSDP2 (its class sets supports_fsdp2 = False); use train.parallelism=ddp")
     if not issubclass(optimizer_class, MatrixOptimizer):
         return _build_foreign(optimizer_class, cfg, assigned, object_options)
     if "takes" in cfg:
