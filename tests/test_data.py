@@ -10,19 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from model.tokenizer import EOT_TOKEN, get_tokenizer
-from train.cli import exit_code
 from train import corpus, prepare
-from train.data import (
-    HEADER_BYTES,
-    DataError,
-    TokenLoader,
-    load_shard,
-    read_shard_header,
-    resolve_shards,
-    validation_batches,
-    write_shard,
-)
+from train.cli import exit_code
+from train.data import TokenLoader, resolve_shards, validation_batches
+from train.shards import HEADER_BYTES, DataError, load_shard, read_shard_header, write_shard
+from train.tokenizer import EOT_TOKEN, get_tokenizer
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
 SHARD_SIZES = (1000, 1500, 700)

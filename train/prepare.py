@@ -29,9 +29,9 @@ from train.corpus import (
     prepare_fineweb10b,
     prepare_local,
 )
-from model.tokenizer import TOKENIZERS
 from train.cli import exit_code
-from train.data import read_shard_header
+from train.shards import read_shard_header
+from train.tokenizer import TOKENIZERS
 
 
 def positive_int(text: str) -> int:
