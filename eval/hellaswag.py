@@ -55,7 +55,7 @@ import torch.distributed as dist
 from eval.scoring import mean_and_stderr, positive_int, predictions, score_continuations
 from train.cli import exit_code
 from train.fetch import cached_from_registry, require_hub
-from train.files import atomic_write, fsync_dir, sha256_of
+from train.files import atomic_write, fsync_dir, read_jsonl, sha256_of
 from train.metrics import wandb_run_id
 from train.tokenizer import get_tokenizer
 
@@ -97,21 +97,13 @@ def read_examples(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise HellaSwagDataError(f"HellaSwag data file {str(path)!r} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                rows.append(_checked_row(line, f"{path}: line {number}"))
+    rows = [_checked_row(line.value, f"{path}: line {line.number}") for line in read_jsonl(path, appended=False)[0]]
     if not rows:
         raise HellaSwagDataError(f"HellaSwag data file {str(path)!r} has no rows")
     return rows
 
 
-def _checked_row(line: str, where: str) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise HellaSwagDataError(f"{where} is not JSON ({err.msg})") from None
+def _checked_row(row: Any, where: str) -> dict[str, Any]:
     shape = f"a HellaSwag row has the fields {', '.join(REQUIRED_FIELDS)}"
     if not isinstance(row, dict):
         raise HellaSwagDataError(f"{where} is not a JSON object; {shape}")

@@ -27,6 +27,7 @@ from model import GPT
 from tests.conftest import micro_overrides
 from train.checkpoint import CHECKSUMS, CheckpointError, checkpoint_problem, list_checkpoints
 from train.cli import exit_code
+from train.files import read_jsonl
 from train.loop import schedule_change_problem, train
 from train.metrics import read_metrics, wandb_run_id
 from train.rundir import RunDir, RunDirError, effective_config, read_launches
@@ -457,6 +458,19 @@ def test_a_torn_last_metrics_line_is_repaired_on_resume_and_kept(micro_config, c
     assert losses(resumed) == losses(full)
     discarded = [json.loads(line) for line in (crashed / "metrics.discarded.jsonl").read_text().splitlines()]
     assert [r.get("step") for r in discarded] == [9, 10, 11, 12, None] and discarded[-1]["torn_line"].startswith('{"step": 13')
+
+
+def test_the_one_jsonl_reader_leaves_out_a_torn_last_line_and_refuses_damage_anywhere_else(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"step": 1}\n\n{"step": 2}\n{"step": 3, "train_lo')
+    lines, torn = read_jsonl(path)
+    assert [(line.number, line.value) for line in lines] == [(1, {"step": 1}), (3, {"step": 2})]
+    assert torn == '{"step": 3, "train_lo'
+    with pytest.raises(ValueError, match=r"log.jsonl: line 4 is not JSON"):
+        read_jsonl(path, appended=False)  # a file written whole has no torn line: its last line is damaged
+    path.write_bytes(b'{"step": 1}\n{"note": "\xff"}\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl: line 2 is not JSON \(not UTF-8\)"):
+        read_jsonl(path)
 
 
 def test_a_damaged_line_inside_metrics_is_refused_naming_the_file(micro_config):

@@ -1,6 +1,5 @@
 """Durable file writes: a file appears whole or not at all, and survives a power loss once written;
-a file's sha256; and the reading of append-only JSON-lines files, which a crash may leave with a
-torn last line.
+a file's sha256; and the one reader of JSON-lines files.
 
 A rename is atomic but not durable until its directory is fsynced, and a file's data is not
 durable until the file is; every writer of run state (run directory, checkpoints, metrics, shards
@@ -8,10 +7,12 @@ and their manifests, eval results, the registry cache) goes through these functi
 raised while writing names the file (`naming`): Python's write errors name none, and a full disk
 must say where it is.
 
-A damaged line in a JSON-lines file (`read_jsonl`, the one reader of them): a torn LAST line is
-what a crash mid-append leaves (or a writer still at it), and is left out, returned apart so
-that the caller can say so or keep it; a line before the last that is not JSON is damage, not a
-crash's trace, and is refused with the file and line number.
+The policy for a damaged line of a JSON-lines file (`read_jsonl`): in a file that is appended to
+(metrics.jsonl, launches.jsonl), a LAST line that is not JSON is torn, the trace a crash mid-append
+leaves (or a writer still at it): it is left out of the values and returned apart, so that the
+caller can say so or keep it. Any other line that is not JSON (or not UTF-8) is damage, not a
+crash's trace: a ValueError naming the file and the line. A file written whole (`atomic_write`,
+or by hand: HellaSwag rows) cannot be torn, so there every such line is damage.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's quota used up
 
@@ -85,19 +86,32 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def read_jsonl(path: Path) -> tuple[list[tuple[str, Any]], str | None]:
-    """The (line, parsed value) pairs of a JSON-lines file, and its torn last line, if any, which is
-    left out; a line before the last that is not JSON is a ValueError naming the file and line
-    (the policy of the module docstring). Blank lines are skipped."""
-    lines = path.read_text(errors="replace").splitlines()
-    parsed, torn = [], None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
+class JsonLine(NamedTuple):
+    """One line of a JSON-lines file: its number (from 1), its text, and the value it holds."""
+
+    number: int
+    text: str
+    value: Any
+
+
+def read_jsonl(path: Path, appended: bool = True) -> tuple[list[JsonLine], str | None]:
+    """The lines of a JSON-lines file that hold a value (blank lines are skipped), and the torn last
+    line of a file that is `appended` to, if any (undecodable bytes replaced by U+FFFD); under the
+    policy of the module docstring, any other line that is not JSON is a ValueError."""
+    raw_lines = path.read_bytes().splitlines()
+    lines, torn = [], None
+    for number, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
             continue
         try:
-            parsed.append((line, json.loads(line)))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise ValueError(f"{path}: line {number} is not JSON; the file is damaged: repair or move it") from None
-            torn = line
-    return parsed, torn
+            text = raw.decode("utf-8")
+            lines.append(JsonLine(number, text, json.loads(text)))
+        except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError
+            if appended and number == len(raw_lines):
+                torn = raw.decode("utf-8", errors="replace")
+                continue
+            fault = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+            raise ValueError(
+                f"{path}: line {number} is not JSON ({fault}); the file is damaged: repair or move it"
+            ) from None
+    return lines, torn

@@ -146,7 +146,7 @@ def read_launches(path: Path) -> list[dict[str, Any]]:
     writing its record) is left out; a damaged line before it is an error naming the file."""
     if not path.is_file():
         return []
-    return [record for _, record in read_jsonl(path)[0]]
+    return [line.value for line in read_jsonl(path)[0]]
 
 
 def effective_config(run_dir: str | os.PathLike, base: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -316,9 +316,9 @@ class RunDir:
         that the next record starts on a line of its own; returns it."""
         if not self.launches_path.is_file():
             return None
-        records, torn = read_jsonl(self.launches_path)
+        lines, torn = read_jsonl(self.launches_path)
         if torn is not None:
-            atomic_write(self.launches_path, "".join(line + "\n" for line, _ in records))
+            atomic_write(self.launches_path, "".join(line.text + "\n" for line in lines))
         return torn
 
     def commit(
