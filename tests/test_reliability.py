@@ -27,7 +27,7 @@ from model import GPT
 from tests.conftest import micro_overrides
 from train.checkpoint import CHECKSUMS, CheckpointError, checkpoint_problem, list_checkpoints
 from train.cli import exit_code
-from train.files import read_jsonl
+from train.files import append_durably, read_jsonl
 from train.loop import schedule_change_problem, train
 from train.metrics import read_metrics, wandb_run_id
 from train.rundir import RunDir, RunDirError, effective_config, read_launches
@@ -699,6 +699,24 @@ def test_shards_manifests_and_eval_results_are_fsynced_with_their_directory(tmp_
     ]
     for path in written:
         assert path.stat().st_ino in synced and path.parent.stat().st_ino in synced, path
+
+
+def test_an_appended_line_is_fsynced_and_so_is_the_directory_of_a_file_it_creates(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "launches.jsonl"
+    append_durably(path, '{"launch": 1}\n')
+    assert synced == [path.stat().st_ino, tmp_path.stat().st_ino]
+    append_durably(path, '{"launch": 2}\n')
+    assert synced[2:] == [path.stat().st_ino] and [line.value for line in read_jsonl(path)[0]] == [
+        {"launch": 1}, {"launch": 2}
+    ]
 
 
 def snapshot(run: Path) -> dict[str, bytes]:

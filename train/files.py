@@ -77,6 +77,20 @@ def publish(staged: str | os.PathLike, path: str | os.PathLike) -> Path:
     return path
 
 
+def append_durably(path: str | os.PathLike, text: str) -> None:
+    """Append `text` (whole lines) to `path` and fsync it, and the directory too when this made the
+    file: durable once this returns. A crash meanwhile tears at most the last line (`read_jsonl`)."""
+    path = Path(path)
+    created = not path.exists()
+    with naming(path):
+        with open(path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if created:
+            fsync_dir(path.parent)
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

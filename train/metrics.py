@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
-from train.files import atomic_write, naming, read_jsonl
+from train.files import append_durably, atomic_write, naming, read_jsonl
 
 DISCARDED = "metrics.discarded.jsonl"
 
@@ -51,11 +51,7 @@ class JsonlSink:
         set_aside = [line.text for line in stale] + ([json.dumps({"torn_line": torn})] if torn is not None else [])
         if not set_aside:
             return []
-        discarded = self.path.with_name(DISCARDED)
-        with naming(discarded), open(discarded, "a") as f:
-            f.write("".join(text + "\n" for text in set_aside))
-            f.flush()
-            os.fsync(f.fileno())
+        append_durably(self.path.with_name(DISCARDED), "".join(text + "\n" for text in set_aside))
         atomic_write(self.path, "".join(line.text + "\n" for line in kept))
         notes = []
         if stale:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import yaml
 
-from train.files import atomic_write, naming, read_jsonl
+from train.files import append_durably, atomic_write, naming, read_jsonl
 
 # Keys that may change when a run is resumed: they do not change its training numbers
 # (out_dir, so that a moved or copied run directory still resumes; diagnostics and eval
@@ -365,8 +365,5 @@ class RunDir:
             "hardware": hardware(),
             "packages": packages(),
         }
-        with naming(self.launches_path), open(self.launches_path, "a") as f:
-            f.write(json.dumps(launch) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_durably(self.launches_path, json.dumps(launch) + "\n")
         return notes
