@@ -57,7 +57,6 @@ from train.cli import exit_code
 from train.fetch import cached_from_registry, require_hub
 from train.files import atomic_write, fsync_dir, read_jsonl, sha256_of
 from train.metrics import wandb_run_id
-from train.tokenizer import get_tokenizer
 
 if TYPE_CHECKING:  # lm-eval is imported only where it is used
     from eval.adapter import AuroraLM
