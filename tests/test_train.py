@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from train.checkpoint import list_checkpoints, load_model
-from train.data import DataError
 from train.loop import lr_scale, train
 from train.metrics import read_metrics
 from train.rundir import RunDirError, config_changes
+from train.shards import DataError
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REPO = Path(__file__).resolve().parent.parent

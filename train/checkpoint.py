@@ -35,8 +35,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from model import GPT, build_model
-from model.tokenizer import sha256_of
-from train.files import DISK_FULL, atomic_write, fsync_dir
+from train.files import DISK_FULL, atomic_write, fsync_dir, sha256_of
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{7})$")
 META = "meta.pt"

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from model.tokenizer import padded_vocab_size
+from train.tokenizer import padded_vocab_size
 
 # The Hydra configs: conf/ beside the packages in a source tree (an editable install too), and
 # train/conf/ in an installed wheel (pyproject.toml ships it there).

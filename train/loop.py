@@ -17,7 +17,6 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from eval.hellaswag import load_subset, quick_score
 from model import build_model
-from model.tokenizer import get_tokenizer
 from optim import build_optimizer
 from train.checkpoint import (
     CheckpointError,
@@ -38,6 +37,7 @@ from train.dist import DeviceTimer, Runtime, autocast_context, gradient_sync, in
 from train.metrics import Metrics, logged_through, read_metrics
 from train.rundir import RunDir, RunDirError
 from train.signals import StopSignals
+from train.tokenizer import get_tokenizer
 from train.unit_trace import UnitTracer
 
 # A run directory refuses an lr change (train/rundir.py), so a lower lr needs a new one.
