@@ -1,47 +1,31 @@
-"""Turn neuron-death run directories into a markdown table and PNG plots.
+"""The neuron-death report: a markdown table and PNG plots of run directories' `diag/...` metrics.
 
-    python scripts/neuron_death_report.py runs/neuron_death/* --out docs/neuron_death
-
-Reads each run's config.yaml and metrics.jsonl (the `diag/...` metrics of train/diagnostics.py,
-defined in docs/neuron_death.md) and writes into --out:
-    neuron_death.md       the settings, then one row per run: activation-dead and starved fractions
-                          at steps 100 and 500 and at the end, leverage CV, the smallest up-projection
-                          row norm, final val loss, tokens/s;
-                          where runs differ only in their seed, a second table of the mean and range
-                          over those seeds
-    death_vs_step.png     exactly-dead, nearly-dead and starved fractions against step, one
-                          panel row per MLP expansion
-    leverage_hist.png     the mlp.up leverage histograms at step 500 (or the nearest histogram step)
-A value at step s is the one logged at the diagnostic step nearest s, marked "(@step)" when that
-is not s itself; "-" means not logged (or the run ended before s). Settings that differ between
-runs of the same optimizer (an lr, a schedule; not the seed or the MLP expansion, which have their
-own columns) get a "settings" column, so that every row says what was run.
+`neuron_death_report(run_dirs, out)` writes OUTPUTS into `out`; scripts/neuron_death_report.py is
+its command, and its docstring says what each file holds. The metrics are train/diagnostics.py's
+(named in train/metric_names.py, defined in docs/neuron_death.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 from eval.plots import pyplot, save_figure
+from eval.report import markdown_table, shared_value, spread
 from eval.runs import Run, label_runs, load_runs, optimizer_rank
-from train.cli import exit_code
 from train.diagnostics import LEVERAGE_HIST_EDGES, LOW_LEVERAGE_THRESHOLD
+from train.metric_names import (
+    ACT_DEAD_FRAC, DEAD, LEVERAGE_CV_UP, LEVERAGE_HIST_UP, MLP_HIDDEN, MLP_UP, NEARLY_DEAD, STARVED_DOWN, STARVED_FRAC,
+    STARVED_UP, TOKENS_PER_S, WEIGHT_ROW_NORM_REL_MIN, every_block,
+)
 
 TABLE_STEPS = (100, 500)
 HISTOGRAM_STEP = 500
-DEAD = "diag/mlp.hidden/act_dead_frac"
-NEARLY_DEAD = "diag/mlp.hidden/act_nearly_dead_frac"
-STARVED_UP = "diag/mlp.up/starved_frac"
-STARVED_DOWN = "diag/mlp.down/starved_frac"
-LEVERAGE_CV_UP = "diag/mlp.up/leverage_cv"
-LEVERAGE_HIST_UP = "diag/mlp.up/leverage_hist"
-ROW_NORM_MIN_UP = re.compile(r"diag/blocks\.\d+\.mlp\.up/weight_row_norm_rel_min")
-DEAD_BLOCK = re.compile(r"diag/blocks\.\d+\.mlp\.hidden/act_dead_frac")
-STARVED_UP_BLOCK = re.compile(r"diag/blocks\.\d+\.mlp\.up/starved_frac")
+ROW_NORM_MIN_UP = every_block(MLP_UP, WEIGHT_ROW_NORM_REL_MIN)
+DEAD_BLOCK = every_block(MLP_HIDDEN, ACT_DEAD_FRAC)
+STARVED_UP_BLOCK = every_block(MLP_UP, STARVED_FRAC)
+OUTPUTS = ("neuron_death.md", "death_vs_step.png", "leverage_hist.png")
 OWN_COLUMNS = ("model.mlp_expansion",)  # its own column, so never a "setting"
 
 
@@ -98,11 +82,6 @@ def worst_block_cells(run: Run) -> list[str]:
     ]
 
 
-def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def identity_cells(run: Run, with_variant: bool) -> list[str]:
     return [run.optimizer, f"{run.expansion:g}"] + ([variant(run)] if with_variant else [])
 
@@ -111,7 +90,8 @@ def identity_header(with_variant: bool) -> list[str]:
     return ["optimizer", "MLP ×"] + (["settings"] if with_variant else [])
 
 
-def markdown_table(runs: list[Run], with_variant: bool) -> str:
+def run_table(runs: list[Run], with_variant: bool) -> str:
+    """One row per run: its identity, the death and starvation fractions, its loss and speed."""
     at = [f"@{s}" for s in TABLE_STEPS]
     header = (
         identity_header(with_variant)
@@ -120,7 +100,8 @@ def markdown_table(runs: list[Run], with_variant: bool) -> str:
         + ["dead @end", "nearly dead @end"]
         + [f"starved {a}" for a in at]
         + ["starved @end", "starved down @end", "leverage CV @end"]
-        + ["dead worst block @end", "starved worst block @end", "up row norm min @end", "final val loss", "tokens/s"]
+        + ["dead worst block @end", "starved worst block @end", "up row norm min @end", "final val loss"]
+        + ["tokens/s"]
     )
     rows = []
     for run in runs:
@@ -132,18 +113,10 @@ def markdown_table(runs: list[Run], with_variant: bool) -> str:
             + [cell(run, STARVED_UP, s) for s in TABLE_STEPS]
             + [cell(run, STARVED_UP), cell(run, STARVED_DOWN), cell(run, LEVERAGE_CV_UP)]
             + worst_block_cells(run)
-            + [final_loss(run), f"{run.median('tokens_per_s') or 0:,.0f}"]
+            + [final_loss(run), f"{run.median(TOKENS_PER_S) or 0:,.0f}"]
         )
         rows.append(row)
-    return markdown_rows(header, rows)
-
-
-def spread(found: list[float], digits: int) -> str:
-    """"mean (min–max)" of the values; the mean alone when they agree to `digits`; "-" for none."""
-    if not found:
-        return "-"
-    mean, low, high = (f"{value:.{digits}f}" for value in (sum(found) / len(found), min(found), max(found)))
-    return mean if low == high else f"{mean} ({low}–{high})"
+    return markdown_table(header, rows)
 
 
 def seed_table(runs: list[Run], with_variant: bool) -> str | None:
@@ -175,33 +148,14 @@ def seed_table(runs: list[Run], with_variant: bool) -> str | None:
             + [spread(worst(group, DEAD_BLOCK), 3), spread(worst(group, STARVED_UP_BLOCK), 3)]
             + [spread(losses, 4)]
         )
-    return markdown_rows(header, rows)
-
-
-def setting(*keys: str):
-    """A getter of run.config[keys[0]][keys[1]]...; "-" where the config has no such key."""
-
-    def get(run: Run) -> Any:
-        value = run.config
-        for key in keys:
-            if not isinstance(value, dict) or key not in value:
-                return "-"
-            value = value[key]
-        return value
-
-    return get
-
-
-def values(runs: list[Run], get) -> str:
-    """The one value of `get(run)` over all runs, or the set of them, numbers in numeric order."""
-    found = sorted({get(run) for run in runs}, key=lambda v: (isinstance(v, str), 0 if isinstance(v, str) else v, str(v)))
-    shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in found]
-    return shown[0] if len(shown) == 1 else "{" + ", ".join(shown) + "}"
+    return markdown_table(header, rows)
 
 
 def settings(runs: list[Run], varied: list[str]) -> str:
+    """The settings the runs share, a set of values where they differ, as markdown bullets."""
+
     def of(*keys: str) -> str:
-        return values(runs, setting(*keys))
+        return shared_value(run.setting(*keys) for run in runs)
 
     lines = (
         [f"- settings that differ between runs of one optimizer (the settings column): {', '.join(varied)}"]
@@ -210,11 +164,11 @@ def settings(runs: list[Run], varied: list[str]) -> str:
     )
     return "\n".join(
         [
-            f"- runs: {len(runs)}; optimizers {values(runs, lambda r: r.optimizer)}; "
-            f"MLP expansion {values(runs, lambda r: r.expansion)}; seeds {of('seed')}",
+            f"- runs: {len(runs)}; optimizers {shared_value(r.optimizer for r in runs)}; "
+            f"MLP expansion {shared_value(r.expansion for r in runs)}; seeds {of('seed')}",
             f"- model {of('model', 'name')}: d_model {of('model', 'd_model')}, {of('model', 'n_layer')} layers, "
             f"activation {of('model', 'activation')}",
-            f"- {values(runs, lambda r: r.steps)} steps of {of('train', 'batch_tokens')} tokens "
+            f"- {shared_value(r.steps for r in runs)} steps of {of('train', 'batch_tokens')} tokens "
             f"({of('train', 'micro_batch')} x {of('train', 'seq_len')}); data {of('data', 'name')}, "
             f"val on {of('data', 'val_tokens')} tokens",
             f"- diagnostics every {of('diagnostics', 'every')} steps on {of('diagnostics', 'probe_tokens')} probe "
@@ -238,7 +192,7 @@ LEGEND = f"""\
 - A value "x (@s)" was logged at diagnostic step s, the one nearest the column's step."""
 
 
-def plot_death(runs: list[Run], path: Path) -> None:
+def plot_death(runs: list[Run], path: Path) -> Path:
     """Exactly-dead, nearly-dead and starved fractions against step: one row of panels per
     expansion, one line per run (a run without a metric, e.g. exact death under SwiGLU, has no line)."""
     plt = pyplot()
@@ -269,10 +223,10 @@ def plot_death(runs: list[Run], path: Path) -> None:
                 handles.setdefault(label, handle)
         if handles:
             row[-1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_leverage_histograms(runs: list[Run], path: Path) -> None:
+def plot_leverage_histograms(runs: list[Run], path: Path) -> Path:
     plt = pyplot()
     expansions = sorted({run.expansion for run in runs})
     styles = run_styles(runs)
@@ -296,7 +250,7 @@ def plot_leverage_histograms(runs: list[Run], path: Path) -> None:
         ax.set_title(f"MLP x{expansion:g}: leverage near step {HISTOGRAM_STEP}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 LINE_STYLES = [(line, marker) for marker in (".", "x", "^") for line in ("-", "--", ":", "-.")]
@@ -319,43 +273,35 @@ def run_styles(runs: list[Run]) -> dict[Path, dict[str, Any]]:
     return styles
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (config.yaml + metrics.jsonl)")
-    parser.add_argument("--out", type=Path, required=True, help="where the table and plots go")
-    args = parser.parse_args(argv)
-    loaded = load_runs(args.run_dirs)
+def neuron_death_report(run_dirs: list[Path], out: Path) -> tuple[str, list[Path]]:
+    """Write the report and the plots of the runs in `run_dirs` into `out`; returns the report's
+    text and the files written (a plot that no run has data for is skipped). ValueError when no
+    run has logged a step, before anything is written."""
+    loaded = load_runs(run_dirs)
     left_out = [run for run in loaded if not run.records]
     runs = [run for run in loaded if run.records]
     if not runs:
-        raise ValueError("no run has logged a step: " + "; ".join(f"{run.path}: {', '.join(run.problems)}" for run in loaded))
+        problems = "; ".join(f"{run.path}: {', '.join(run.problems)}" for run in loaded)
+        raise ValueError(f"no run has logged a step: {problems}")
     varied = label_runs(runs, OWN_COLUMNS)
     with_variant = bool(varied)
     runs.sort(key=sort_key)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = f"# Neuron death\n\n{settings(runs, varied)}\n\n{markdown_table(runs, with_variant)}\n\n{LEGEND}\n"
+    out.mkdir(parents=True, exist_ok=True)
+    report = f"# Neuron death\n\n{settings(runs, varied)}\n\n{run_table(runs, with_variant)}\n\n{LEGEND}\n"
     incomplete = [run for run in loaded if run.problems]
     if incomplete:
-        report += "\nRuns with missing or partial metrics" + (" (left out of the tables when they logged nothing)" if left_out else "")
+        report += "\nRuns with missing or partial metrics"
+        report += " (left out of the tables when they logged nothing)" if left_out else ""
         report += ":\n" + "".join(f"- {run.path}: {'; '.join(run.problems)}\n" for run in incomplete)
     over_seeds = seed_table(runs, with_variant)
     if over_seeds:
         report += f"\nOver seeds: mean (min–max) of the values at the end of each run.\n\n{over_seeds}\n"
-    (args.out / "neuron_death.md").write_text(report)
-    outputs = [args.out / "neuron_death.md"]
+    table, deaths, histograms = (out / name for name in OUTPUTS)
+    table.write_text(report)
+    outputs = [table]
     if any(run.series(DEAD) or run.series(NEARLY_DEAD) for run in runs):
-        plot_death(runs, args.out / "death_vs_step.png")
-        outputs.append(args.out / "death_vs_step.png")
+        outputs.append(plot_death(runs, deaths))
     if any(run.series(LEVERAGE_HIST_UP) for run in runs):
-        plot_leverage_histograms(runs, args.out / "leverage_hist.png")
-        outputs.append(args.out / "leverage_hist.png")
-    print(report)
-    if len(outputs) < 3:
-        print("note: some runs logged no diagnostics (diagnostics.every: 0?), so some plots were skipped")
-    print("outputs:\n" + "\n".join(f"  {path}" for path in outputs))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(exit_code(lambda: main(sys.argv[1:])))
+        outputs.append(plot_leverage_histograms(runs, histograms))
+    return report, outputs

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from eval import stats
 from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
-
-DEAD = "diag/mlp.hidden/act_dead_frac"
-NEARLY_DEAD = "diag/mlp.hidden/act_nearly_dead_frac"
-STARVED_UP = "diag/mlp.up/starved_frac"
-LEVERAGE_CV_UP = "diag/mlp.up/leverage_cv"
-
+from train.metric_names import (
+    DEAD, LEVERAGE_CV_UP, NEARLY_DEAD, OPTIM_STEP_MS, STARVED_UP, TOKENS, TOKENS_PER_S, VAL_LOSS,
+)
 
 PROBLEMS_HEADING = (
     "Problem runs: failed, unfinished or lacking metrics (never ranked; a statistic without them says n of N)"
@@ -55,9 +53,9 @@ class Group:
         """How many seeds its statistics pool: "n", or "n of N" when some did not finish."""
         return f"{len(self.finished)}" if self.all_finished else f"{len(self.finished)} of {len(self.runs)}"
 
-    def mean_curve(self, x: str = "tokens") -> list[tuple[float, float]]:
+    def mean_curve(self, x: str = TOKENS) -> list[tuple[float, float]]:
         """The val-loss curve averaged over the finished seeds, at the points all of them logged."""
-        series = [dict(run.series("val_loss", x)) for run in self.finished]
+        series = [dict(run.series(VAL_LOSS, x)) for run in self.finished]
         if not series:
             return []
         common = sorted(set.intersection(*(set(s) for s in series)))
@@ -65,6 +63,19 @@ class Group:
 
     def end_values(self, key: str) -> list[float]:
         return [value for value in (run.last(key) for run in self.finished) if value is not None]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def shared_value(values: Iterable[Any]) -> str:
+    """The one value of `values`, or the set of them "{a, b}", numbers in numeric order (floats in %g)."""
+    found = sorted(set(values), key=lambda v: (isinstance(v, str), 0 if isinstance(v, str) else v, str(v)))
+    shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in found]
+    return shown[0] if len(shown) == 1 else "{" + ", ".join(shown) + "}"
 
 
 def spread(values: Sequence[float], digits: int) -> str:
@@ -138,7 +149,7 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
             value_range(losses, 4) if losses else "-",
             spread([r.best_val_loss for r in finished], 4),
             str(finished[0].steps) if finished else "-",
-            f"{finished[0].records[-1]['tokens']:,}" if finished else "-",
+            f"{finished[0].records[-1][TOKENS]:,}" if finished else "-",
         ]
         curve = group.mean_curve()
         if target is not None:
@@ -151,8 +162,8 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
                 "-" if ratio is None else f"{'' if ratio[1] == '=' else ratio[1] + ' '}{ratio[0]:.2f}×",
             ]
         row += [
-            _format(_median([r.median("tokens_per_s") for r in group.runs]), ",.0f"),
-            _format(_median([r.median("optim_step_ms") for r in group.runs]), ".1f"),
+            _format(_median([r.median(TOKENS_PER_S) for r in group.runs]), ",.0f"),
+            _format(_median([r.median(OPTIM_STEP_MS) for r in group.runs]), ".1f"),
         ]
         if any_diag:
             row += [percent_spread(group.end_values(k)) for k in (DEAD, NEARLY_DEAD, STARVED_UP)]
@@ -161,13 +172,12 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
             scores = [r.hellaswag() for r in finished if r.hellaswag()]
             row += [spread([s[c] for s in scores], 4) for c in ("llmc", "lm_eval")]
         rows.append(row)
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    table = markdown_table(header, rows)
     partial = [f"{group.label} over {group.seeds}" for group in groups if group.final_losses and not group.all_finished]
     if partial:
         pooled = "; ".join(partial)
-        lines += ["", f"Every column but tokens/s and optimizer step pools the finished seeds only: {pooled}."]
-    return "\n".join(lines)
+        table += f"\n\nEvery column but tokens/s and optimizer step pools the finished seeds only: {pooled}."
+    return table
 
 
 def _format(value: float | None, spec: str) -> str:
@@ -239,6 +249,11 @@ def findings(groups: Sequence[Group]) -> list[str]:
             parts = ", ".join(f"{label} {percent_spread(values)}" for label, values in measured)
             lines.append(f"At the end, {what} (mean (min–max) over finished seeds): {parts}.")
     return lines
+
+
+def findings_bullets(groups: Sequence[Group]) -> list[str]:
+    """The findings as markdown bullets (their indented lines are already sub-bullets)."""
+    return [line if line.startswith("  ") else f"- {line}" for line in findings(groups)]
 
 
 def verdict_losses(group: Group) -> list[float]:
