@@ -6,18 +6,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.runs import Run
+from eval.runs import Run, load_run
+from train.metric_names import DEAD, DIAG_PREFIX, ELAPSED_S, NEARLY_DEAD, STARVED_UP, STEP, TOKENS, VAL_LOSS
 
 # (metric key, x axis, panel title): the panels the README's main job and reports draw.
 LOSS_PANELS = (
-    ("val_loss", "step", "val loss against step"),
-    ("val_loss", "tokens", "val loss against tokens"),
-    ("val_loss", "elapsed_s", "val loss against wall time (s)"),
+    (VAL_LOSS, STEP, "val loss against step"),
+    (VAL_LOSS, TOKENS, "val loss against tokens"),
+    (VAL_LOSS, ELAPSED_S, "val loss against wall time (s)"),
 )
 DEATH_PANELS = (
-    ("diag/mlp.hidden/act_dead_frac", "step", "exactly-dead fraction (all MLP units)"),
-    ("diag/mlp.hidden/act_nearly_dead_frac", "step", "nearly-dead fraction (all MLP units)"),
-    ("diag/mlp.up/starved_frac", "step", "starved fraction (mlp.up rows)"),
+    (DEAD, STEP, "exactly-dead fraction (all MLP units)"),
+    (NEARLY_DEAD, STEP, "nearly-dead fraction (all MLP units)"),
+    (STARVED_UP, STEP, "starved fraction (mlp.up rows)"),
 )
 
 
@@ -71,8 +72,8 @@ def plot_groups(groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str,
                 ax.fill_between(xs, low, high, color=palette(color % 10), alpha=0.2, linewidth=0)
             drawn = True
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel({"elapsed_s": "seconds", "tokens": "tokens"}.get(x, x))
-        if key.startswith("diag/"):
+        ax.set_xlabel({ELAPSED_S: "seconds", TOKENS: "tokens"}.get(x, x))
+        if key.startswith(DIAG_PREFIX):
             ax.set_ylim(bottom=0)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
@@ -89,9 +90,7 @@ def plot_groups(groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str,
 
 def plot_tuning(plan: Mapping, path: Path) -> Path | None:
     """Final val loss against each searched key (one panel per key, log axis for log spaces), a
-    line per optimizer through its trials, the winner circled; from a scripts/tune.py plan."""
-    from eval.runs import load_run
-
+    line per optimizer through its trials, the winner circled; from a tuning's plan (eval/tuning.py)."""
     plt = pyplot()
     keys = list(dict.fromkeys(key for entry in plan["optimizers"].values() for key in entry["space"]))
     if not keys:

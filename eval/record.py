@@ -15,6 +15,9 @@ launched seed counts (eval/runs.py gives each its outcome): a seed that has not 
 the verdict INCOMPLETE; a failed one (diverged, or a non-finite loss) counts as a loss above the
 target, so the verdict is FAIL, naming it. A record never overwrites another: a taken folder name
 gets .2, .3, ...
+
+An attempt's runs come from `attempt_points` (scripts/speedrun.py runs them); `verdict_line` says
+the verdict in one line.
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ from typing import Any
 from eval import stats
 from eval.report import PROBLEMS_HEADING, UNDEFINED
 from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
-from train.config import protocol_changes
+from train.config import compose_sweep, protocol_changes
+from train.metric_names import ELAPSED_S, VAL_LOSS
 from train.rundir import describe_hardware, read_launches
+from train.sweep import Point
 
+DEFAULT_RECIPE = "experiment=speedrun_track3"
 RUN_FILES = ("config.yaml", "launches.jsonl", "code.diff", "metrics.jsonl", "console.log")
 
 
 def validated_means(runs: Sequence[Run]) -> list[tuple[int, list[float]]]:
     """[(step, the seeds' val losses)] at every step that every run validated, in order."""
-    series = [dict(run.series("val_loss")) for run in runs]
+    series = [dict(run.series(VAL_LOSS)) for run in runs]
     common = sorted(set.intersection(*(set(s) for s in series))) if series else []
     return [(step, [s[step] for s in series]) for step in common]
 
@@ -161,11 +167,11 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
     ]
     for run in runs:
         outcome = "; ".join(run.problems) or run.outcome
-        at_report = dict(run.series("val_loss")).get(reported)
+        at_report = dict(run.series(VAL_LOSS)).get(reported)
         final = "-" if run.final_val_loss is None else f"{run.final_val_loss:.5f}"
         lines.append(
             f"| {run.seed} | {outcome} | {final} | {'-' if at_report is None else f'{at_report:.5f}'} | "
-            f"{run.records[-1]['elapsed_s']:.0f} | {_code_version(run)} | {_hardware(run)} | "
+            f"{run.records[-1][ELAPSED_S]:.0f} | {_code_version(run)} | {_hardware(run)} | "
             f"[{run.path.name}]({run.path.name}/) |"
             if run.records else f"| {run.seed} | {outcome} | - | - | - | - | - | {run.path.name} |"
         )
@@ -226,3 +232,32 @@ def write_record(runs: Sequence[Run], record_dir: Path, command: str) -> tuple[P
                 shutil.copy2(run.path / name, target / name)
     staging.rename(record_dir)
     return record_dir, verdict
+
+
+def attempt_points(overrides: list[str], seeds: list[int], nproc: int) -> list[Point]:
+    """The attempt's runs, a seed each: DEFAULT_RECIPE unless the overrides name another
+    experiment, which must be a protocol recipe."""
+    recipe = [] if any(o.startswith("experiment=") for o in overrides) else [DEFAULT_RECIPE]
+    seed = f"seed={','.join(map(str, seeds))}"
+    points = [Point(point, cfg) for point, cfg in compose_sweep([*recipe, *overrides, seed], nproc)]
+    if not points[0].config["protocol"]["name"]:
+        raise ValueError(
+            "scripts/speedrun.py runs a protocol recipe: experiment=speedrun_track3 or experiment=speedrun_tiny"
+        )
+    return points
+
+
+def default_record_dir(cfg: dict[str, Any]) -> Path:
+    """runs/records/<recipe>-<optimizer>-<steps>."""
+    return Path("runs/records") / f"{cfg['protocol']['name']}-{cfg['optim']['name']}-{cfg['train']['steps']}"
+
+
+def verdict_line(cfg: dict[str, Any], verdict: dict[str, Any], record_dir: Path) -> str:
+    """The attempt, its verdict and the rule, and where the record is."""
+    return (
+        f"{cfg['protocol']['name']} ({'official' if verdict['official'] else 'UNOFFICIAL'}), {cfg['optim']['name']}, "
+        f"{verdict['steps']} steps, {verdict['finished']} of {verdict['launched']} seeds finished: {verdict['status']}"
+        f"{verdict['reason']}; target {cfg['protocol']['target']}, rule (target - mean)*sqrt(n) >= {stats.TRACK_MARGIN}\n"
+        f"record: {record_dir / 'README.md'}"
+    )
+

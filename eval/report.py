@@ -71,9 +71,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float))
+
+
 def shared_value(values: Iterable[Any]) -> str:
     """The one value of `values`, or the set of them "{a, b}", numbers in numeric order (floats in %g)."""
-    found = sorted(set(values), key=lambda v: (isinstance(v, str), 0 if isinstance(v, str) else v, str(v)))
+    found = sorted(set(values), key=lambda v: (not is_number(v), v if is_number(v) else 0, str(v)))
     shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in found]
     return shown[0] if len(shown) == 1 else "{" + ", ".join(shown) + "}"
 

@@ -1,45 +1,76 @@
-"""Equal-budget tuning: every optimizer gets the same number of trials from the search space its
-config declares, is judged on final val loss only, and its best setting is re-run on fresh seeds.
+"""Equal-budget tuning (scripts/tune.py): every optimizer gets the same number of trials from the
+search space its config declares (`search:` in conf/optim/<name>.yaml), is judged on final val
+loss only, and its best setting is re-run on fresh seeds.
 
-    python scripts/tune.py --optimizers adamw muon aurora --trials 8 --seeds 3 --jobs 2 -- experiment=speedrun_tiny
-    python scripts/tune.py --optimizers muon aurora --trials 9 --sampler grid -- experiment=quickstart
-
-Search spaces: `search:` in conf/optim/<name>.yaml, e.g. `matrix.lr: {low: 0.005, high: 0.2, log: true}`
-(keys under optim.; log-uniform or uniform). Points: a scrambled Sobol sequence seeded by
---sampler-seed (the same positions in every optimizer's space), or a grid of --trials points
-(a whole power of the number of dimensions). Each trial runs with seed --trial-seed; the winner
-(lowest final val loss; failed or diverged trials lose) is re-run on the seeds after it
-(--seeds of them: fresh seeds, so the reported result is not the one selected on). Writes into
---out (default runs/tune): trials/ and final/ run directories, sweep_index.json, tune.json (the
-plan and the winners), tuning.md (every trial per optimizer with the winner marked, then the
-K-seed result) and tuning.png (final val loss against each searched key, one line per optimizer).
-Rerunning resumes. Compare further with scripts/report.py --out DIR runs/tune.
+    search_space, unit_points, trial_settings   the samplers: a scrambled Sobol sequence or a grid
+                                                in [0, 1]^dims, mapped into each optimizer's space
+    tune(tuning, command)                       the trials, the winners on fresh seeds, PLAN,
+                                                tuning.md and tuning.png, in tuning.out
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from eval.plots import plot_tuning
-from eval.report import comparison_table, findings, groups_of
+from eval.report import comparison_table, findings_bullets, groups_of
 from eval.runs import FINISHED, group_runs, load_run
-from train.cli import exit_code
 from train.config import compose_config, compose_sweep
 from train.files import atomic_write
-from train.sweep import Point, run_points
+from train.sweep import INDEX, Point, run_points, with_threads
 
-PLAN = "tune.json"
+PLAN = "tune.json"  # the plan and the winners, in the tuning's folder (eval/comparison.py plots it)
+REPORT = "tuning.md"
+FIGURE = "tuning.png"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """One equal-budget tuning, as scripts/tune.py's options set it (its help says what each does)."""
+
+    optimizers: list[str]
+    trials: int
+    seeds: int
+    trial_seed: int
+    sampler: str
+    sampler_seed: int
+    jobs: int
+    nproc: int
+    out: Path
+    overrides: list[str]
+
+    @property
+    def run_overrides(self) -> list[str]:
+        """The overrides of every run: the user's, the cores shared between the jobs."""
+        return with_threads(self.overrides, self.jobs)
+
+    @property
+    def final_seeds(self) -> list[int]:
+        """The fresh seeds the winners are re-run on: the ones after the trial seed."""
+        return [self.trial_seed + 1 + k for k in range(self.seeds)]
+
+    def points(self, optimizer: str, kind: str, settings: dict[str, float], seeds: list[int],
+               index: int | None = None) -> list[Point]:
+        """The composed runs of one setting of an optimizer, a run per seed, in out/<kind>/."""
+        name = f"{optimizer}-t{index}" if index is not None else optimizer
+        fixed = [f"optim={optimizer}", *(f"optim.{k}={v}" for k, v in settings.items())]
+        out_dir = f"out_dir={self.out / kind / name}" + ("-seed${seed}" if kind == "final" else "")
+        seed = f"seed={','.join(map(str, seeds))}"
+        return [Point(p, c) for p, c in compose_sweep([*self.run_overrides, *fixed, seed, out_dir])]
+
+
+Trials = dict[str, list[tuple[dict[str, float], Point]]]  # {optimizer: [(settings, its trial run)]}
 
 
 def search_space(optimizer: str, overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """The optimizer's `search:` space, each key's range checked."""
     space = compose_config([*overrides, f"optim={optimizer}"])["optim"].get("search") or {}
     if not space:
         raise ValueError(f"conf/optim/{optimizer}.yaml declares no search space (search:); scripts/tune.py needs one")
@@ -57,7 +88,9 @@ def unit_points(trials: int, dims: int, sampler: str, seed: int) -> list[list[fl
         return torch.quasirandom.SobolEngine(dims, scramble=True, seed=seed).draw(trials).double().tolist()
     per_axis = round(trials ** (1 / dims))
     if per_axis**dims != trials:
-        raise ValueError(f"a grid of {trials} trials over {dims} dimension(s) is not whole: use a power, e.g. {per_axis**dims}")
+        raise ValueError(
+            f"a grid of {trials} trials over {dims} dimension(s) is not whole: use a power, e.g. {per_axis**dims}"
+        )
     axis = [(i + 0.5) / per_axis for i in range(per_axis)]
     grid = [[]]
     for _ in range(dims):
@@ -66,102 +99,114 @@ def unit_points(trials: int, dims: int, sampler: str, seed: int) -> list[list[fl
 
 
 def value_at(spec: dict[str, Any], u: float) -> float:
+    """The point u ∈ [0, 1] of a search range, log-uniform or uniform, to 4 significant digits."""
     low, high = spec["low"], spec["high"]
-    value = math.exp(math.log(low) + u * (math.log(high) - math.log(low))) if spec.get("log") else low + u * (high - low)
+    if spec.get("log"):
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        value = low + u * (high - low)
     return float(f"{value:.4g}")
 
 
-def trial_overrides(optimizer: str, space: dict, points: list[list[float]]) -> list[dict[str, float]]:
+def trial_settings(space: dict, points: list[list[float]]) -> list[dict[str, float]]:
+    """Each unit point as {searched key: value} in the optimizer's space."""
     return [{key: value_at(spec, u) for (key, spec), u in zip(space.items(), point)} for point in points]
 
 
-def compose_points(overrides: list[str], out: Path, optimizer: str, kind: str, settings: dict[str, float], seeds: list[int], index: int | None = None):
-    name = f"{optimizer}-t{index}" if index is not None else optimizer
-    fixed = [f"optim={optimizer}", *(f"optim.{k}={v}" for k, v in settings.items())]
-    out_dir = f"out_dir={out / kind / name}" + ("-seed${seed}" if kind == "final" else "")
-    return [Point(p, c) for p, c in compose_sweep([*overrides, *fixed, f"seed={','.join(map(str, seeds))}", out_dir])]
-
-
 def final_loss(point: Point) -> float:
+    """The run's final val loss; +inf when it did not finish (a failed or diverged trial loses)."""
     run = load_run(point.out_dir)
     return run.final_val_loss if run.outcome == FINISHED else math.inf
 
 
 def trial_table(optimizer: str, trials: list[tuple[dict, Point]], winner: int) -> str:
+    """Markdown: every trial of one optimizer with its settings and loss, the winner marked."""
     keys = list(trials[0][0])
-    lines = [f"### {optimizer}", "", "| trial | " + " | ".join(keys) + " | final val loss | status |", "|---:|" + "---:|" * len(keys) + "---:|---|"]
+    lines = [f"### {optimizer}", "", "| trial | " + " | ".join(keys) + " | final val loss | status |",
+             "|---:|" + "---:|" * len(keys) + "---:|---|"]
     for i, (settings, point) in enumerate(trials):
         loss = final_loss(point)
         mark = " **(winner)**" if i == winner else ""
         shown = "-" if math.isinf(loss) else f"{loss:.4f}"
-        lines.append(f"| {i}{mark} | " + " | ".join(f"{settings[k]:g}" for k in keys) + f" | {shown} | {point.status} |")
+        cells = " | ".join(f"{settings[k]:g}" for k in keys)
+        lines.append(f"| {i}{mark} | {cells} | {shown} | {point.status} |")
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--optimizers", nargs="+", required=True)
-    parser.add_argument("--trials", type=int, default=8, help="trials per optimizer, the same for every one")
-    parser.add_argument("--seeds", type=int, default=3, help="fresh seeds the winner is re-run on (K)")
-    parser.add_argument("--trial-seed", type=int, default=0)
-    parser.add_argument("--sampler", choices=("sobol", "grid"), default="sobol")
-    parser.add_argument("--sampler-seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (CPU: 2 on 2 cores)")
-    parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun)")
-    parser.add_argument("--out", type=Path, default=Path("runs/tune"))
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
-    args = parser.parse_args(argv)
-    if args.trials < 1 or args.seeds < 1 or args.jobs < 1:
-        raise ValueError("--trials, --seeds and --jobs must be at least 1")
-    overrides = list(args.overrides)
-    if args.jobs > 1 and not any(o.startswith("train.threads=") for o in overrides):
-        overrides.append(f"train.threads={max(1, (os.cpu_count() or 1) // args.jobs)}")
+def plan_trials(tuning: Tuning) -> tuple[dict[str, Any], Trials]:
+    """The plan (PLAN's content before the winners) and every optimizer's trial runs, all composed
+    and checked before any runs."""
+    plan: dict[str, Any] = {
+        "optimizers": {}, "trials": tuning.trials, "seeds": tuning.seeds, "sampler": tuning.sampler,
+        "sampler_seed": tuning.sampler_seed, "trial_seed": tuning.trial_seed, "overrides": tuning.overrides,
+    }
+    trials: Trials = {}
+    for optimizer in tuning.optimizers:
+        space = search_space(optimizer, tuning.run_overrides)
+        points = unit_points(tuning.trials, len(space), tuning.sampler, tuning.sampler_seed)
+        trials[optimizer] = [
+            (settings, tuning.points(optimizer, "trials", settings, [tuning.trial_seed], index)[0])
+            for index, settings in enumerate(trial_settings(space, points))
+        ]
+        plan["optimizers"][optimizer] = {
+            "space": space, "trials": [{"settings": s, "run": str(p.out_dir)} for s, p in trials[optimizer]],
+        }
+    return plan, trials
 
-    plan: dict[str, Any] = {"optimizers": {}, "trials": args.trials, "seeds": args.seeds, "sampler": args.sampler,
-                            "sampler_seed": args.sampler_seed, "trial_seed": args.trial_seed, "overrides": args.overrides}
-    trials: dict[str, list[tuple[dict, Point]]] = {}
-    for optimizer in args.optimizers:  # every point of every optimizer is composed and checked before any runs
-        space = search_space(optimizer, overrides)
-        settings = trial_overrides(optimizer, space, unit_points(args.trials, len(space), args.sampler, args.sampler_seed))
-        trials[optimizer] = [(s, compose_points(overrides, args.out, optimizer, "trials", s, [args.trial_seed], i)[0]) for i, s in enumerate(settings)]
-        plan["optimizers"][optimizer] = {"space": space, "trials": [{"settings": s, "run": str(p.out_dir)} for s, p in trials[optimizer]]}
-    every_trial = [point for rows in trials.values() for _, point in rows]
-    print(f"tuning {len(args.optimizers)} optimizers x {args.trials} trials ({len(every_trial)} runs), then the winners on {args.seeds} fresh seeds each", flush=True)
-    run_points(every_trial, ["scripts/tune.py", *argv], nproc=args.nproc, jobs=args.jobs, directory=args.out)
 
+def winners(tuning: Tuning, plan: dict[str, Any], trials: Trials) -> list[Point]:
+    """Record each optimizer's winner (lowest final val loss) in the plan; returns the winners'
+    runs on the fresh seeds (none for an optimizer whose every trial failed)."""
     finals: list[Point] = []
-    final_seeds = [args.trial_seed + 1 + k for k in range(args.seeds)]
     for optimizer, rows in trials.items():
         losses = [final_loss(point) for _, point in rows]
         winner = min(range(len(rows)), key=lambda i: losses[i])
-        plan["optimizers"][optimizer]["winner"] = {"trial": winner, "settings": rows[winner][0], "final_val_loss": losses[winner]}
+        plan["optimizers"][optimizer]["winner"] = {
+            "trial": winner, "settings": rows[winner][0], "final_val_loss": losses[winner],
+        }
         if math.isinf(losses[winner]):
             print(f"{optimizer}: no trial finished with a finite val loss; no winner to re-run", file=sys.stderr)
             continue
-        finals += compose_points(overrides, args.out, optimizer, "final", rows[winner][0], final_seeds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / PLAN, json.dumps(plan, indent=1, default=str) + "\n")
-    if finals:
-        run_points(finals, ["scripts/tune.py", *argv], nproc=args.nproc, jobs=args.jobs, directory=args.out)
+        finals += tuning.points(optimizer, "final", rows[winner][0], tuning.final_seeds)
+    return finals
 
-    grouped = group_runs([load_run(point.out_dir) for point in finals])
-    groups = groups_of(grouped)
-    cfg = every_trial[0].config
-    budget = (f"{args.trials} trials x {cfg['train']['steps']} steps of {cfg['train']['batch_tokens']:,} tokens per optimizer "
-              f"({args.sampler}, sampler seed {args.sampler_seed}, trial seed {args.trial_seed}), then {args.seeds} fresh seeds "
-              f"({', '.join(map(str, final_seeds))}) for the winner")
-    figure = plot_tuning(plan, args.out / "tuning.png")
-    report = "\n\n".join([
-        "# Equal-budget tuning", f"Budget: {budget}. Judged on final val loss only. Overrides: `{' '.join(args.overrides) or '(none)'}`.",
-        "## Trials", *[trial_table(o, rows, plan["optimizers"][o]["winner"]["trial"]) for o, rows in trials.items()],
+
+def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: list[Point]) -> str:
+    """tuning.md: the budget, every trial per optimizer with the winner marked, the winners on
+    fresh seeds, and what that comparison found."""
+    groups = groups_of(group_runs([load_run(point.out_dir) for point in finals]))
+    cfg = next(iter(trials.values()))[0][1].config
+    budget = (
+        f"{tuning.trials} trials x {cfg['train']['steps']} steps of {cfg['train']['batch_tokens']:,} tokens per "
+        f"optimizer ({tuning.sampler}, sampler seed {tuning.sampler_seed}, trial seed {tuning.trial_seed}), then "
+        f"{tuning.seeds} fresh seeds ({', '.join(map(str, tuning.final_seeds))}) for the winner"
+    )
+    overrides = " ".join(tuning.overrides) or "(none)"
+    return "\n\n".join([
+        "# Equal-budget tuning", f"Budget: {budget}. Judged on final val loss only. Overrides: `{overrides}`.",
+        "## Trials",
+        *[trial_table(o, rows, plan["optimizers"][o]["winner"]["trial"]) for o, rows in trials.items()],
         "## The winners on fresh seeds", comparison_table(groups) if groups else "(no winner finished)",
-        "## What it found", "\n".join(line if line.startswith("  ") else f"- {line}" for line in findings(groups)),
+        "## What it found", "\n".join(findings_bullets(groups)),
     ])
-    atomic_write(args.out / "tuning.md", report + "\n")
-    print("\n" + report)
-    print(f"outputs:\n  {args.out / 'tuning.md'}\n  {figure or '(no tuning figure)'}\n  {args.out / PLAN}\n  {args.out / 'sweep_index.json'}")
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(exit_code(lambda: main(sys.argv[1:])))
+def tune(tuning: Tuning, command: list[str]) -> tuple[str, list[Path | None]]:
+    """Run every trial, then each winner on the fresh seeds (a rerun resumes), and write PLAN,
+    REPORT and FIGURE into tuning.out; returns the report and what it wrote (None: no figure),
+    the sweep index last. `command` goes into the sweep index."""
+    plan, trials = plan_trials(tuning)
+    every_trial = [point for rows in trials.values() for _, point in rows]
+    print(f"tuning {len(tuning.optimizers)} optimizers x {tuning.trials} trials ({len(every_trial)} runs), then the "
+          f"winners on {tuning.seeds} fresh seeds each", flush=True)
+    launch = dict(nproc=tuning.nproc, jobs=tuning.jobs, directory=tuning.out)
+    run_points(every_trial, command, **launch)
+    finals = winners(tuning, plan, trials)
+    tuning.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(tuning.out / PLAN, json.dumps(plan, indent=1, default=str) + "\n")
+    if finals:
+        run_points(finals, command, **launch)
+    figure = plot_tuning(plan, tuning.out / FIGURE)
+    report = tuning_report(tuning, plan, trials, finals)
+    atomic_write(tuning.out / REPORT, report + "\n")
+    return report, [tuning.out / REPORT, figure, tuning.out / PLAN, tuning.out / INDEX]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from eval.comparison import comparison_report
 from tests.conftest import compose_config, micro_overrides
 from tests.test_scripts import load_script
 from train.cli import exit_code
@@ -116,8 +117,7 @@ def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_th
     report = (out / "tuning.md").read_text()
     assert report.count("**(winner)**") == 2 and "## The winners on fresh seeds" in report
     assert (out / "tuning.png").read_bytes()[:4] == PNG
-    compare = load_script("report")
-    assert compare.main([str(out), "--out", str(tmp_path / "report")]) == 0
+    comparison_report([out], tmp_path / "report")
     assert (tmp_path / "report" / "tuning.png").read_bytes()[:4] == PNG
 
 
@@ -128,9 +128,8 @@ def test_the_report_lists_missing_and_partial_runs_instead_of_failing(micro_conf
     lines = (partial / "metrics.jsonl").read_text().splitlines()
     (partial / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n")  # stopped at step 5
     (tmp_path / "runs" / "never-started" / "checkpoints").mkdir(parents=True)
-    report = load_script("report")
     out = tmp_path / "report"
-    assert report.main([str(tmp_path / "runs"), "--out", str(out), "--baseline", "adamw", "--compare", "muon", "adamw"]) == 0
+    comparison_report([tmp_path / "runs"], out, baseline="adamw", compare=["muon", "adamw"])
     text = (out / "report.md").read_text()
     assert f"{partial}: unfinished: logged 5 of 12 steps" in text
     assert f"{tmp_path / 'runs' / 'never-started'}: no config.yaml; no metrics.jsonl" in text
@@ -144,7 +143,7 @@ def test_the_report_lists_missing_and_partial_runs_instead_of_failing(micro_conf
 def test_the_report_refuses_an_unknown_group_label(micro_config, tmp_path):
     train(micro_config(out="runs/a"))
     with pytest.raises(ValueError, match=r"no group is labelled 'sgd'; the groups are \['adamw'\]"):
-        load_script("report").main([str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--baseline", "sgd"])
+        comparison_report([tmp_path / "runs"], tmp_path / "r", baseline="sgd")
 
 
 def wandb_bytes(directory: Path) -> bytes:
@@ -165,5 +164,5 @@ def test_wandb_runs_are_tagged_and_the_report_table_is_logged(micro_config, tmp_
     written = wandb_bytes(run / "wandb")
     assert b"optim:muon" in written and b"mlp_x4" in written and b"my-sweep" in written
     out = tmp_path / "report"
-    assert load_script("report").main([str(run), "--out", str(out), "--wandb", "offline"]) == 0
+    comparison_report([run], out, wandb="offline")
     assert b"comparison" in wandb_bytes(out / "wandb")

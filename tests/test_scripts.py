@@ -13,6 +13,7 @@ import torch
 from tests.conftest import micro_overrides
 from train.cli import exit_code
 from train.config import sweep_points
+from train.sweep import with_threads
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -75,6 +76,15 @@ def test_sweep_dry_run_checks_every_point_value_included(capsys):
     assert exit_code(lambda: sweep.main(["--dry-run", "optim=muon", "optim.matrix.ns_method=quintic,bogus"])) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: sweep point 2 of 2 (optim=muon optim.matrix.ns_method=bogus): ns_method must be one of")
+
+
+def test_jobs_share_the_cores_unless_the_overrides_set_the_threads_with_or_without_a_plus(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert with_threads(["seed=0"], 2) == ["seed=0", "train.threads=4"]
+    assert with_threads(["seed=0"], 16) == ["seed=0", "train.threads=1"]
+    assert with_threads(["seed=0"], 1) == ["seed=0"]
+    for own in ("train.threads=3", "+train.threads=3"):
+        assert with_threads([own], 2) == [own]
 
 
 def test_sweep_writes_an_index_and_a_relaunch_skips_finished_runs(micro_shards, tmp_path, capsys):

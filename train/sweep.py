@@ -12,7 +12,8 @@ Two ways to run one, both printing a header per point and a summary at the end:
   (`SweepIndex` is updated by train/__main__.py);
 - `run_points`: one process per point (`python -m train`, or torchrun with nproc > 1), up to
   `jobs` at a time, with a progress line and an ETA read from the runs' metrics.jsonl
-  (scripts/sweep.py, scripts/compare_optimizers.py).
+  (scripts/sweep.py, eval/main_job.py, eval/tuning.py, scripts/speedrun.py); `with_threads` shares
+  the cores between the jobs.
 """
 
 from __future__ import annotations
@@ -153,6 +154,14 @@ def summary(points: Sequence[Point], index: SweepIndex | None) -> str:
     if index is not None:
         lines.append(f"index: {index.path}")
     return "\n".join(lines)
+
+
+def with_threads(overrides: Sequence[str], jobs: int) -> list[str]:
+    """The overrides with train.threads = cores / jobs appended, so that `jobs` concurrent runs
+    share the cores; unchanged for one job or when the overrides set train.threads (`+` or not)."""
+    if jobs == 1 or any(o.lstrip("+").startswith("train.threads=") for o in overrides):
+        return list(overrides)
+    return [*overrides, f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}"]
 
 
 def train_command(point: Point, nproc: int) -> list[str]:

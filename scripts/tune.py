@@ -1,0 +1,51 @@
+"""Equal-budget tuning: every optimizer gets the same number of trials from the search space its
+config declares, is judged on final val loss only, and its best setting is re-run on fresh seeds.
+
+    python scripts/tune.py --optimizers adamw muon aurora --trials 8 --seeds 3 --jobs 2 -- experiment=speedrun_tiny
+    python scripts/tune.py --optimizers muon aurora --trials 9 --sampler grid -- experiment=quickstart
+
+Search spaces: `search:` in conf/optim/<name>.yaml, e.g. `matrix.lr: {low: 0.005, high: 0.2, log: true}`
+(keys under optim.; log-uniform or uniform). Points: a scrambled Sobol sequence seeded by
+--sampler-seed (the same positions in every optimizer's space), or a grid of --trials points
+(a whole power of the number of dimensions). Each trial runs with seed --trial-seed; the winner
+(lowest final val loss; failed or diverged trials lose) is re-run on the seeds after it
+(--seeds of them: fresh seeds, so the reported result is not the one selected on). Writes into
+--out (default runs/tune): trials/ and final/ run directories, sweep_index.json, tune.json (the
+plan and the winners), tuning.md (every trial per optimizer with the winner marked, then the
+K-seed result) and tuning.png (final val loss against each searched key, one line per optimizer).
+Rerunning resumes. Compare further with scripts/report.py --out DIR runs/tune.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from eval.tuning import Tuning, tune
+from train.cli import exit_code
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--optimizers", nargs="+", required=True)
+    parser.add_argument("--trials", type=int, default=8, help="trials per optimizer, the same for every one")
+    parser.add_argument("--seeds", type=int, default=3, help="fresh seeds the winner is re-run on (K)")
+    parser.add_argument("--trial-seed", type=int, default=0)
+    parser.add_argument("--sampler", choices=("sobol", "grid"), default="sobol")
+    parser.add_argument("--sampler-seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (CPU: 2 on 2 cores)")
+    parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun)")
+    parser.add_argument("--out", type=Path, default=Path("runs/tune"))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
+    args = parser.parse_args(argv)
+    if args.trials < 1 or args.seeds < 1 or args.jobs < 1:
+        raise ValueError("--trials, --seeds and --jobs must be at least 1")
+    report, (table, figure, plan, index) = tune(Tuning(**vars(args)), ["scripts/tune.py", *argv])
+    print("\n" + report)
+    print(f"outputs:\n  {table}\n  {figure or '(no tuning figure)'}\n  {plan}\n  {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code(lambda: main(sys.argv[1:])))
