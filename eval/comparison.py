@@ -14,7 +14,13 @@ from pathlib import Path
 
 from eval.plots import LOSS_PANELS, plot_groups, plot_tuning
 from eval.report import (
-    PROBLEMS_HEADING, comparison_table, findings_bullets, groups_of, pairwise, problems, shared_value,
+    PROBLEMS_HEADING,
+    comparison_table,
+    findings_bullets,
+    groups_of,
+    pairwise,
+    problems,
+    shared_value,
 )
 from eval.runs import Run, group_runs, load_runs
 from eval.tuning import PLAN
@@ -51,8 +57,12 @@ def log_to_wandb(mode: str, table_md: str, out: Path) -> None:
 
 
 def comparison_report(
-    inputs: Sequence[Path], out: Path, baseline: str | None = None, compare: Sequence[str] | None = None,
-    target: float | None = None, wandb: str = "disabled",
+    inputs: Sequence[Path],
+    out: Path,
+    baseline: str | None = None,
+    compare: Sequence[str] | None = None,
+    target: float | None = None,
+    wandb: str = "disabled",
 ) -> tuple[str, list[Path]]:
     """Write the report of the runs in `inputs` into `out`; returns its text and the files written.
     baseline, compare: group labels (ValueError naming the groups for an unknown one); target: a

@@ -62,7 +62,7 @@ def analyse(run_dir: Path) -> dict:
     run = load_run(run_dir)
     every = trace["steps"][1] - trace["steps"][0] if len(trace["steps"]) > 1 else 1
     died, death_index = deaths(trace)
-    dead_any = (trace["pre_max"] <= 0)
+    dead_any = trace["pre_max"] <= 0
     revived = (dead_any[:-1] & ~dead_any[1:]).any(dim=0)  # dead at one trace, alive at the next
     crossings = int((~dead_any[:-1] & dead_any[1:]).sum())  # alive at one trace, dead at the next
     curves = {
@@ -79,7 +79,11 @@ def analyse(run_dir: Path) -> dict:
             if "push_top" in trace
             else {}
         ),
-        **({"own": aligned(trace["own"], died, death_index), "drift": aligned(trace["drift"], died, death_index)} if "own" in trace else {}),
+        **(
+            {"own": aligned(trace["own"], died, death_index), "drift": aligned(trace["drift"], died, death_index)}
+            if "own" in trace
+            else {}
+        ),
         "pre_max": aligned(trace["pre_max"], died, death_index),
     }
     before, after = slice(WINDOW - 10, WINDOW), slice(WINDOW + 1, 2 * WINDOW + 1)
@@ -101,9 +105,14 @@ def analyse(run_dir: Path) -> dict:
         "dead_at_end": float((trace["pre_max"][-1] <= 0).float().mean()),
         "revived": int((revived & ~died).sum()),
         "crossings": crossings,
-        "median_death_step": float(torch.tensor([trace["steps"][i] for i in death_index[died].tolist()]).float().median()) if died.any() else None,
+        "median_death_step": float(
+            torch.tensor([trace["steps"][i] for i in death_index[died].tolist()]).float().median()
+        )
+        if died.any()
+        else None,
     }
     if died.any():
+
         def median_over(name: str, window: slice) -> float:
             return float(curves[name][:, window].nanmedian())
 
@@ -112,28 +121,40 @@ def analyse(run_dir: Path) -> dict:
         summary.update(
             with_gradient_before=float(curves["with_gradient"][:, before].nanmean()),
             with_gradient_after=float(curves["with_gradient"][:, after].nanmean()),
-            momentum_before=median_over("momentum", before), momentum_after=median_over("momentum", after),
-            update_before=median_over("update", before), update_after=median_over("update", after),
+            momentum_before=median_over("momentum", before),
+            momentum_after=median_over("momentum", after),
+            update_before=median_over("update", before),
+            update_after=median_over("update", after),
             update_after_live_median=float(trace["update"][-1][alive_last].median()),
-            push_before=float(update_push_before.nanmedian()), push_after=median_over("push", after),
-            decay_before=float(decay_push_before.nanmedian()), decay_after=median_over("push_decay", after),
+            push_before=float(update_push_before.nanmedian()),
+            push_after=median_over("push", after),
+            decay_before=float(decay_push_before.nanmedian()),
+            decay_after=median_over("push_decay", after),
             push_negative_before=negative_share(update_push_before),
             push_negative_after=negative_share(curves["push"][:, after]),
-            decay_share_before=float(decay_push_before.abs().nansum() / (decay_push_before.abs().nansum() + update_push_before.abs().nansum())),
+            decay_share_before=float(
+                decay_push_before.abs().nansum()
+                / (decay_push_before.abs().nansum() + update_push_before.abs().nansum())
+            ),
             pre_max_end=median_over("pre_max", slice(2 * WINDOW, 2 * WINDOW + 1)),
         )
         if "own" in curves:
             own, drift = curves["own"][:, before], curves["drift"][:, before]
             summary.update(
-                own_before=float(own.nansum(dim=1).nanmedian()), drift_before=float(drift.nansum(dim=1).nanmedian()),
-                drift_share_before=float(drift.clamp(max=0).nansum() / (drift.clamp(max=0).nansum() + own.clamp(max=0).nansum())),
+                own_before=float(own.nansum(dim=1).nanmedian()),
+                drift_before=float(drift.nansum(dim=1).nanmedian()),
+                drift_share_before=float(
+                    drift.clamp(max=0).nansum() / (drift.clamp(max=0).nansum() + own.clamp(max=0).nansum())
+                ),
                 # the interval in which the unit crossed zero (from its last live trace to its death)
-                own_crossing=float(curves["own"][:, WINDOW].nanmedian()), drift_crossing=float(curves["drift"][:, WINDOW].nanmedian()),
+                own_crossing=float(curves["own"][:, WINDOW].nanmedian()),
+                drift_crossing=float(curves["drift"][:, WINDOW].nanmedian()),
             )
         if "push_top" in curves:
             top, top_decay = curves["push_top"][:, before], curves["push_top_decay"][:, before]
             summary.update(
-                top_before=float(top.nanmedian()), top_negative_before=negative_share(top),
+                top_before=float(top.nanmedian()),
+                top_negative_before=negative_share(top),
                 top_decay_before=float(top_decay.nanmedian()),
                 top_net_negative_before=negative_share(top + top_decay),
             )
@@ -184,38 +205,88 @@ def plot(results: list[dict], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+COLUMNS = (
+    "run",
+    "optimizer",
+    "steps",
+    "units",
+    "died",
+    "dead at end",
+    "revived",
+    "alive → dead crossings",
+    "mid-run: live units within 10% of 0 / top pre-activation's change in 100 steps ÷ median",
+    "median death step",
+    "share with a gradient before → after",
+    "momentum before → after",
+    "update before → after (live units at end)",
+    "update push before / after (share < 0)",
+    "decay push before / after",
+    "decay share of the push before",
+    "top push before: update (share < 0) / decay / net share < 0",
+    "top pre-activation moved before death: own / drift (drift's share of the fall)",
+    "... and in the interval it crossed zero: own / drift",
+)
+ALIGNMENT = "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|---|---|---:|---|---|---|"
+
+
+def summary_cells(s: dict) -> list[str]:
+    """One run's row of the table, from its summary; "-" for what it lacks (no unit died, or a
+    trace from before the push on the top pre-activation or its own/drift split was recorded)."""
+    mid = f"@{s['middle_step']}: {100 * s['near_zero_middle']:.1f}% / {s['motion_middle']:.2f}"
+    cells = [
+        s["run"],
+        s["optimizer"],
+        str(s["steps"]),
+        str(s["units"]),
+        str(s["died"]),
+        f"{100 * s['dead_at_end']:.1f}%",
+        str(s["revived"]),
+        str(s["crossings"]),
+        mid,
+    ]
+    if s["died"] == 0:
+        return cells + ["-"] * (len(COLUMNS) - len(cells))
+    cells += [
+        f"{s['median_death_step']:.0f}",
+        f"{100 * s['with_gradient_before']:.0f}% → {100 * s['with_gradient_after']:.0f}%",
+        f"{s['momentum_before']:.3g} → {s['momentum_after']:.3g}",
+        f"{s['update_before']:.3g} → {s['update_after']:.3g} ({s['update_after_live_median']:.3g})",
+        f"{s['push_before']:+.2e} ({100 * s['push_negative_before']:.0f}%) / "
+        f"{s['push_after']:+.2e} ({100 * s['push_negative_after']:.0f}%)",
+        f"{s['decay_before']:+.2e} / {s['decay_after']:+.2e}",
+        f"{100 * s['decay_share_before']:.0f}%",
+    ]
+    if "top_before" in s:
+        cells.append(
+            f"{s['top_before']:+.2e} ({100 * s['top_negative_before']:.0f}%) / {s['top_decay_before']:+.2e} / "
+            f"{100 * s['top_net_negative_before']:.0f}%"
+        )
+    else:
+        cells.append("-")
+    if "own_before" in s:
+        cells += [
+            f"{s['own_before']:+.3f} / {s['drift_before']:+.3f} ({100 * s['drift_share_before']:.0f}%)",
+            f"{s['own_crossing']:+.3f} / {s['drift_crossing']:+.3f}",
+        ]
+    else:
+        cells += ["-", "-"]
+    return cells
+
+
 def report(results: list[dict]) -> str:
-    rows = [r["summary"] for r in results]
+    """mechanism.md: what the window and the columns mean, then a row per run."""
     lines = [
         "# How units die: per-unit traces aligned on their death",
         "",
-        f"Window: {WINDOW} traces before and after the death step. 'before' = the 10 traces before it, 'after' = the "
-        f"{WINDOW} after. Row norms are over their layer's median (update: over the matrix's mean row). Push: the step's "
-        "change of the unit's mean pre-activation on the probe (ΔWᵢ·x̄), the update's part and weight decay's part.",
+        f"Window: {WINDOW} traces before and after the death step. 'before' = the 10 traces before it, 'after' = "
+        f"the {WINDOW} after. Row norms are over their layer's median (update: over the matrix's mean row). Push: the "
+        "step's change of the unit's mean pre-activation on the probe (ΔWᵢ·x̄), the update's part and weight decay's "
+        "part.",
         "",
-        "| run | optimizer | steps | units | died | dead at end | revived | alive → dead crossings | mid-run: live units within 10% of 0 / top pre-activation's change in 100 steps ÷ median | median death step | share with a gradient before → after | momentum before → after | update before → after (live units at end) | update push before / after (share < 0) | decay push before / after | decay share of the push before | top push before: update (share < 0) / decay / net share < 0 | top pre-activation moved before death: own / drift (drift's share of the fall) | ... and in the interval it crossed zero: own / drift |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|---|---|---:|---|---|---|",
+        "| " + " | ".join(COLUMNS) + " |",
+        ALIGNMENT,
     ]
-    for s in rows:
-        mid = f"@{s['middle_step']}: {100 * s['near_zero_middle']:.1f}% / {s['motion_middle']:.2f}"
-        if s["died"] == 0:
-            lines.append(f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | 0 | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | {mid} | - | - | - | - | - | - | - | - | - | - |")
-            continue
-        lines.append(
-            f"| {s['run']} | {s['optimizer']} | {s['steps']} | {s['units']} | {s['died']} | {100 * s['dead_at_end']:.1f}% | {s['revived']} | {s['crossings']} | {mid} | "
-            f"{s['median_death_step']:.0f} | {100 * s['with_gradient_before']:.0f}% → {100 * s['with_gradient_after']:.0f}% | {s['momentum_before']:.3g} → "
-            f"{s['momentum_after']:.3g} | {s['update_before']:.3g} → {s['update_after']:.3g} ({s['update_after_live_median']:.3g}) | "
-            f"{s['push_before']:+.2e} ({100 * s['push_negative_before']:.0f}%) / {s['push_after']:+.2e} ({100 * s['push_negative_after']:.0f}%) | "
-            f"{s['decay_before']:+.2e} / {s['decay_after']:+.2e} | {100 * s['decay_share_before']:.0f}% | "
-            + (f"{s['top_before']:+.2e} ({100 * s['top_negative_before']:.0f}%) / {s['top_decay_before']:+.2e} / "
-               f"{100 * s['top_net_negative_before']:.0f}% |" if "top_before" in s else "- |")
-            + (
-                f" {s['own_before']:+.3f} / {s['drift_before']:+.3f} ({100 * s['drift_share_before']:.0f}%) |"
-                f" {s['own_crossing']:+.3f} / {s['drift_crossing']:+.3f} |"
-                if "own_before" in s
-                else " - | - |"
-            )
-        )
+    lines += ["| " + " | ".join(summary_cells(result["summary"])) + " |" for result in results]
     return "\n".join(lines) + "\n"
 
 

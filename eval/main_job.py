@@ -39,13 +39,16 @@ class MainJob:
     def sweep_overrides(self) -> list[str]:
         """Every optimizer x seed of the experiment, a run directory each in `out`, the user's
         overrides last, the cores shared between the jobs."""
-        return with_threads([
-            f"experiment={self.experiment}",
-            f"optim={','.join(self.optimizers)}",
-            f"seed={','.join(map(str, self.seeds))}",
-            f"out_dir={self.out}/" + "${optim.name}-seed${seed}",
-            *self.overrides,
-        ], self.jobs)
+        return with_threads(
+            [
+                f"experiment={self.experiment}",
+                f"optim={','.join(self.optimizers)}",
+                f"seed={','.join(map(str, self.seeds))}",
+                f"out_dir={self.out}/" + "${optim.name}-seed${seed}",
+                *self.overrides,
+            ],
+            self.jobs,
+        )
 
 
 def scale_line(cfg: dict, seeds: list[int]) -> str:
@@ -111,15 +114,26 @@ def main_job_report(job: MainJob, points: list[Point]) -> tuple[str, Path | None
     elapsed = max((run.records[-1][ELAPSED_S] for run in runs if run.records), default=0)
     report = "\n".join(
         [
-            "# Optimizer comparison", "", scale_line(points[0].config, job.seeds), "", machine_line(grouped), "",
-            comparison_table(groups), "",
+            "# Optimizer comparison",
+            "",
+            scale_line(points[0].config, job.seeds),
+            "",
+            machine_line(grouped),
+            "",
+            comparison_table(groups),
+            "",
             "Final val loss: mean ± 95% CI (Student t) over the finished seeds, and the range. Exactly dead: zero "
             "activation on every probe token; nearly dead: mean |activation| below 1% of the layer's; starved: "
             "update leverage below 0.1·n/m in each of the last 5 diagnostics (docs/neuron_death.md). Values at the "
-            "last step, mean (min–max) over seeds.", "",
-            "## What it found", "", *findings_bullets(groups), "",
+            "last step, mean (min–max) over seeds.",
+            "",
+            "## What it found",
+            "",
+            *findings_bullets(groups),
+            "",
             *([f"## {PROBLEMS_HEADING}", "", *[f"- {line}" for line in missing], ""] if missing else []),
-            f"## Samples (prompt {SAMPLE_PROMPT.strip()!r}, temperature 0.8, top-k 50, sampling seed 0)", "",
+            f"## Samples (prompt {SAMPLE_PROMPT.strip()!r}, temperature 0.8, top-k 50, sampling seed 0)",
+            "",
             *samples(grouped, job.sample_tokens),
         ]
     )

@@ -16,8 +16,19 @@ from eval.report import markdown_table, shared_value, spread
 from eval.runs import Run, label_runs, load_runs, optimizer_rank
 from train.diagnostics import LEVERAGE_HIST_EDGES, LOW_LEVERAGE_THRESHOLD
 from train.metric_names import (
-    ACT_DEAD_FRAC, DEAD, LEVERAGE_CV_UP, LEVERAGE_HIST_UP, MLP_HIDDEN, MLP_UP, NEARLY_DEAD, STARVED_DOWN, STARVED_FRAC,
-    STARVED_UP, TOKENS_PER_S, WEIGHT_ROW_NORM_REL_MIN, every_block,
+    ACT_DEAD_FRAC,
+    DEAD,
+    LEVERAGE_CV_UP,
+    LEVERAGE_HIST_UP,
+    MLP_HIDDEN,
+    MLP_UP,
+    NEARLY_DEAD,
+    STARVED_DOWN,
+    STARVED_FRAC,
+    STARVED_UP,
+    TOKENS_PER_S,
+    WEIGHT_ROW_NORM_REL_MIN,
+    every_block,
 )
 
 TABLE_STEPS = (100, 500)
@@ -135,8 +146,15 @@ def seed_table(runs: list[Run], with_variant: bool) -> str | None:
         return [value for value in (over_blocks(run, pattern, max) for run in group) if value is not None]
 
     header = identity_header(with_variant) + [
-        "steps", "seeds", "dead @end", "nearly dead @end", "starved @end", "leverage CV @end",
-        "dead worst block @end", "starved worst block @end", "final val loss",
+        "steps",
+        "seeds",
+        "dead @end",
+        "nearly dead @end",
+        "starved @end",
+        "leverage CV @end",
+        "dead worst block @end",
+        "starved worst block @end",
+        "final val loss",
     ]
     rows = []
     for group in groups.values():
@@ -241,8 +259,13 @@ def plot_leverage_histograms(runs: list[Run], path: Path) -> Path:
             step, counts = found
             total = sum(counts)
             style = styles[run.path]
-            ax.stairs([c / total for c in counts], edges, color=style["color"], linestyle=style["linestyle"],
-                      label=f"{plot_label(run)} (step {step})")
+            ax.stairs(
+                [c / total for c in counts],
+                edges,
+                color=style["color"],
+                linestyle=style["linestyle"],
+                label=f"{plot_label(run)} (step {step})",
+            )
         ax.axvline(LOW_LEVERAGE_THRESHOLD, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("update leverage / (n/m)  (dashed: starvation threshold)")

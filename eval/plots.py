@@ -51,8 +51,9 @@ def band(runs: Sequence[Run], key: str, x: str) -> tuple[list[float], list[float
     return common, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
-def plot_groups(groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str, str, str]], path: Path,
-                columns: int = 3) -> Path | None:
+def plot_groups(
+    groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str, str, str]], path: Path, columns: int = 3
+) -> Path | None:
     """One panel per (key, x, title): a line per group (its mean over seeds) in a shaded band from
     its lowest to its highest seed. Groups without a metric have no line; None when no panel has any."""
     plt = pyplot()
@@ -75,14 +76,16 @@ def plot_groups(groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str,
         ax.set_xlabel({ELAPSED_S: "seconds", TOKENS: "tokens"}.get(x, x))
         if key.startswith(DIAG_PREFIX):
             ax.set_ylim(bottom=0)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     if not drawn:
         plt.close(fig)
         return None
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if not handles:
-        handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.get_legend_handles_labels()[0]), ([], []))
+        handles, labels = next(
+            (ax.get_legend_handles_labels() for ax in axes.flat if ax.get_legend_handles_labels()[0]), ([], [])
+        )
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8, bbox_to_anchor=(0.5, 1.02))
     fig.subplots_adjust(top=0.85)
     return save_figure(fig, path)
@@ -110,7 +113,13 @@ def plot_tuning(plan: Mapping, path: Path) -> Path | None:
             ax.plot(*zip(*points), marker="o", color=palette(color % 10), label=optimizer)
             winner = entry.get("winner")
             if winner and winner.get("final_val_loss") not in (None, float("inf")):
-                ax.scatter([winner["settings"][key]], [winner["final_val_loss"]], s=160, facecolors="none", edgecolors=palette(color % 10))
+                ax.scatter(
+                    [winner["settings"][key]],
+                    [winner["final_val_loss"]],
+                    s=160,
+                    facecolors="none",
+                    edgecolors=palette(color % 10),
+                )
             if entry["space"][key].get("log"):
                 ax.set_xscale("log")
         ax.set_xlabel(f"optim.{key}")

@@ -73,7 +73,9 @@ def _code_version(run: Run) -> str:
     commit = launches[-1].get("git_commit") if launches else None
     diff = run.path / "code.diff"
     diff_hash = hashlib.sha256(diff.read_bytes()).hexdigest()[:16] if diff.is_file() else None
-    return f"{(commit or 'unknown')[:12]}" + (f" + uncommitted diff sha256 {diff_hash}… (code.diff)" if diff_hash else " (clean)")
+    return f"{(commit or 'unknown')[:12]}" + (
+        f" + uncommitted diff sha256 {diff_hash}… (code.diff)" if diff_hash else " (clean)"
+    )
 
 
 def _t_test(losses: Sequence[float], target: float) -> str:
@@ -96,26 +98,38 @@ def judge(runs: Sequence[Run], target: float) -> dict[str, Any]:
     finished, failed, unfinished = (with_outcome(runs, outcome) for outcome in (FINISHED, FAILED, UNFINISHED))
     passing = first_passing_step(runs, target) if len(finished) == len(runs) else None
     if unfinished:
-        status, reason = "INCOMPLETE", (
-            f": {_named(unfinished)} {'has' if len(unfinished) == 1 else 'have'} not finished; no verdict until every "
-            "launched seed has (rerun the command to resume)" + (f"; {_named(failed)} failed" if failed else "")
+        status, reason = (
+            "INCOMPLETE",
+            (
+                f": {_named(unfinished)} {'has' if len(unfinished) == 1 else 'have'} not finished; no verdict until "
+                "every launched seed has (rerun the command to resume)"
+                + (f"; {_named(failed)} failed" if failed else "")
+            ),
         )
     elif failed:
         status, reason = "FAIL", f": {_named(failed)} failed, and a failed run counts as a loss above the target"
     elif passing is None:
-        status, reason = "FAIL", (
-            f": no validated step with (target − mean)·√n ≥ {stats.TRACK_MARGIN} over {len(runs)} seeds"
+        status, reason = (
+            "FAIL",
+            (f": no validated step with (target − mean)·√n ≥ {stats.TRACK_MARGIN} over {len(runs)} seeds"),
         )
     else:
         step, losses = passing
-        status, reason = "PASS", (
-            f" at step {step}: mean val loss {stats.mean(losses):.5f} over {len(runs)} seeds, "
-            f"(target − mean)·√n = {stats.track_pass_statistic(losses, target):+.5f} ≥ {stats.TRACK_MARGIN}; "
-            f"one-sided t-test at step {step}: {_t_test(losses, target)}"
+        status, reason = (
+            "PASS",
+            (
+                f" at step {step}: mean val loss {stats.mean(losses):.5f} over {len(runs)} seeds, "
+                f"(target − mean)·√n = {stats.track_pass_statistic(losses, target):+.5f} ≥ {stats.TRACK_MARGIN}; "
+                f"one-sided t-test at step {step}: {_t_test(losses, target)}"
+            ),
         )
     return {
-        "status": status, "reason": reason, "launched": len(runs), "finished": len(finished),
-        "reported_step": passing[0] if passing else None, "reported_losses": passing[1] if passing else None,
+        "status": status,
+        "reason": reason,
+        "launched": len(runs),
+        "finished": len(finished),
+        "reported_step": passing[0] if passing else None,
+        "reported_losses": passing[1] if passing else None,
     }
 
 
@@ -124,8 +138,12 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
     cfg = next(run.config for run in runs if run.config)
     protocol, target = cfg["protocol"], cfg["protocol"]["target"]
     changed = protocol_changes(cfg)
-    verdict = {**judge(runs, target), "protocol": protocol["name"], "official": not changed,
-               "steps": cfg["train"]["steps"]}
+    verdict = {
+        **judge(runs, target),
+        "protocol": protocol["name"],
+        "official": not changed,
+        "steps": cfg["train"]["steps"],
+    }
     finished = with_outcome(runs, FINISHED)
     everyone = len(finished) == len(runs)
     seeds = f"{len(runs)} seeds" + ("" if everyone else f" launched, {len(finished)} finished ({not_finished(runs)})")
@@ -136,7 +154,9 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
         "",
         f"**Verdict: {verdict['status']}**{verdict['reason']}",
         "",
-        "**Official**" if not changed else "**UNOFFICIAL** (protocol.unofficial=true): it changed "
+        "**Official**"
+        if not changed
+        else "**UNOFFICIAL** (protocol.unofficial=true): it changed "
         + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items()),
         "",
         "## Rule",
@@ -173,18 +193,28 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
             f"| {run.seed} | {outcome} | {final} | {'-' if at_report is None else f'{at_report:.5f}'} | "
             f"{run.records[-1][ELAPSED_S]:.0f} | {_code_version(run)} | {_hardware(run)} | "
             f"[{run.path.name}]({run.path.name}/) |"
-            if run.records else f"| {run.seed} | {outcome} | - | - | - | - | - | {run.path.name} |"
+            if run.records
+            else f"| {run.seed} | {outcome} | - | - | - | - | - | {run.path.name} |"
         )
     if reported is not None:
-        lines += ["", f"## At the reported step, {reported} (the verdict)", "",
-                  _summary(verdict["reported_losses"], target)]
+        lines += [
+            "",
+            f"## At the reported step, {reported} (the verdict)",
+            "",
+            _summary(verdict["reported_losses"], target),
+        ]
     if finished:
         finals = [run.final_val_loss for run in finished]
         lines += ["", f"## At the end of the run, step {cfg['train']['steps']}{subset}", "", _summary(finals, target)]
     late = validated_means(finished)[-12:]
     if late:
-        lines += ["", f"## The rule at the last validated steps{subset}", "",
-                  "| step | mean | (target − mean)·√n | passes |", "|---:|---:|---:|---|"]
+        lines += [
+            "",
+            f"## The rule at the last validated steps{subset}",
+            "",
+            "| step | mean | (target − mean)·√n | passes |",
+            "|---:|---:|---:|---|",
+        ]
         lines += [
             f"| {step} | {stats.mean(losses):.5f} | {stats.track_pass_statistic(losses, target):+.5f} | "
             f"{'yes' if stats.track_passes(losses, target) else 'no'} |"
@@ -214,8 +244,9 @@ def write_record(runs: Sequence[Run], record_dir: Path, command: str) -> tuple[P
     """Write the record folder (a free name at or after `record_dir`); returns it and the verdict."""
     started = [run for run in runs if run.config]
     if not started:
-        raise ValueError("no seed of this attempt has started (no config.yaml in its run directories): nothing to "
-                         "record")
+        raise ValueError(
+            "no seed of this attempt has started (no config.yaml in its run directories): nothing to record"
+        )
     if not all(run.config.get("protocol", {}).get("name") for run in started):
         raise ValueError("a record needs runs of a protocol recipe (experiment=speedrun_track3 or speedrun_tiny)")
     text, verdict = record_readme(runs, command)
@@ -257,7 +288,7 @@ def verdict_line(cfg: dict[str, Any], verdict: dict[str, Any], record_dir: Path)
     return (
         f"{cfg['protocol']['name']} ({'official' if verdict['official'] else 'UNOFFICIAL'}), {cfg['optim']['name']}, "
         f"{verdict['steps']} steps, {verdict['finished']} of {verdict['launched']} seeds finished: {verdict['status']}"
-        f"{verdict['reason']}; target {cfg['protocol']['target']}, rule (target - mean)*sqrt(n) >= {stats.TRACK_MARGIN}\n"
+        f"{verdict['reason']}; target {cfg['protocol']['target']}, "
+        f"rule (target - mean)*sqrt(n) >= {stats.TRACK_MARGIN}\n"
         f"record: {record_dir / 'README.md'}"
     )
-

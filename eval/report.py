@@ -20,7 +20,14 @@ from typing import Any
 from eval import stats
 from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
 from train.metric_names import (
-    DEAD, LEVERAGE_CV_UP, NEARLY_DEAD, OPTIM_STEP_MS, STARVED_UP, TOKENS, TOKENS_PER_S, VAL_LOSS,
+    DEAD,
+    LEVERAGE_CV_UP,
+    NEARLY_DEAD,
+    OPTIM_STEP_MS,
+    STARVED_UP,
+    TOKENS,
+    TOKENS_PER_S,
+    VAL_LOSS,
 )
 
 PROBLEMS_HEADING = (
@@ -83,7 +90,7 @@ def shared_value(values: Iterable[Any]) -> str:
 
 
 def spread(values: Sequence[float], digits: int) -> str:
-    """"mean (min–max)"; the mean alone for one value or identical values; "-" for none."""
+    """ "mean (min–max)"; the mean alone for one value or identical values; "-" for none."""
     if not values:
         return "-"
     mean, low, high = (f"{v:.{digits}f}" for v in (sum(values) / len(values), min(values), max(values)))
@@ -91,7 +98,7 @@ def spread(values: Sequence[float], digits: int) -> str:
 
 
 def percent_spread(values: Sequence[float]) -> str:
-    """"mean% (min–max)" of fractions."""
+    """ "mean% (min–max)" of fractions."""
     text = spread([100 * v for v in values], 1)
     return text if text == "-" else text.replace(" (", "% (", 1) if "(" in text else text + "%"
 
@@ -130,8 +137,15 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
     any_diag = any(run.series(DEAD) or run.series(STARVED_UP) for group in groups for run in group.runs)
     any_hellaswag = any(run.hellaswag() for group in groups for run in group.runs)
     base = next((g for g in groups if g.label == baseline), None)
-    header = ["group", "seeds (finished/all)", "final val loss (mean ± 95% CI)", "range", "best val loss", "steps",
-              "tokens"]
+    header = [
+        "group",
+        "seeds (finished/all)",
+        "final val loss (mean ± 95% CI)",
+        "range",
+        "best val loss",
+        "steps",
+        "tokens",
+    ]
     if target is not None:
         header.append(f"tokens to {target}")
     base_curve = base.mean_curve() if base is not None else []
@@ -195,7 +209,7 @@ def problems(groups: Sequence[Group]) -> list[str]:
 
 
 def welch_text(la: Sequence[float], lb: Sequence[float]) -> str:
-    """"Welch t = …, two-sided p = …", or why the test was not run."""
+    """ "Welch t = …, two-sided p = …", or why the test was not run."""
     try:
         t, p = stats.welch_t_test(la, lb)
     except ValueError as reason:
@@ -245,9 +259,14 @@ def findings(groups: Sequence[Group]) -> list[str]:
     if unranked:
         lines.append(
             "Not ranked, as not every seed finished (see the problem runs): "
-            + "; ".join(f"{g.label} ({not_finished(g.runs)}; {g.seeds} seeds finished)" for g in unranked) + "."
+            + "; ".join(f"{g.label} ({not_finished(g.runs)}; {g.seeds} seeds finished)" for g in unranked)
+            + "."
         )
-    for key, what in ((DEAD, "exactly dead MLP units"), (NEARLY_DEAD, "nearly dead MLP units"), (STARVED_UP, "starved up-projection rows")):
+    for key, what in (
+        (DEAD, "exactly dead MLP units"),
+        (NEARLY_DEAD, "nearly dead MLP units"),
+        (STARVED_UP, "starved up-projection rows"),
+    ):
         measured = [(g.label, g.end_values(key)) for g in groups if g.end_values(key)]
         if measured:
             parts = ", ".join(f"{label} {percent_spread(values)}" for label, values in measured)
@@ -300,8 +319,10 @@ def pairwise(a: Group, b: Group) -> list[str]:
     measured = stats.pooled_std(la, lb)
     fit = ""
     if measured is not None and measured >= SIGMA_MISFIT_RATIO * stats.TRACK_SEED_SIGMA:
-        fit = (f" The measured σ is {measured / stats.TRACK_SEED_SIGMA:.1f}× the assumed one: the rule's margin does "
-               "not fit this setting, so read the verdict beside Welch's p.")
+        fit = (
+            f" The measured σ is {measured / stats.TRACK_SEED_SIGMA:.1f}× the assumed one: the rule's margin does "
+            "not fit this setting, so read the verdict beside Welch's p."
+        )
     lines.append(
         f"- the rule's margin assumes a seed-to-seed σ of {stats.TRACK_SEED_SIGMA} (the track's); the σ measured in "
         f"these runs (pooled within the two groups) is {UNDEFINED if measured is None else f'{measured:.5f}'}.{fit} "

@@ -156,7 +156,9 @@ class Run:
         last = next((r for r in reversed(self.records) if HELLASWAG_N in r), None)
         if last is None:
             return None
-        return {"llmc": last[HELLASWAG_LLMC_ACC_NORM], "lm_eval": last[HELLASWAG_LM_EVAL_ACC_NORM], "n": last[HELLASWAG_N]}
+        return {
+            "llmc": last[HELLASWAG_LLMC_ACC_NORM], "lm_eval": last[HELLASWAG_LM_EVAL_ACC_NORM], "n": last[HELLASWAG_N]
+        }
 
 
 def with_outcome(runs: Sequence[Run], outcome: str) -> list[Run]:
@@ -226,7 +228,8 @@ def _runs_in(path: Path, depth: int) -> list[Path]:
         return [path]
     if depth == 0:
         return []
-    return [run for child in sorted(path.iterdir()) if child.is_dir() and not child.name.startswith(".") for run in _runs_in(child, depth - 1)]
+    children = [child for child in sorted(path.iterdir()) if child.is_dir() and not child.name.startswith(".")]
+    return [run for child in children for run in _runs_in(child, depth - 1)]
 
 
 def run_paths(paths: Iterable[str | Path]) -> list[Path]:

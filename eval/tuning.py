@@ -56,8 +56,9 @@ class Tuning:
         """The fresh seeds the winners are re-run on: the ones after the trial seed."""
         return [self.trial_seed + 1 + k for k in range(self.seeds)]
 
-    def points(self, optimizer: str, kind: str, settings: dict[str, float], seeds: list[int],
-               index: int | None = None) -> list[Point]:
+    def points(
+        self, optimizer: str, kind: str, settings: dict[str, float], seeds: list[int], index: int | None = None
+    ) -> list[Point]:
         """The composed runs of one setting of an optimizer, a run per seed, in out/<kind>/."""
         name = f"{optimizer}-t{index}" if index is not None else optimizer
         fixed = [f"optim={optimizer}", *(f"optim.{k}={v}" for k, v in settings.items())]
@@ -122,8 +123,12 @@ def final_loss(point: Point) -> float:
 def trial_table(optimizer: str, trials: list[tuple[dict, Point]], winner: int) -> str:
     """Markdown: every trial of one optimizer with its settings and loss, the winner marked."""
     keys = list(trials[0][0])
-    lines = [f"### {optimizer}", "", "| trial | " + " | ".join(keys) + " | final val loss | status |",
-             "|---:|" + "---:|" * len(keys) + "---:|---|"]
+    lines = [
+        f"### {optimizer}",
+        "",
+        "| trial | " + " | ".join(keys) + " | final val loss | status |",
+        "|---:|" + "---:|" * len(keys) + "---:|---|",
+    ]
     for i, (settings, point) in enumerate(trials):
         loss = final_loss(point)
         mark = " **(winner)**" if i == winner else ""
@@ -137,8 +142,13 @@ def plan_trials(tuning: Tuning) -> tuple[dict[str, Any], Trials]:
     """The plan (PLAN's content before the winners) and every optimizer's trial runs, all composed
     and checked before any runs."""
     plan: dict[str, Any] = {
-        "optimizers": {}, "trials": tuning.trials, "seeds": tuning.seeds, "sampler": tuning.sampler,
-        "sampler_seed": tuning.sampler_seed, "trial_seed": tuning.trial_seed, "overrides": tuning.overrides,
+        "optimizers": {},
+        "trials": tuning.trials,
+        "seeds": tuning.seeds,
+        "sampler": tuning.sampler,
+        "sampler_seed": tuning.sampler_seed,
+        "trial_seed": tuning.trial_seed,
+        "overrides": tuning.overrides,
     }
     trials: Trials = {}
     for optimizer in tuning.optimizers:
@@ -149,7 +159,8 @@ def plan_trials(tuning: Tuning) -> tuple[dict[str, Any], Trials]:
             for index, settings in enumerate(trial_settings(space, points))
         ]
         plan["optimizers"][optimizer] = {
-            "space": space, "trials": [{"settings": s, "run": str(p.out_dir)} for s, p in trials[optimizer]],
+            "space": space,
+            "trials": [{"settings": s, "run": str(p.out_dir)} for s, p in trials[optimizer]],
         }
     return plan, trials
 
@@ -162,7 +173,9 @@ def winners(tuning: Tuning, plan: dict[str, Any], trials: Trials) -> list[Point]
         losses = [final_loss(point) for _, point in rows]
         winner = min(range(len(rows)), key=lambda i: losses[i])
         plan["optimizers"][optimizer]["winner"] = {
-            "trial": winner, "settings": rows[winner][0], "final_val_loss": losses[winner],
+            "trial": winner,
+            "settings": rows[winner][0],
+            "final_val_loss": losses[winner],
         }
         if math.isinf(losses[winner]):
             print(f"{optimizer}: no trial finished with a finite val loss; no winner to re-run", file=sys.stderr)
@@ -182,13 +195,18 @@ def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: 
         f"{tuning.seeds} fresh seeds ({', '.join(map(str, tuning.final_seeds))}) for the winner"
     )
     overrides = " ".join(tuning.overrides) or "(none)"
-    return "\n\n".join([
-        "# Equal-budget tuning", f"Budget: {budget}. Judged on final val loss only. Overrides: `{overrides}`.",
-        "## Trials",
-        *[trial_table(o, rows, plan["optimizers"][o]["winner"]["trial"]) for o, rows in trials.items()],
-        "## The winners on fresh seeds", comparison_table(groups) if groups else "(no winner finished)",
-        "## What it found", "\n".join(findings_bullets(groups)),
-    ])
+    return "\n\n".join(
+        [
+            "# Equal-budget tuning",
+            f"Budget: {budget}. Judged on final val loss only. Overrides: `{overrides}`.",
+            "## Trials",
+            *[trial_table(o, rows, plan["optimizers"][o]["winner"]["trial"]) for o, rows in trials.items()],
+            "## The winners on fresh seeds",
+            comparison_table(groups) if groups else "(no winner finished)",
+            "## What it found",
+            "\n".join(findings_bullets(groups)),
+        ]
+    )
 
 
 def tune(tuning: Tuning, command: list[str]) -> tuple[str, list[Path | None]]:
@@ -197,8 +215,11 @@ def tune(tuning: Tuning, command: list[str]) -> tuple[str, list[Path | None]]:
     the sweep index last. `command` goes into the sweep index."""
     plan, trials = plan_trials(tuning)
     every_trial = [point for rows in trials.values() for _, point in rows]
-    print(f"tuning {len(tuning.optimizers)} optimizers x {tuning.trials} trials ({len(every_trial)} runs), then the "
-          f"winners on {tuning.seeds} fresh seeds each", flush=True)
+    print(
+        f"tuning {len(tuning.optimizers)} optimizers x {tuning.trials} trials ({len(every_trial)} runs), then the "
+        f"winners on {tuning.seeds} fresh seeds each",
+        flush=True,
+    )
     launch = dict(nproc=tuning.nproc, jobs=tuning.jobs, directory=tuning.out)
     run_points(every_trial, command, **launch)
     finals = winners(tuning, plan, trials)

@@ -1,6 +1,7 @@
 """How units die: per-unit traces (diagnostics.trace_every) aligned on the step each unit died.
 
-    python scripts/death_mechanism.py runs/long_bytes/aurora-x16-seed0 runs/long_bytes/muon-x16-seed0 --out docs/neuron_death/mechanism
+    python scripts/death_mechanism.py runs/long_bytes/aurora-x16-seed0 runs/long_bytes/muon-x16-seed0 \\
+        --out docs/neuron_death/mechanism
 
 A unit of an MLP layer is exactly dead at a traced step when its largest pre-activation on the
 probe is ≤ 0 (ReLU²: zero output on every probe token). It *died* at trace s when it was alive

@@ -39,7 +39,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--baseline", help="a group label: tokens to its final loss and the speedup against it")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two group labels: the pairwise statistics")
-    parser.add_argument("--target", type=float, help="a val loss: tokens to reach it (default: the runs' protocol target)")
+    parser.add_argument(
+        "--target", type=float, help="a val loss: tokens to reach it (default: the runs' protocol target)"
+    )
     parser.add_argument("--wandb", choices=("disabled", "offline", "online"), default="disabled")
     args = parser.parse_args(argv)
     text, outputs = comparison_report(args.inputs, args.out, args.baseline, args.compare, args.target, args.wandb)

@@ -34,7 +34,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, required=True, help="non-cherry-picked seeds, all reported")
     parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun --nproc_per_node)")
     parser.add_argument("--record", type=Path, default=None, help="the record folder (a taken name gets .2, .3, ...)")
-    parser.add_argument("--record-only", action="store_true", help="write the record from the runs there; train nothing")
+    parser.add_argument(
+        "--record-only", action="store_true", help="write the record from the runs there; train nothing"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = parser.parse_args(argv)
     points = attempt_points(args.overrides, args.seeds, args.nproc)
@@ -43,8 +45,16 @@ def main(argv: list[str]) -> int:
         print(summary(points, index))
     cfg = points[0].config
     command = shlex.join(
-        ["python", "scripts/speedrun.py", "--seeds", *map(str, args.seeds), "--nproc", str(args.nproc), "--",
-         *args.overrides]
+        [
+            "python",
+            "scripts/speedrun.py",
+            "--seeds",
+            *map(str, args.seeds),
+            "--nproc",
+            str(args.nproc),
+            "--",
+            *args.overrides,
+        ]
     )
     runs = [load_run(point.out_dir) for point in points]
     record, verdict = write_record(runs, args.record or default_record_dir(cfg), command)

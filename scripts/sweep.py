@@ -36,7 +36,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=positive, default=1, help="processes per point (torchrun --nproc_per_node)")
     parser.add_argument("--jobs", type=positive, default=1, help="points run at the same time (default: 1)")
-    parser.add_argument("--dry-run", action="store_true", help="check every point and print the commands; launch nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check every point and print the commands; launch nothing"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides with sweeps (after --)")
     args = parser.parse_args(argv)
     overrides = with_threads(args.overrides, args.jobs)

@@ -8,8 +8,13 @@ from train import metric_names as names
 from train.loop import train
 from train.metrics import read_metrics
 
-DIAGNOSED = ("optim=aurora", "diagnostics.every=4", "diagnostics.probe_tokens=256", "diagnostics.starvation_window=1",
-             "diagnostics.histogram_steps=[8]")
+DIAGNOSED = (
+    "optim=aurora",
+    "diagnostics.every=4",
+    "diagnostics.probe_tokens=256",
+    "diagnostics.starvation_window=1",
+    "diagnostics.histogram_steps=[8]",
+)
 
 
 def defined_diagnostics(cfg: dict) -> set[str]:
@@ -33,8 +38,14 @@ def test_a_diagnostic_steps_record_holds_exactly_the_names_the_module_defines(mi
     assert set(records[8]) == {*names.STEP_KEYS, names.VAL_LOSS} | defined_diagnostics(cfg)
     assert set(records[7]) == set(names.STEP_KEYS)  # neither a diagnostic nor a validation step
     # what the reports read is among them
-    for key in (names.DEAD, names.NEARLY_DEAD, names.STARVED_UP, names.STARVED_DOWN, names.LEVERAGE_CV_UP,
-                names.LEVERAGE_HIST_UP):
+    for key in (
+        names.DEAD,
+        names.NEARLY_DEAD,
+        names.STARVED_UP,
+        names.STARVED_DOWN,
+        names.LEVERAGE_CV_UP,
+        names.LEVERAGE_HIST_UP,
+    ):
         assert key in records[8]
     for part, stat in ((names.MLP_UP, names.WEIGHT_ROW_NORM_REL_MIN), (names.MLP_HIDDEN, names.ACT_DEAD_FRAC)):
         blocks = [key for key in records[8] if names.every_block(part, stat).fullmatch(key)]
@@ -44,4 +55,3 @@ def test_a_diagnostic_steps_record_holds_exactly_the_names_the_module_defines(mi
 def test_pooled_names_drop_only_a_leading_block_prefix():
     assert names.pooled_name("blocks.12.mlp.up") == "mlp.up"
     assert names.pooled_name("mlp.up") is None and names.pooled_name("head.blocks.1.x") is None
-

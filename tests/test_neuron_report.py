@@ -20,8 +20,16 @@ from train.metrics import summarize_run
 PNG_MAGIC = b"\x89PNG"
 
 
-def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every: int = 30, seed: int = 0,
-              matrix_lr: float = 0.02, matrix: dict | None = None) -> Path:
+def write_run(
+    path: Path,
+    optimizer: str,
+    expansion: int,
+    last_step: int,
+    every: int = 30,
+    seed: int = 0,
+    matrix_lr: float = 0.02,
+    matrix: dict | None = None,
+) -> Path:
     """A run directory as the loop writes it, with diagnostics every `every` steps: activation-dead
     fraction (1 + seed)·step/1000, starved fraction step/2000 (once 4 diagnostics exist), leverage
     CV 0.5, both fractions 0 in block 0 and twice the pooled value in block 1, up-projection
@@ -38,8 +46,15 @@ def write_run(path: Path, optimizer: str, expansion: int, last_step: int, every:
     }
     records = []
     for step in range(1, last_step + 1):
-        record = {"step": step, "total_steps": last_step, "tokens": 1024 * step, "train_loss": 5.0, "tokens_per_s": 1000.0,
-                  "optim_step_ms": 10.0, "elapsed_s": float(step)}
+        record = {
+            "step": step,
+            "total_steps": last_step,
+            "tokens": 1024 * step,
+            "train_loss": 5.0,
+            "tokens_per_s": 1000.0,
+            "optim_step_ms": 10.0,
+            "elapsed_s": float(step),
+        }
         if step % every == 0:
             record["diag/mlp.hidden/act_dead_frac"] = (1 + seed) * step / 1000
             record["diag/blocks.0.mlp.hidden/act_dead_frac"] = 0.0
@@ -79,15 +94,45 @@ def test_report_reads_values_at_the_nearest_diagnostic_step_and_draws_both_plots
     text = (out / "neuron_death.md").read_text()
     assert text in capsys.readouterr().out
     muon, aurora = (row for row in table_rows(text) if row[0] in ("muon", "aurora"))
-    header = ["optimizer", "MLP ×", "seed", "steps", "dead @100", "dead @500", "dead @end", "nearly dead @end",
-              "starved @100", "starved @500", "starved @end", "starved down @end", "leverage CV @end",
-              "dead worst block @end", "starved worst block @end", "up row norm min @end", "final val loss", "tokens/s"]
+    header = [
+        "optimizer",
+        "MLP ×",
+        "seed",
+        "steps",
+        "dead @100",
+        "dead @500",
+        "dead @end",
+        "nearly dead @end",
+        "starved @100",
+        "starved @500",
+        "starved @end",
+        "starved down @end",
+        "leverage CV @end",
+        "dead worst block @end",
+        "starved worst block @end",
+        "up row norm min @end",
+        "final val loss",
+        "tokens/s",
+    ]
     assert dict(zip(header, muon)) == {
-        "optimizer": "muon", "MLP ×": "8", "seed": "0", "steps": "510",
-        "dead @100": "0.090 (@90)", "dead @500": "0.510 (@510)", "dead @end": "0.510", "nearly dead @end": "1.020",
-        "starved @100": "0.060 (@120)", "starved @500": "0.255 (@510)", "starved @end": "0.255", "starved down @end": "-",
-        "leverage CV @end": "0.500", "dead worst block @end": "1.020", "starved worst block @end": "0.510",
-        "up row norm min @end": "0.250", "final val loss": "4.2500", "tokens/s": "1,000",
+        "optimizer": "muon",
+        "MLP ×": "8",
+        "seed": "0",
+        "steps": "510",
+        "dead @100": "0.090 (@90)",
+        "dead @500": "0.510 (@510)",
+        "dead @end": "0.510",
+        "nearly dead @end": "1.020",
+        "starved @100": "0.060 (@120)",
+        "starved @500": "0.255 (@510)",
+        "starved @end": "0.255",
+        "starved down @end": "-",
+        "leverage CV @end": "0.500",
+        "dead worst block @end": "1.020",
+        "starved worst block @end": "0.510",
+        "up row norm min @end": "0.250",
+        "final val loss": "4.2500",
+        "tokens/s": "1,000",
     }  # starved is first logged at 120, when the window fills; starved down is never logged
     assert aurora[4:7] == ["-", "-", "0.060"]  # the run ended before steps 100 and 500
     assert "seeds 0" in text and "{60, 510} steps of 1024 tokens" in text and "every 30 steps" in text
@@ -116,8 +161,18 @@ def test_report_names_the_settings_that_set_runs_apart_and_averages_runs_that_di
         ["muon", "8", "lr=0.1", "0"],
     ]
     assert over_seeds[1] == [
-        "muon", "8", "lr=0.02", "120", "0, 1",
-        "0.180 (0.120–0.240)", "0.240", "0.060", "0.500", "0.360 (0.240–0.480)", "0.120", "4.2550 (4.2500–4.2600)",
+        "muon",
+        "8",
+        "lr=0.02",
+        "120",
+        "0, 1",
+        "0.180 (0.120–0.240)",
+        "0.240",
+        "0.060",
+        "0.500",
+        "0.360 (0.240–0.480)",
+        "0.120",
+        "4.2550 (4.2500–4.2600)",
     ]
     assert over_seeds[2][4:6] == ["0", "0.120"]  # a group of one seed: its value, no range
 
@@ -143,7 +198,10 @@ def test_a_run_from_before_an_optimizer_option_existed_counts_as_that_option_at_
 
 def test_report_works_on_two_tiny_run_directories_made_by_the_training_loop(micro_config, tmp_path):
     diagnostics = (
-        "experiment=neuron_death", "diagnostics.every=4", "diagnostics.probe_tokens=256", "diagnostics.histogram_steps=[4,8]"
+        "experiment=neuron_death",
+        "diagnostics.every=4",
+        "diagnostics.probe_tokens=256",
+        "diagnostics.histogram_steps=[4,8]",
     )
     runs = [train(micro_config(f"optim={name}", *diagnostics, out=name)) for name in ("adamw", "aurora")]
     out = tmp_path / "report"

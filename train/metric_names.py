@@ -33,8 +33,13 @@ HELLASWAG_LM_EVAL_ACC_NORM = "hellaswag_lm_eval_acc_norm"
 HELLASWAG_LLMC_ACC = "hellaswag_llmc_acc"
 HELLASWAG_LLMC_ACC_NORM = "hellaswag_llmc_acc_norm"
 HELLASWAG_N = "hellaswag_n"
-HELLASWAG_KEYS = (HELLASWAG_LM_EVAL_ACC, HELLASWAG_LM_EVAL_ACC_NORM, HELLASWAG_LLMC_ACC, HELLASWAG_LLMC_ACC_NORM,
-                  HELLASWAG_N)
+HELLASWAG_KEYS = (
+    HELLASWAG_LM_EVAL_ACC,
+    HELLASWAG_LM_EVAL_ACC_NORM,
+    HELLASWAG_LLMC_ACC,
+    HELLASWAG_LLMC_ACC_NORM,
+    HELLASWAG_N,
+)
 
 # --- neuron diagnostics ---------------------------------------------------------------------
 
@@ -85,7 +90,7 @@ def pooled_name(module: str) -> str | None:
     """`blocks.3.mlp.up` → `mlp.up`: the name under which all blocks' copies are pooled; None for
     a module outside the blocks."""
     block = BLOCK_PREFIX.match(module)
-    return module[block.end():] if block else None
+    return module[block.end() :] if block else None
 
 
 def every_block(part: str, statistic: str) -> re.Pattern:

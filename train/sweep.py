@@ -107,7 +107,9 @@ class SweepIndex:
         self.path = self.directory / INDEX
         self.directory.mkdir(parents=True, exist_ok=True)
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"launches": [], "runs": {}}
-        self.data["launches"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv), "points": len(points)})
+        self.data["launches"].append(
+            {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv), "points": len(points)}
+        )
         for point in points:
             entry = self.data["runs"].setdefault(self.key(point), {})
             entry.update(overrides=point.overrides, total_steps=point.total_steps)
@@ -147,7 +149,9 @@ def summary(points: Sequence[Point], index: SweepIndex | None) -> str:
             pass
         vals = [r["val_loss"] for r in records if "val_loss" in r]
         steps = records[-1]["step"] if records else 0
-        result = point.error if point.status == "failed" else (f"val loss {vals[-1]:.4f}" if vals else "no val loss yet")
+        result = (
+            point.error if point.status == "failed" else (f"val loss {vals[-1]:.4f}" if vals else "no val loss yet")
+        )
         lines.append(f"  {point.status:8s} {steps:>6}/{point.total_steps:<6} {result}  {point.out_dir}")
     failed = sum(point.status == "failed" for point in points)
     lines.append(f"{len(points) - failed} of {len(points)} runs done" + (f", {failed} failed" if failed else ""))
@@ -166,7 +170,16 @@ def with_threads(overrides: Sequence[str], jobs: int) -> list[str]:
 
 def train_command(point: Point, nproc: int) -> list[str]:
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "train", *point.overrides]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "train",
+            *point.overrides,
+        ]
     return [sys.executable, "-m", "train", *point.overrides]
 
 
@@ -228,7 +241,11 @@ def run_points(
         point.steps_at_launch = logged_steps(point.out_dir)
     todo = [point for point in points if point.status != "done"]
     skipped = len(points) - len(todo)
-    print(f"sweep: {len(points)} runs in {index.directory}" + (f", {skipped} already done and skipped" if skipped else ""), flush=True)
+    print(
+        f"sweep: {len(points)} runs in {index.directory}"
+        + (f", {skipped} already done and skipped" if skipped else ""),
+        flush=True,
+    )
     started, last_progress = time.monotonic(), time.monotonic()
     running: list[tuple[Point, subprocess.Popen]] = []
     while todo or running:
@@ -247,7 +264,9 @@ def run_points(
                 SWEEP_ENV: os.environ.get(SWEEP_ENV) or index.directory.name,  # the runs' W&B group
             }
             with open(point.log, "w") as log:
-                process = subprocess.Popen(train_command(point, nproc), stdout=log, stderr=subprocess.STDOUT, env=child_env)
+                process = subprocess.Popen(
+                    train_command(point, nproc), stdout=log, stderr=subprocess.STDOUT, env=child_env
+                )
             point.status = "running"
             index.update(point)
             running.append((point, process))
