@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from train.files import atomic_write
+from train.metric_names import STEP, TRAIN_LOSS, VAL_LOSS
 from train.metrics import SWEEP_ENV, read_metrics
 
 INDEX = "sweep_index.json"
@@ -89,7 +90,7 @@ def last_record(out_dir: Path) -> dict[str, Any] | None:
 def logged_steps(out_dir: Path) -> int:
     """The last step a run has logged (0 for none, or no run there yet)."""
     record = last_record(out_dir)
-    return record["step"] if record else 0
+    return record[STEP] if record else 0
 
 
 def is_done(point: Point) -> bool:
@@ -147,8 +148,8 @@ def summary(points: Sequence[Point], index: SweepIndex | None) -> str:
             records = read_metrics(point.out_dir)
         except (FileNotFoundError, ValueError):
             pass
-        vals = [r["val_loss"] for r in records if "val_loss" in r]
-        steps = records[-1]["step"] if records else 0
+        vals = [r[VAL_LOSS] for r in records if VAL_LOSS in r]
+        steps = records[-1][STEP] if records else 0
         result = (
             point.error if point.status == "failed" else (f"val loss {vals[-1]:.4f}" if vals else "no val loss yet")
         )
@@ -207,7 +208,7 @@ def progress_line(points: Sequence[Point], jobs: int, started: float) -> str:
             continue
         last = last_record(point.out_dir)
         if last:
-            running.append(f"{point.name} {last['step']}/{point.total_steps} loss {last['train_loss']:.3f}")
+            running.append(f"{point.name} {last[STEP]}/{point.total_steps} loss {last[TRAIN_LOSS]:.3f}")
         else:
             running.append(f"{point.name} starting")
     remaining = 0
