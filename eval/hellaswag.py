@@ -56,6 +56,7 @@ from eval.scoring import mean_and_stderr, positive_int, predictions, score_conti
 from train.cli import exit_code
 from train.fetch import cached_from_registry, data_root, require_hub
 from train.files import atomic_write, fsync_dir, read_jsonl, sha256_of
+from train.metric_names import HELLASWAG_KEYS
 from train.metrics import wandb_run_id
 
 if TYPE_CHECKING:  # lm-eval is imported only where it is used
@@ -263,12 +264,6 @@ def load_subset(n: int = 500, path: str | os.PathLike | None = None) -> list[dic
     return evenly_spaced(read_examples(path if path is not None else prepare_validation()), n)
 
 
-# Each metric under its convention's name; no bare "acc_norm", which llm.c users and lm-eval users read differently.
-QUICK_SCORE_KEYS = (
-    "hellaswag_lm_eval_acc", "hellaswag_lm_eval_acc_norm", "hellaswag_llmc_acc", "hellaswag_llmc_acc_norm", "hellaswag_n"
-)
-
-
 def quick_score(
     model: torch.nn.Module,
     examples: Sequence[dict[str, Any]],
@@ -279,7 +274,7 @@ def quick_score(
     precision: str = "auto",
 ) -> dict[str, float | int]:
     """Both conventions on `examples` with an in-memory model, as flat metrics for metrics.jsonl
-    (the QUICK_SCORE_KEYS). Under torch.distributed every rank must call it: each scores its
+    (train/metric_names.py's HELLASWAG_KEYS). Under torch.distributed every rank must call it: each scores its
     share, all get the result.
     """
     from eval.adapter import AuroraLM
@@ -292,7 +287,7 @@ def quick_score(
         llmc_scores = summarize(on_ranks(lm, examples, llmc_style))
     finally:
         model.train(was_training)
-    return dict(zip(QUICK_SCORE_KEYS, (
+    return dict(zip(HELLASWAG_KEYS, (
         lm_eval_scores["acc"], lm_eval_scores["acc_norm"], llmc_scores["acc"], llmc_scores["acc_norm"], len(examples)
     )))
 
