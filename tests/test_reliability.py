@@ -28,7 +28,8 @@ from tests.conftest import micro_overrides
 from train.checkpoint import CHECKSUMS, CheckpointError, checkpoint_problem, list_checkpoints
 from train.cli import exit_code
 from train.data import DataError, write_manifest, write_shard
-from train.loop import schedule_change_problem, train
+from train.loop import train
+from train.schedule import schedule_change_problem
 from train.metrics import read_metrics, wandb_run_id
 from train.rundir import RunDir, RunDirError, effective_config, read_launches
 from train.signals import StopSignals, stop_at_once_on_signals

@@ -16,7 +16,8 @@ import torch
 
 from train.checkpoint import list_checkpoints, load_model
 from train.data import DataError
-from train.loop import lr_scale, train
+from train.loop import train
+from train.schedule import lr_scale
 from train.metrics import read_metrics
 from train.rundir import RunDirError, config_changes
 

@@ -287,6 +287,7 @@ PROTOCOL_FREE = (
     "train.device", "train.threads", "train.compile", "train.parallelism", "train.timeout_s", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "data.dir", "data.verify_checksums", "diagnostics.",
     "eval.", "wandb.", "protocol.unofficial",
+    "observers.",
 )
 
 

@@ -64,6 +64,7 @@ RESUMABLE_CHANGES = (
     "diagnostics.",
     "eval.",
     "wandb.",
+    "observers.",
 )
 EXTENSIBLE = "train.steps"  # allowed when the lr schedule agrees up to the resumed step (train/loop.py)
 # Keys added to the config after runs were made: an older run without them had these values.
