@@ -169,7 +169,8 @@ def save(run: Run, step: int) -> None:
     run.metrics.sync()  # every step logged so far is on disk before the checkpoint that covers it
     for observer in run.observers.values():
         observer.save()
-    path = save_checkpoint(run.dir.checkpoint_dir, step, run.model, run.optimizer, meta, run.cfg["train"]["keep_checkpoints"])
+    keep = run.cfg["train"]["keep_checkpoints"]
+    path = save_checkpoint(run.dir.checkpoint_dir, step, run.model, run.optimizer, meta, keep)
     run.state.last_saved = path.name
     run.metrics.message(f"saved {path}")
 

@@ -163,7 +163,8 @@ class NeuronDeath(Observer):
         sharded = run.runtime.distributed and cfg["train"]["parallelism"] == "fsdp2"
         if not (run.runtime.is_main or sharded):
             return None
-        diagnostics = NeuronDiagnostics.from_config(cfg["diagnostics"], run.model, run.val_files, cfg["train"]["seq_len"])
+        seq_len = cfg["train"]["seq_len"]
+        diagnostics = NeuronDiagnostics.from_config(cfg["diagnostics"], run.model, run.val_files, seq_len)
         return cls(diagnostics) if diagnostics is not None else None
 
     def wants(self, step: int) -> bool:

@@ -89,16 +89,17 @@ def build_run(cfg: dict[str, Any], make_optimizer: OptimizerBuilder = build_opti
     accumulation = accumulation_steps(tcfg["batch_tokens"], tcfg["micro_batch"], tcfg["seq_len"], runtime.world_size)
     set_determinism(cfg["seed"], tcfg["deterministic"], tcfg["threads"])
     if runtime.is_main:
-        train_files, val_files = resolve_shards(cfg["data"])  # rank 0 prepares the built-in corpus and checks the shards
+        # rank 0 prepares the built-in corpus and checks the shards
+        train_files, val_files = resolve_shards(cfg["data"])
     barrier()
     if not runtime.is_main:
         train_files, val_files = resolve_shards(cfg["data"], verify=False)
-    vocab_size = cfg["model"]["vocab_size"]
+    micro_batch, seq_len, vocab_size = tcfg["micro_batch"], tcfg["seq_len"], cfg["model"]["vocab_size"]
     loader = TokenLoader(
-        train_files, tcfg["micro_batch"], tcfg["seq_len"], runtime.rank, runtime.world_size, cfg["seed"], vocab_size=vocab_size
+        train_files, micro_batch, seq_len, runtime.rank, runtime.world_size, cfg["seed"], vocab_size=vocab_size
     )
     validation_batch_count(
-        val_files, tcfg["micro_batch"], tcfg["seq_len"], cfg["data"]["val_tokens"], runtime.world_size, vocab_size=vocab_size
+        val_files, micro_batch, seq_len, cfg["data"]["val_tokens"], runtime.world_size, vocab_size=vocab_size
     )
     model = build_model(cfg["model"]).to(runtime.device)
     trained = parallelize(model, runtime, tcfg["parallelism"])
@@ -125,10 +126,11 @@ def resume(run: Run) -> None:
     if run.runtime.is_main:
         for path, _ in passed_over:
             set_aside(path)
+        ns_dtype_used = getattr(run.optimizer, "ns_dtype_used", None)  # a matrix optimizer's (optim/matrix.py)
         facts = {
             "resumed_from": checkpoint.name if checkpoint else None,
             "damaged_checkpoints_passed_over": describe(passed_over),
-            "ns_dtype": run.optimizer.ns_dtype_used(run.runtime.device) if hasattr(run.optimizer, "ns_dtype_used") else None,
+            "ns_dtype": ns_dtype_used(run.runtime.device) if ns_dtype_used else None,
         }
         notes = run.dir.commit(run.cfg, run.runtime.world_size, changes, saved_config, **facts)
         run.metrics = Metrics.for_run(run.cfg, run.dir.path, run.state.step)
