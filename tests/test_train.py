@@ -368,6 +368,16 @@ def test_an_observer_path_that_names_no_observer_is_refused_before_anything_is_w
     assert not Path(cfg["out_dir"]).exists()
 
 
+
+def test_cli_takes_an_observer_the_user_adds_and_checks_its_path(micro_shards, tmp_path):
+    from tests.conftest import micro_overrides
+
+    done = run_cli(*micro_overrides(micro_shards, f"out_dir={tmp_path / 'run'}", "+observers.mine=no_such_module.Watcher"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: observers.mine: cannot import 'no_such_module.Watcher' (ModuleNotFoundError")
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert not (tmp_path / "run").exists()
+
 USER_OBSERVER = '''
 class EveryStep:
     """An observer of the user's, with no base class: it sees every step."""
