@@ -30,10 +30,10 @@ from train.checkpoint import CHECKSUMS, CheckpointError, checkpoint_problem, lis
 from train.cli import exit_code
 from train.data import DataError, write_manifest, write_shard
 from train.loop import train, train_run
-from train.schedule import schedule_change_problem
 from train.metrics import read_metrics, wandb_run_id
 from train.run import Run, build_run
 from train.rundir import RunDir, RunDirError, effective_config, read_launches
+from train.schedule import schedule_change_problem
 from train.signals import StopSignals, stop_at_once_on_signals
 
 REPO = Path(__file__).resolve().parent.parent

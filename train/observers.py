@@ -27,9 +27,9 @@ that the loss curve is the same with any set of them (RESUMABLE_CHANGES lets `ob
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
