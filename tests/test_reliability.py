@@ -343,6 +343,13 @@ def test_a_budget_of_skipped_steps_skips_the_update_and_counts_it(micro_config):
     assert math.isnan(records[5]["train_loss"]) and all(math.isfinite(r["train_loss"]) for r in records[6:])
 
 
+def test_a_skipped_step_gets_no_diagnostics_of_an_update_it_did_not_make(micro_config):
+    cfg = micro_config("train.max_skipped_steps=1", "diagnostics.every=2", "diagnostics.probe_tokens=64", out="run")
+    records = read_metrics(train_run(nan_loss_at(build_run(cfg), step=6)))
+    diagnosed = [r["step"] for r in records if any(key.startswith("diag/") for key in r)]
+    assert diagnosed == [2, 4, 8, 10, 12]
+
+
 def test_the_gradient_norm_is_logged_every_step(micro_config):
     records = read_metrics(train(micro_config(out="run")))
     assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) for r in records)

@@ -71,28 +71,22 @@ def train_step(run: Run, step: int) -> bool:
     observers = [observer for observer in run.observers.values() if observer.wants(step)]
     for observer in observers:
         observer.before_step(step)
-    optimizer_ms, capture = 0.0, any(CAPTURED_UPDATES in observer.needs for observer in observers)
-    if math.isfinite(train_loss) and math.isfinite(norm):
-        if capture:
-            run.optimizer.captured_updates = {}
-        with DeviceTimer(run.runtime.device) as optimizer_timer:
-            run.optimizer.step()
-    else:
+    applied = math.isfinite(train_loss) and math.isfinite(norm)
+    if not applied:
         skip_update(run, step, train_loss, norm)
-        optimizer_timer, capture = None, False
         observers = [observer for observer in observers if CAPTURED_UPDATES not in observer.needs]  # no update
+    capture = any(CAPTURED_UPDATES in observer.needs for observer in observers)
+    optimizer_timer = apply_update(run.optimizer, run.runtime.device, capture) if applied else None
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
     if run.runtime.device.type == "cuda":
         torch.cuda.synchronize()  # the step's time, and the optimizer timer's events, are complete only now
     step_time = time.perf_counter() - started
     run.state.step, run.state.elapsed_s = step, run.state.elapsed_s + step_time
-    if optimizer_timer is not None:
-        optimizer_ms = optimizer_timer.ms()
-    record = step_record(run, train_loss, norm, step_time, optimizer_ms)
+    record = step_record(run, train_loss, norm, step_time, optimizer_timer.ms() if optimizer_timer else 0.0)
     updates = run.optimizer.captured_updates if capture else None
     for observer in observers:
-        observer.after_step(step, record, updates if CAPTURED_UPDATES in observer.needs else None)
+        observer.after_step(step, record, updates)
     if capture:
         run.optimizer.captured_updates = None
     run.metrics.log(record)
@@ -112,6 +106,16 @@ def accumulate_gradients(run: Run) -> torch.Tensor:
             loss.backward()
         loss_sum += loss.detach()
     return loss_sum
+
+
+def apply_update(optimizer: torch.optim.Optimizer, device: torch.device, capture: bool) -> DeviceTimer:
+    """optimizer.step(), timed on the device; with `capture` the optimizer keeps the update
+    directions it applies, by parameter name, in optimizer.captured_updates."""
+    if capture:
+        optimizer.captured_updates = {}
+    with DeviceTimer(device) as timer:
+        optimizer.step()
+    return timer
 
 
 def skip_update(run: Run, step: int, train_loss: float, norm: float) -> None:

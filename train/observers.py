@@ -14,8 +14,8 @@ does not provide. Every step, each observer that `wants(step)` gets:
     before_step(step)                   the gradients are in place, the update is not applied yet
     after_step(step, record, updates)   after the update and zero_grad: add metrics to `record`
                                         (the step's line of metrics.jsonl); `updates` are the
-                                        applied update directions by parameter name when the
-                                        observer needs CAPTURED_UPDATES, else None
+                                        applied update directions by parameter name when an
+                                        observer of the step needs CAPTURED_UPDATES, else None
 
 An observer that needs the updates misses a step whose update was skipped (there is none). At
 each checkpoint the run stores `state_dict()` in the checkpoint and calls `save()` (write your
