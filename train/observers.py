@@ -7,6 +7,9 @@ one from outside the package needs no edit here:
       validation: train.observers.Validation
       mine: my_package.MyObserver
 
+or on the command line `+observers.mine=my_package.MyObserver` (its module on PYTHONPATH);
+`~observers.NAME` removes one.
+
 The run builds each with `cls.from_run(cfg, run)` (None: its own settings turn it off, or this
 rank takes no part) before anything is written, and refuses one that needs what the optimizer
 does not provide. Every step, each observer that `wants(step)` gets:
