@@ -1,4 +1,5 @@
-"""HellaSwag: data sources, two scoring conventions, the command line, and a quick in-training score.
+"""HellaSwag: data sources, two scoring conventions, the command line, and a quick in-training score
+(the observer InTrainingHellaSwag, which conf/config.yaml names under `observers`).
 
     python -m eval.hellaswag RUN_OR_CHECKPOINT [data_path=FILE | source=registry|hub] [limit=N]
                              [batch_size=N] [max_length=N] [device=auto|cpu|cuda]
@@ -53,14 +54,18 @@ import torch
 import torch.distributed as dist
 
 from eval.scoring import mean_and_stderr, positive_int, predictions, score_continuations
+from optim.distributed import barrier
 from train.cli import exit_code
 from train.fetch import cached_from_registry, data_root, require_hub
 from train.files import atomic_write, fsync_dir, read_jsonl, sha256_of
 from train.metric_names import HELLASWAG_KEYS
 from train.metrics import wandb_run_id
+from train.observers import Observer
+from train.tokenizer import get_tokenizer
 
 if TYPE_CHECKING:  # lm-eval is imported only where it is used
     from eval.adapter import AuroraLM
+    from train.run import Run
 
 LM_EVAL_CONVENTION = (
     "lm-evaluation-harness `hellaswag`, 0-shot: context = preprocess(activity_label + ': ' + ctx_a + ' ' "
@@ -290,6 +295,53 @@ def quick_score(
     return dict(zip(HELLASWAG_KEYS, (
         lm_eval_scores["acc"], lm_eval_scores["acc_norm"], llmc_scores["acc"], llmc_scores["acc_norm"], len(examples)
     )))
+
+
+class InTrainingHellaSwag(Observer):
+    """The fixed subset of eval.hellaswag_examples rows (`load_subset`), scored in both conventions
+    every eval.hellaswag_every steps into the step's record (QUICK_SCORE_KEYS); every rank takes
+    part. Scored with the training length as the model's length, so every ending must fit in it."""
+
+    def __init__(self, model: torch.nn.Module, examples: list[dict[str, Any]], cfg: dict[str, Any]):
+        self.model, self.examples = model, examples
+        self.every, self.tokenizer, self.tcfg = cfg["eval"]["hellaswag_every"], cfg["data"]["tokenizer"], cfg["train"]
+
+    @classmethod
+    def from_run(cls, cfg: dict[str, Any], run: Run) -> InTrainingHellaSwag | None:
+        eval_cfg, tcfg, tokenizer = cfg["eval"], cfg["train"], cfg["data"]["tokenizer"]
+        if not eval_cfg["hellaswag_every"]:
+            return None
+        if run.runtime.distributed and tcfg["parallelism"] == "fsdp2":
+            # Ranks score different rows, so their forward passes (collectives under FSDP2) would not pair up.
+            raise ValueError(
+                "eval.hellaswag_every needs train.parallelism=ddp under torchrun; "
+                "score FSDP2 runs afterwards with python -m eval.hellaswag"
+            )
+
+        def rows() -> list[dict[str, Any]]:
+            return load_subset(eval_cfg["hellaswag_examples"], eval_cfg["hellaswag_data_path"])
+
+        first = rows() if run.runtime.is_main else None  # rank 0 fetches the split once
+        barrier()
+        examples = first if run.runtime.is_main else rows()
+        encode = get_tokenizer(tokenizer).encode_ordinary
+        longest = max(len(encode(" " + ending)) for row in examples for ending in row["endings"])
+        if longest >= tcfg["seq_len"]:
+            raise ValueError(
+                f"eval.hellaswag_every needs train.seq_len > {longest} "
+                f"(the longest ending of the subset, in {tokenizer} tokens)"
+            )
+        return cls(run.model, examples, cfg)
+
+    def wants(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def after_step(self, step: int, record: dict[str, Any], updates: Any) -> None:
+        tcfg = self.tcfg
+        record.update(quick_score(
+            self.model, self.examples, tokenizer=self.tokenizer, max_length=tcfg["seq_len"],
+            batch_size=tcfg["micro_batch"], precision=tcfg["precision"],
+        ))
 
 
 # --- the full evaluation through lm-eval -------------------------------------------

@@ -44,6 +44,7 @@ NOT_SETTINGS = (
     "out_dir", "seed", "wandb.", "eval.", "diagnostics.", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.threads", "train.device", "train.compile", "train.timeout_s",
     "data.verify_checksums", "data.dir", "optim.search", "optim.source", "protocol.", "recipe",
+    "observers.",
 )
 OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"

@@ -82,7 +82,7 @@ def test_the_cli_refuses_it_in_one_line():
 
 
 def test_validation_runs_every_n_steps_and_more_often_at_the_end():
-    from train.loop import validation_due
+    from train.schedule import validation_due
 
     cfg = {"steps": 100, "val_every": 25, "val_every_late": 5, "val_late_frac": 0.1}
     assert [s for s in range(1, 101) if validation_due(s, cfg)] == [25, 50, 75, 95, 100]

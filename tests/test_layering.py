@@ -1,6 +1,7 @@
 """The packages' layering, read from the source with ast: model/ is the network alone and imports
 nothing of train/, eval/ or optim/; the modules of train/ import one another without a cycle.
-Imports inside functions count too: a deferred import hides a cycle, it does not break it."""
+Imports inside functions count too: a deferred import hides a cycle, it does not break it. Imports
+under `if TYPE_CHECKING:` do not: they never run, and only name a type for an annotation."""
 
 import ast
 from graphlib import CycleError, TopologicalSorter
@@ -13,13 +14,23 @@ def imported_modules(path: Path) -> set[str]:
     """Every module `path` imports, anywhere in it, by its dotted name (`from train import data`
     gives train.data as well as train)."""
     modules = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             modules.add(node.module)
             modules.update(f"{node.module}.{alias.name}" for alias in node.names)
     return modules
+
+
+def _runtime_nodes(node: ast.AST):
+    """Every node below `node` except the bodies of `if TYPE_CHECKING:`."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+            yield from (n for stmt in child.orelse for n in (stmt, *_runtime_nodes(stmt)))
+            continue
+        yield child
+        yield from _runtime_nodes(child)
 
 
 def package_graph(package: str) -> dict[str, set[str]]:
@@ -49,3 +60,12 @@ def test_the_shard_format_is_a_leaf_below_the_loader_and_the_corpus_builder():
     graph = package_graph("train")
     assert "train.shards" in graph["train.data"] and "train.shards" in graph["train.corpus"]
     assert graph["train.shards"] <= {"train.files", "train.fetch", "train.tokenizer"}
+
+
+def test_no_module_of_train_imports_eval_so_the_packages_have_no_cycle():
+    # eval reads what train writes (runs, metrics, checkpoints); train must never need eval back
+    upward = {
+        f"train/{path.name}": sorted(m for m in imported_modules(path) if m.split(".")[0] == "eval")
+        for path in (ROOT / "train").glob("*.py")
+    }
+    assert {name: found for name, found in upward.items() if found} == {}

@@ -92,6 +92,8 @@ def check_overrides(overrides: Sequence[str]) -> None:
         key = override.key_or_group
         if key.startswith("hydra.") or key == "hydra" or override.is_delete():
             continue
+        if key.startswith("observers."):  # names the user chooses; the run checks each import path
+            continue
         if key in GROUPS:
             options = group_options(key)
             values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
@@ -287,6 +289,7 @@ PROTOCOL_FREE = (
     "train.device", "train.threads", "train.compile", "train.parallelism", "train.timeout_s", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "data.dir", "data.verify_checksums", "diagnostics.",
     "eval.", "wandb.", "protocol.unofficial",
+    "observers.",
 )
 
 

@@ -187,6 +187,7 @@ class NeuronDiagnostics:
     matrix_names: parameter names of the matrices whose updates and weights are measured.
     relu_family: whether exactly-dead units are measurable (see RELU_FAMILY).
     histogram_steps: leverage histograms are logged at the first diagnostic at or after each.
+    every: measure every `every` steps (`wants`); 1, every step, for a caller that steps by hand.
 
     The probe forward runs under torch.no_grad() in eval mode (train mode is restored after) and
     draws no random numbers; nothing here writes to the model or the optimizer, so turning
@@ -204,7 +205,7 @@ class NeuronDiagnostics:
         hidden_modules: Sequence[str],
         matrix_names: Sequence[str],
         relu_family: bool,
-        every: int,
+        every: int = 1,
         starvation_window: int = 5,
         histogram_steps: Iterable[int] = (),
     ):

@@ -17,7 +17,7 @@
 
 The run's config is config.yaml with each launch's allowed changes applied in order
 (`effective_config`). A launch may change only the keys that do not change the run's
-numbers (RESUMABLE_CHANGES) and train.steps (see train/loop.py: the lr schedule must agree);
+numbers (RESUMABLE_CHANGES) and train.steps (see train/schedule.py: the lr schedule must agree);
 anything else is refused, naming each key with its old and new value.
 """
 
@@ -64,8 +64,9 @@ RESUMABLE_CHANGES = (
     "diagnostics.",
     "eval.",
     "wandb.",
+    "observers.",
 )
-EXTENSIBLE = "train.steps"  # allowed when the lr schedule agrees up to the resumed step (train/loop.py)
+EXTENSIBLE = "train.steps"  # allowed when the lr schedule agrees up to the resumed step (train/schedule.py)
 # Keys added to the config after runs were made: an older run without them had these values.
 LEGACY_DEFAULTS = {
     "data.tokenizer": "gpt2",
