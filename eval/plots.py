@@ -6,18 +6,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.runs import Run
+from eval.runs import Run, load_run
+from train.metric_names import DEAD, DIAG_PREFIX, ELAPSED_S, NEARLY_DEAD, STARVED_UP, STEP, TOKENS, VAL_LOSS
 
 # (metric key, x axis, panel title): the panels the README's main job and reports draw.
 LOSS_PANELS = (
-    ("val_loss", "step", "val loss against step"),
-    ("val_loss", "tokens", "val loss against tokens"),
-    ("val_loss", "elapsed_s", "val loss against wall time (s)"),
+    (VAL_LOSS, STEP, "val loss against step"),
+    (VAL_LOSS, TOKENS, "val loss against tokens"),
+    (VAL_LOSS, ELAPSED_S, "val loss against wall time (s)"),
 )
 DEATH_PANELS = (
-    ("diag/mlp.hidden/act_dead_frac", "step", "exactly-dead fraction (all MLP units)"),
-    ("diag/mlp.hidden/act_nearly_dead_frac", "step", "nearly-dead fraction (all MLP units)"),
-    ("diag/mlp.up/starved_frac", "step", "starved fraction (mlp.up rows)"),
+    (DEAD, STEP, "exactly-dead fraction (all MLP units)"),
+    (NEARLY_DEAD, STEP, "nearly-dead fraction (all MLP units)"),
+    (STARVED_UP, STEP, "starved fraction (mlp.up rows)"),
 )
 
 
@@ -50,8 +51,9 @@ def band(runs: Sequence[Run], key: str, x: str) -> tuple[list[float], list[float
     return common, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
-def plot_groups(groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str, str, str]], path: Path,
-                columns: int = 3) -> Path | None:
+def plot_groups(
+    groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str, str, str]], path: Path, columns: int = 3
+) -> Path | None:
     """One panel per (key, x, title): a line per group (its mean over seeds) in a shaded band from
     its lowest to its highest seed. Groups without a metric have no line; None when no panel has any."""
     plt = pyplot()
@@ -71,17 +73,19 @@ def plot_groups(groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str,
                 ax.fill_between(xs, low, high, color=palette(color % 10), alpha=0.2, linewidth=0)
             drawn = True
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel({"elapsed_s": "seconds", "tokens": "tokens"}.get(x, x))
-        if key.startswith("diag/"):
+        ax.set_xlabel({ELAPSED_S: "seconds", TOKENS: "tokens"}.get(x, x))
+        if key.startswith(DIAG_PREFIX):
             ax.set_ylim(bottom=0)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     if not drawn:
         plt.close(fig)
         return None
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if not handles:
-        handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.get_legend_handles_labels()[0]), ([], []))
+        handles, labels = next(
+            (ax.get_legend_handles_labels() for ax in axes.flat if ax.get_legend_handles_labels()[0]), ([], [])
+        )
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8, bbox_to_anchor=(0.5, 1.02))
     fig.subplots_adjust(top=0.85)
     return save_figure(fig, path)
@@ -89,9 +93,7 @@ def plot_groups(groups: Mapping[str, Sequence[Run]], panels: Sequence[tuple[str,
 
 def plot_tuning(plan: Mapping, path: Path) -> Path | None:
     """Final val loss against each searched key (one panel per key, log axis for log spaces), a
-    line per optimizer through its trials, the winner circled; from a scripts/tune.py plan."""
-    from eval.runs import load_run
-
+    line per optimizer through its trials, the winner circled; from a tuning's plan (eval/tuning.py)."""
     plt = pyplot()
     keys = list(dict.fromkeys(key for entry in plan["optimizers"].values() for key in entry["space"]))
     if not keys:
@@ -111,7 +113,13 @@ def plot_tuning(plan: Mapping, path: Path) -> Path | None:
             ax.plot(*zip(*points), marker="o", color=palette(color % 10), label=optimizer)
             winner = entry.get("winner")
             if winner and winner.get("final_val_loss") not in (None, float("inf")):
-                ax.scatter([winner["settings"][key]], [winner["final_val_loss"]], s=160, facecolors="none", edgecolors=palette(color % 10))
+                ax.scatter(
+                    [winner["settings"][key]],
+                    [winner["final_val_loss"]],
+                    s=160,
+                    facecolors="none",
+                    edgecolors=palette(color % 10),
+                )
             if entry["space"][key].get("log"):
                 ax.set_xscale("log")
         ax.set_xlabel(f"optim.{key}")

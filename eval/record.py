@@ -15,6 +15,9 @@ launched seed counts (eval/runs.py gives each its outcome): a seed that has not 
 the verdict INCOMPLETE; a failed one (diverged, or a non-finite loss) counts as a loss above the
 target, so the verdict is FAIL, naming it. A record never overwrites another: a taken folder name
 gets .2, .3, ...
+
+An attempt's runs come from `attempt_points` (scripts/speedrun.py runs them); `verdict_line` says
+the verdict in one line.
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ from typing import Any
 from eval import stats
 from eval.report import PROBLEMS_HEADING, UNDEFINED
 from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
-from train.config import protocol_changes
+from train.config import compose_sweep, protocol_changes
+from train.metric_names import ELAPSED_S, VAL_LOSS
 from train.rundir import describe_hardware, read_launches
+from train.sweep import Point
 
+DEFAULT_RECIPE = "experiment=speedrun_track3"
 RUN_FILES = ("config.yaml", "launches.jsonl", "code.diff", "metrics.jsonl", "console.log")
 
 
 def validated_means(runs: Sequence[Run]) -> list[tuple[int, list[float]]]:
     """[(step, the seeds' val losses)] at every step that every run validated, in order."""
-    series = [dict(run.series("val_loss")) for run in runs]
+    series = [dict(run.series(VAL_LOSS)) for run in runs]
     common = sorted(set.intersection(*(set(s) for s in series))) if series else []
     return [(step, [s[step] for s in series]) for step in common]
 
@@ -67,7 +73,9 @@ def _code_version(run: Run) -> str:
     commit = launches[-1].get("git_commit") if launches else None
     diff = run.path / "code.diff"
     diff_hash = hashlib.sha256(diff.read_bytes()).hexdigest()[:16] if diff.is_file() else None
-    return f"{(commit or 'unknown')[:12]}" + (f" + uncommitted diff sha256 {diff_hash}… (code.diff)" if diff_hash else " (clean)")
+    return f"{(commit or 'unknown')[:12]}" + (
+        f" + uncommitted diff sha256 {diff_hash}… (code.diff)" if diff_hash else " (clean)"
+    )
 
 
 def _t_test(losses: Sequence[float], target: float) -> str:
@@ -90,26 +98,38 @@ def judge(runs: Sequence[Run], target: float) -> dict[str, Any]:
     finished, failed, unfinished = (with_outcome(runs, outcome) for outcome in (FINISHED, FAILED, UNFINISHED))
     passing = first_passing_step(runs, target) if len(finished) == len(runs) else None
     if unfinished:
-        status, reason = "INCOMPLETE", (
-            f": {_named(unfinished)} {'has' if len(unfinished) == 1 else 'have'} not finished; no verdict until every "
-            "launched seed has (rerun the command to resume)" + (f"; {_named(failed)} failed" if failed else "")
+        status, reason = (
+            "INCOMPLETE",
+            (
+                f": {_named(unfinished)} {'has' if len(unfinished) == 1 else 'have'} not finished; no verdict until "
+                "every launched seed has (rerun the command to resume)"
+                + (f"; {_named(failed)} failed" if failed else "")
+            ),
         )
     elif failed:
         status, reason = "FAIL", f": {_named(failed)} failed, and a failed run counts as a loss above the target"
     elif passing is None:
-        status, reason = "FAIL", (
-            f": no validated step with (target − mean)·√n ≥ {stats.TRACK_MARGIN} over {len(runs)} seeds"
+        status, reason = (
+            "FAIL",
+            (f": no validated step with (target − mean)·√n ≥ {stats.TRACK_MARGIN} over {len(runs)} seeds"),
         )
     else:
         step, losses = passing
-        status, reason = "PASS", (
-            f" at step {step}: mean val loss {stats.mean(losses):.5f} over {len(runs)} seeds, "
-            f"(target − mean)·√n = {stats.track_pass_statistic(losses, target):+.5f} ≥ {stats.TRACK_MARGIN}; "
-            f"one-sided t-test at step {step}: {_t_test(losses, target)}"
+        status, reason = (
+            "PASS",
+            (
+                f" at step {step}: mean val loss {stats.mean(losses):.5f} over {len(runs)} seeds, "
+                f"(target − mean)·√n = {stats.track_pass_statistic(losses, target):+.5f} ≥ {stats.TRACK_MARGIN}; "
+                f"one-sided t-test at step {step}: {_t_test(losses, target)}"
+            ),
         )
     return {
-        "status": status, "reason": reason, "launched": len(runs), "finished": len(finished),
-        "reported_step": passing[0] if passing else None, "reported_losses": passing[1] if passing else None,
+        "status": status,
+        "reason": reason,
+        "launched": len(runs),
+        "finished": len(finished),
+        "reported_step": passing[0] if passing else None,
+        "reported_losses": passing[1] if passing else None,
     }
 
 
@@ -118,8 +138,12 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
     cfg = next(run.config for run in runs if run.config)
     protocol, target = cfg["protocol"], cfg["protocol"]["target"]
     changed = protocol_changes(cfg)
-    verdict = {**judge(runs, target), "protocol": protocol["name"], "official": not changed,
-               "steps": cfg["train"]["steps"]}
+    verdict = {
+        **judge(runs, target),
+        "protocol": protocol["name"],
+        "official": not changed,
+        "steps": cfg["train"]["steps"],
+    }
     finished = with_outcome(runs, FINISHED)
     everyone = len(finished) == len(runs)
     seeds = f"{len(runs)} seeds" + ("" if everyone else f" launched, {len(finished)} finished ({not_finished(runs)})")
@@ -130,7 +154,9 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
         "",
         f"**Verdict: {verdict['status']}**{verdict['reason']}",
         "",
-        "**Official**" if not changed else "**UNOFFICIAL** (protocol.unofficial=true): it changed "
+        "**Official**"
+        if not changed
+        else "**UNOFFICIAL** (protocol.unofficial=true): it changed "
         + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items()),
         "",
         "## Rule",
@@ -161,24 +187,34 @@ def record_readme(runs: Sequence[Run], command: str) -> tuple[str, dict[str, Any
     ]
     for run in runs:
         outcome = "; ".join(run.problems) or run.outcome
-        at_report = dict(run.series("val_loss")).get(reported)
+        at_report = dict(run.series(VAL_LOSS)).get(reported)
         final = "-" if run.final_val_loss is None else f"{run.final_val_loss:.5f}"
         lines.append(
             f"| {run.seed} | {outcome} | {final} | {'-' if at_report is None else f'{at_report:.5f}'} | "
-            f"{run.records[-1]['elapsed_s']:.0f} | {_code_version(run)} | {_hardware(run)} | "
+            f"{run.records[-1][ELAPSED_S]:.0f} | {_code_version(run)} | {_hardware(run)} | "
             f"[{run.path.name}]({run.path.name}/) |"
-            if run.records else f"| {run.seed} | {outcome} | - | - | - | - | - | {run.path.name} |"
+            if run.records
+            else f"| {run.seed} | {outcome} | - | - | - | - | - | {run.path.name} |"
         )
     if reported is not None:
-        lines += ["", f"## At the reported step, {reported} (the verdict)", "",
-                  _summary(verdict["reported_losses"], target)]
+        lines += [
+            "",
+            f"## At the reported step, {reported} (the verdict)",
+            "",
+            _summary(verdict["reported_losses"], target),
+        ]
     if finished:
         finals = [run.final_val_loss for run in finished]
         lines += ["", f"## At the end of the run, step {cfg['train']['steps']}{subset}", "", _summary(finals, target)]
     late = validated_means(finished)[-12:]
     if late:
-        lines += ["", f"## The rule at the last validated steps{subset}", "",
-                  "| step | mean | (target − mean)·√n | passes |", "|---:|---:|---:|---|"]
+        lines += [
+            "",
+            f"## The rule at the last validated steps{subset}",
+            "",
+            "| step | mean | (target − mean)·√n | passes |",
+            "|---:|---:|---:|---|",
+        ]
         lines += [
             f"| {step} | {stats.mean(losses):.5f} | {stats.track_pass_statistic(losses, target):+.5f} | "
             f"{'yes' if stats.track_passes(losses, target) else 'no'} |"
@@ -208,8 +244,9 @@ def write_record(runs: Sequence[Run], record_dir: Path, command: str) -> tuple[P
     """Write the record folder (a free name at or after `record_dir`); returns it and the verdict."""
     started = [run for run in runs if run.config]
     if not started:
-        raise ValueError("no seed of this attempt has started (no config.yaml in its run directories): nothing to "
-                         "record")
+        raise ValueError(
+            "no seed of this attempt has started (no config.yaml in its run directories): nothing to record"
+        )
     if not all(run.config.get("protocol", {}).get("name") for run in started):
         raise ValueError("a record needs runs of a protocol recipe (experiment=speedrun_track3 or speedrun_tiny)")
     text, verdict = record_readme(runs, command)
@@ -226,3 +263,32 @@ def write_record(runs: Sequence[Run], record_dir: Path, command: str) -> tuple[P
                 shutil.copy2(run.path / name, target / name)
     staging.rename(record_dir)
     return record_dir, verdict
+
+
+def attempt_points(overrides: list[str], seeds: list[int], nproc: int) -> list[Point]:
+    """The attempt's runs, a seed each: DEFAULT_RECIPE unless the overrides name another
+    experiment, which must be a protocol recipe."""
+    recipe = [] if any(o.startswith("experiment=") for o in overrides) else [DEFAULT_RECIPE]
+    seed = f"seed={','.join(map(str, seeds))}"
+    points = [Point(point, cfg) for point, cfg in compose_sweep([*recipe, *overrides, seed], nproc)]
+    if not points[0].config["protocol"]["name"]:
+        raise ValueError(
+            "scripts/speedrun.py runs a protocol recipe: experiment=speedrun_track3 or experiment=speedrun_tiny"
+        )
+    return points
+
+
+def default_record_dir(cfg: dict[str, Any]) -> Path:
+    """runs/records/<recipe>-<optimizer>-<steps>."""
+    return Path("runs/records") / f"{cfg['protocol']['name']}-{cfg['optim']['name']}-{cfg['train']['steps']}"
+
+
+def verdict_line(cfg: dict[str, Any], verdict: dict[str, Any], record_dir: Path) -> str:
+    """The attempt, its verdict and the rule, and where the record is."""
+    return (
+        f"{cfg['protocol']['name']} ({'official' if verdict['official'] else 'UNOFFICIAL'}), {cfg['optim']['name']}, "
+        f"{verdict['steps']} steps, {verdict['finished']} of {verdict['launched']} seeds finished: {verdict['status']}"
+        f"{verdict['reason']}; target {cfg['protocol']['target']}, "
+        f"rule (target - mean)*sqrt(n) >= {stats.TRACK_MARGIN}\n"
+        f"record: {record_dir / 'README.md'}"
+    )

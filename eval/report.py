@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from eval import stats
 from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
-
-DEAD = "diag/mlp.hidden/act_dead_frac"
-NEARLY_DEAD = "diag/mlp.hidden/act_nearly_dead_frac"
-STARVED_UP = "diag/mlp.up/starved_frac"
-LEVERAGE_CV_UP = "diag/mlp.up/leverage_cv"
-
+from train.metric_names import (
+    DEAD,
+    LEVERAGE_CV_UP,
+    NEARLY_DEAD,
+    OPTIM_STEP_MS,
+    STARVED_UP,
+    TOKENS,
+    TOKENS_PER_S,
+    VAL_LOSS,
+)
 
 PROBLEMS_HEADING = (
     "Problem runs: failed, unfinished or lacking metrics (never ranked; a statistic without them says n of N)"
@@ -55,9 +60,9 @@ class Group:
         """How many seeds its statistics pool: "n", or "n of N" when some did not finish."""
         return f"{len(self.finished)}" if self.all_finished else f"{len(self.finished)} of {len(self.runs)}"
 
-    def mean_curve(self, x: str = "tokens") -> list[tuple[float, float]]:
+    def mean_curve(self, x: str = TOKENS) -> list[tuple[float, float]]:
         """The val-loss curve averaged over the finished seeds, at the points all of them logged."""
-        series = [dict(run.series("val_loss", x)) for run in self.finished]
+        series = [dict(run.series(VAL_LOSS, x)) for run in self.finished]
         if not series:
             return []
         common = sorted(set.intersection(*(set(s) for s in series)))
@@ -67,8 +72,25 @@ class Group:
         return [value for value in (run.last(key) for run in self.finished) if value is not None]
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float))
+
+
+def shared_value(values: Iterable[Any]) -> str:
+    """The one value of `values`, or the set of them "{a, b}", numbers in numeric order (floats in %g)."""
+    found = sorted(set(values), key=lambda v: (not is_number(v), v if is_number(v) else 0, str(v)))
+    shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in found]
+    return shown[0] if len(shown) == 1 else "{" + ", ".join(shown) + "}"
+
+
 def spread(values: Sequence[float], digits: int) -> str:
-    """"mean (min–max)"; the mean alone for one value or identical values; "-" for none."""
+    """ "mean (min–max)"; the mean alone for one value or identical values; "-" for none."""
     if not values:
         return "-"
     mean, low, high = (f"{v:.{digits}f}" for v in (sum(values) / len(values), min(values), max(values)))
@@ -76,7 +98,7 @@ def spread(values: Sequence[float], digits: int) -> str:
 
 
 def percent_spread(values: Sequence[float]) -> str:
-    """"mean% (min–max)" of fractions."""
+    """ "mean% (min–max)" of fractions."""
     text = spread([100 * v for v in values], 1)
     return text if text == "-" else text.replace(" (", "% (", 1) if "(" in text else text + "%"
 
@@ -115,8 +137,15 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
     any_diag = any(run.series(DEAD) or run.series(STARVED_UP) for group in groups for run in group.runs)
     any_hellaswag = any(run.hellaswag() for group in groups for run in group.runs)
     base = next((g for g in groups if g.label == baseline), None)
-    header = ["group", "seeds (finished/all)", "final val loss (mean ± 95% CI)", "range", "best val loss", "steps",
-              "tokens"]
+    header = [
+        "group",
+        "seeds (finished/all)",
+        "final val loss (mean ± 95% CI)",
+        "range",
+        "best val loss",
+        "steps",
+        "tokens",
+    ]
     if target is not None:
         header.append(f"tokens to {target}")
     base_curve = base.mean_curve() if base is not None else []
@@ -138,7 +167,7 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
             value_range(losses, 4) if losses else "-",
             spread([r.best_val_loss for r in finished], 4),
             str(finished[0].steps) if finished else "-",
-            f"{finished[0].records[-1]['tokens']:,}" if finished else "-",
+            f"{finished[0].records[-1][TOKENS]:,}" if finished else "-",
         ]
         curve = group.mean_curve()
         if target is not None:
@@ -151,8 +180,8 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
                 "-" if ratio is None else f"{'' if ratio[1] == '=' else ratio[1] + ' '}{ratio[0]:.2f}×",
             ]
         row += [
-            _format(_median([r.median("tokens_per_s") for r in group.runs]), ",.0f"),
-            _format(_median([r.median("optim_step_ms") for r in group.runs]), ".1f"),
+            _format(_median([r.median(TOKENS_PER_S) for r in group.runs]), ",.0f"),
+            _format(_median([r.median(OPTIM_STEP_MS) for r in group.runs]), ".1f"),
         ]
         if any_diag:
             row += [percent_spread(group.end_values(k)) for k in (DEAD, NEARLY_DEAD, STARVED_UP)]
@@ -161,13 +190,12 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
             scores = [r.hellaswag() for r in finished if r.hellaswag()]
             row += [spread([s[c] for s in scores], 4) for c in ("llmc", "lm_eval")]
         rows.append(row)
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    table = markdown_table(header, rows)
     partial = [f"{group.label} over {group.seeds}" for group in groups if group.final_losses and not group.all_finished]
     if partial:
         pooled = "; ".join(partial)
-        lines += ["", f"Every column but tokens/s and optimizer step pools the finished seeds only: {pooled}."]
-    return "\n".join(lines)
+        table += f"\n\nEvery column but tokens/s and optimizer step pools the finished seeds only: {pooled}."
+    return table
 
 
 def _format(value: float | None, spec: str) -> str:
@@ -181,7 +209,7 @@ def problems(groups: Sequence[Group]) -> list[str]:
 
 
 def welch_text(la: Sequence[float], lb: Sequence[float]) -> str:
-    """"Welch t = …, two-sided p = …", or why the test was not run."""
+    """ "Welch t = …, two-sided p = …", or why the test was not run."""
     try:
         t, p = stats.welch_t_test(la, lb)
     except ValueError as reason:
@@ -231,14 +259,24 @@ def findings(groups: Sequence[Group]) -> list[str]:
     if unranked:
         lines.append(
             "Not ranked, as not every seed finished (see the problem runs): "
-            + "; ".join(f"{g.label} ({not_finished(g.runs)}; {g.seeds} seeds finished)" for g in unranked) + "."
+            + "; ".join(f"{g.label} ({not_finished(g.runs)}; {g.seeds} seeds finished)" for g in unranked)
+            + "."
         )
-    for key, what in ((DEAD, "exactly dead MLP units"), (NEARLY_DEAD, "nearly dead MLP units"), (STARVED_UP, "starved up-projection rows")):
+    for key, what in (
+        (DEAD, "exactly dead MLP units"),
+        (NEARLY_DEAD, "nearly dead MLP units"),
+        (STARVED_UP, "starved up-projection rows"),
+    ):
         measured = [(g.label, g.end_values(key)) for g in groups if g.end_values(key)]
         if measured:
             parts = ", ".join(f"{label} {percent_spread(values)}" for label, values in measured)
             lines.append(f"At the end, {what} (mean (min–max) over finished seeds): {parts}.")
     return lines
+
+
+def findings_bullets(groups: Sequence[Group]) -> list[str]:
+    """The findings as markdown bullets (their indented lines are already sub-bullets)."""
+    return [line if line.startswith("  ") else f"- {line}" for line in findings(groups)]
 
 
 def verdict_losses(group: Group) -> list[float]:
@@ -281,8 +319,10 @@ def pairwise(a: Group, b: Group) -> list[str]:
     measured = stats.pooled_std(la, lb)
     fit = ""
     if measured is not None and measured >= SIGMA_MISFIT_RATIO * stats.TRACK_SEED_SIGMA:
-        fit = (f" The measured σ is {measured / stats.TRACK_SEED_SIGMA:.1f}× the assumed one: the rule's margin does "
-               "not fit this setting, so read the verdict beside Welch's p.")
+        fit = (
+            f" The measured σ is {measured / stats.TRACK_SEED_SIGMA:.1f}× the assumed one: the rule's margin does "
+            "not fit this setting, so read the verdict beside Welch's p."
+        )
     lines.append(
         f"- the rule's margin assumes a seed-to-seed σ of {stats.TRACK_SEED_SIGMA} (the track's); the σ measured in "
         f"these runs (pooled within the two groups) is {UNDEFINED if measured is None else f'{measured:.5f}'}.{fit} "

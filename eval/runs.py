@@ -16,8 +16,8 @@ exist is an error. Each run has one `outcome`, the rule records and reports shar
                 with train.max_skipped_steps it is a skipped step of a run that goes on.
     unfinished  anything else: still running, stopped or interrupted (its command resumes it), never
                 started
-scripts/report.py, scripts/neuron_death_report.py and the README's main job
-(scripts/compare_optimizers.py) all read runs through here.
+The reports (eval/comparison.py, eval/neuron_death.py, eval/record.py and the README's main job,
+eval/main_job.py) all read runs through here.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from train.cli import DIVERGED
+from train.metric_names import HELLASWAG_LLMC_ACC_NORM, HELLASWAG_LM_EVAL_ACC_NORM, HELLASWAG_N, STEP, VAL_LOSS
 from train.metrics import read_metrics
 from train.rundir import effective_config, flatten
 from train.sweep import INDEX
@@ -43,6 +44,7 @@ NOT_SETTINGS = (
     "out_dir", "seed", "wandb.", "eval.", "diagnostics.", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.threads", "train.device", "train.compile", "train.timeout_s",
     "data.verify_checksums", "data.dir", "optim.search", "optim.source", "protocol.", "recipe",
+    "observers.",
 )
 OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
@@ -83,9 +85,18 @@ class Run:
 
     @property
     def steps(self) -> int:
-        return self.records[-1]["step"] if self.records else 0
+        return self.records[-1][STEP] if self.records else 0
 
-    def series(self, key: str, x: str = "step") -> list[tuple[float, Any]]:
+    def setting(self, *keys: str) -> Any:
+        """config[keys[0]][keys[1]]...; "-" where the config has no such key."""
+        value: Any = self.config
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return "-"
+            value = value[key]
+        return value
+
+    def series(self, key: str, x: str = STEP) -> list[tuple[float, Any]]:
         """[(x, value)] of every record holding `key` (x: step, tokens or elapsed_s)."""
         return [(r[x], r[key]) for r in self.records if key in r and x in r]
 
@@ -110,13 +121,13 @@ class Run:
     @property
     def final_val_loss(self) -> float | None:
         """The val loss at the last step, when the run got there and measured it (NaN stays NaN)."""
-        vals = self.series("val_loss")
+        vals = self.series(VAL_LOSS)
         return vals[-1][1] if vals and vals[-1][0] == self.total_steps else None
 
     @property
     def failure(self) -> str | None:
         """What shows that the run failed (the module's docstring), or None."""
-        vals = self.series("val_loss")
+        vals = self.series(VAL_LOSS)
         if vals and not math.isfinite(vals[-1][1]):
             at_end = vals[-1][0] == self.total_steps
             return f"failed: val loss {vals[-1][1]} at {'its last step' if at_end else f'step {vals[-1][0]}'}"
@@ -133,7 +144,7 @@ class Run:
 
     @property
     def best_val_loss(self) -> float | None:
-        vals = [value for _, value in self.series("val_loss")]
+        vals = [value for _, value in self.series(VAL_LOSS)]
         return min(vals) if vals else None
 
     def hellaswag(self) -> dict[str, float] | None:
@@ -143,10 +154,12 @@ class Run:
         if results:
             scores = json.loads(results[-1].read_text())["scores"]
             return {"llmc": scores["llmc"]["acc_norm"], "lm_eval": scores["lm_eval"]["acc_norm"], "n": None}
-        last = next((r for r in reversed(self.records) if "hellaswag_n" in r), None)
+        last = next((r for r in reversed(self.records) if HELLASWAG_N in r), None)
         if last is None:
             return None
-        return {"llmc": last["hellaswag_llmc_acc_norm"], "lm_eval": last["hellaswag_lm_eval_acc_norm"], "n": last["hellaswag_n"]}
+        return {
+            "llmc": last[HELLASWAG_LLMC_ACC_NORM], "lm_eval": last[HELLASWAG_LM_EVAL_ACC_NORM], "n": last[HELLASWAG_N]
+        }
 
 
 def with_outcome(runs: Sequence[Run], outcome: str) -> list[Run]:
@@ -180,7 +193,7 @@ def load_run(path: Path) -> Run:
         run.problems.append(f"unfinished: logged {run.steps} of {run.total_steps} steps")
     elif run.config and not run.records and "no metrics.jsonl" not in run.problems:
         run.problems.append("no step logged")
-    if run.records and not run.series("val_loss"):
+    if run.records and not run.series(VAL_LOSS):
         run.problems.append("no val loss")
     return run
 
@@ -216,7 +229,8 @@ def _runs_in(path: Path, depth: int) -> list[Path]:
         return [path]
     if depth == 0:
         return []
-    return [run for child in sorted(path.iterdir()) if child.is_dir() and not child.name.startswith(".") for run in _runs_in(child, depth - 1)]
+    children = [child for child in sorted(path.iterdir()) if child.is_dir() and not child.name.startswith(".")]
+    return [run for child in children for run in _runs_in(child, depth - 1)]
 
 
 def run_paths(paths: Iterable[str | Path]) -> list[Path]:

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import torch
 
 from eval.scoring import positive_int
-from model.tokenizer import get_tokenizer
 from train.checkpoint import checkpoint_tokenizer, load_model, read_meta, resolve_checkpoint
 from train.cli import exit_code
 from train.dist import pick_device
+from train.tokenizer import get_tokenizer
 
 
 @torch.no_grad()

@@ -74,7 +74,10 @@ def track_passes(losses: Sequence[float], target: float = TRACK_TARGET, margin: 
 
 
 def track_pairwise_statistic(
-    losses_a: Sequence[float], steps_a: int, losses_b: Sequence[float], steps_b: int,
+    losses_a: Sequence[float],
+    steps_a: int,
+    losses_b: Sequence[float],
+    steps_b: int,
     loss_per_100_steps: float = LOSS_PER_100_STEPS,
 ) -> float:
     """The track's evidence that attempt A is better than attempt B (≥ 0.004: significant):
@@ -86,7 +89,7 @@ def track_pairwise_statistic(
 
 
 def track_pairwise_winner(statistic: float, margin: float = TRACK_MARGIN) -> str | None:
-    """"A" or "B", whichever the pairwise statistic (A against B) shows significantly better; None
+    """ "A" or "B", whichever the pairwise statistic (A against B) shows significantly better; None
     when it shows neither."""
     if meets_margin(statistic, margin):
         return "A"
@@ -161,7 +164,9 @@ def first_arrival(curve: Sequence[tuple[float, float]], target: float) -> tuple[
 
 
 def speedup(
-    baseline: Sequence[tuple[float, float]], candidate: Sequence[tuple[float, float]], target: float,
+    baseline: Sequence[tuple[float, float]],
+    candidate: Sequence[tuple[float, float]],
+    target: float,
 ) -> tuple[float, str] | None:
     """How many times fewer tokens the candidate needs than the baseline to first reach `target`
     (each read from its own curve by first_arrival), and how that ratio relates to the truth:

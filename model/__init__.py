@@ -1,4 +1,4 @@
-"""The GPT model and its GPT-2 tokenizer."""
+"""The GPT model (the tokenizers are data preparation: train/tokenizer.py)."""
 
 from model.gpt import GPT, GPTConfig, build_model
 

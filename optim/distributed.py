@@ -1,9 +1,15 @@
-"""The optimizer's view of torch.distributed: share out orthogonalisation work, gather results.
+"""The project's rank helpers, and the optimizer's view of torch.distributed: share out
+orthogonalisation work, gather results.
+
+The rank helpers (world, is_main_process, barrier, mean_over_ranks, main_process_decides) live
+here, below train/, because optim must not import train; each is a no-op on one process.
 
 Assumptions: when a process group is initialised, every rank calls step() with the same
 gradients (DDP has averaged them, or FSDP2 holds them sharded as DTensors), so every rank
 can compute every momentum and only the expensive orthogonalisation needs splitting.
 """
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -16,6 +22,35 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def mean_over_ranks(value: Tensor) -> Tensor:
+    """The mean of `value` over ranks (itself on one process), on its device; SUM then divide,
+    since gloo has no AVG."""
+    world_size = world()[1]
+    if world_size > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= world_size
+    return value
+
+
+def main_process_decides(value: Any) -> Any:
+    """Rank 0's `value` on every rank (a picklable object), so that all take the same decision."""
+    if world()[1] == 1:
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def whole(t: Tensor) -> Tensor:

@@ -6,7 +6,6 @@ Prepares the built-in corpus first if needed ($AURORA_BENCH_DATA/shakespeare).
 Times next_batch() only: memory-mapped reads, the shuffled gather, int64 tensors.
 """
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from train.corpus import ensure_builtin_corpus  # noqa: E402
 from train.data import TokenLoader  # noqa: E402
+from train.fetch import data_root  # noqa: E402
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
 
-    data_dir = ensure_builtin_corpus(Path(os.environ.get("AURORA_BENCH_DATA", "data")) / "shakespeare")
+    data_dir = ensure_builtin_corpus(data_root() / "shakespeare")
     loader = TokenLoader(sorted(data_dir.glob("shakespeare_train_*.bin")), args.micro_batch, args.seq_len)
     loader.next_batch()  # first epoch's permutation and page-cache warm-up stay out of the timing
     batches, started = 0, time.perf_counter()

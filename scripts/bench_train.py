@@ -20,11 +20,11 @@ import time
 import torch
 
 from model import build_model
-from model.tokenizer import get_tokenizer
 from optim import build_optimizer
 from optim.polar import NS_DTYPES
 from train.config import compose_config
 from train.rundir import describe_hardware, hardware
+from train.tokenizer import get_tokenizer
 
 
 def time_steps(

@@ -27,8 +27,8 @@ from torch import nn
 
 from optim import AdamW, Aurora, Muon
 from train.cli import exit_code
-from train.corpus import hub_unreachable_reason
 from train.diagnostics import NeuronDiagnostics
+from train.fetch import hub_unreachable_reason
 
 OPTIMIZERS = ("adam", "muon", "aurora")
 ADAM_LR = 1e-3  # Adam on everything, and AdamW for biases and the output layer under Muon/Aurora

@@ -23,11 +23,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from eval.record import write_record
+from eval.record import attempt_points, default_record_dir, verdict_line, write_record
 from eval.runs import load_run
 from train.cli import exit_code
-from train.config import compose_sweep
-from train.sweep import Point, run_points, summary
+from train.sweep import run_points, summary
 
 
 def main(argv: list[str]) -> int:
@@ -35,28 +34,31 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, required=True, help="non-cherry-picked seeds, all reported")
     parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun --nproc_per_node)")
     parser.add_argument("--record", type=Path, default=None, help="the record folder (a taken name gets .2, .3, ...)")
-    parser.add_argument("--record-only", action="store_true", help="write the record from the runs there; train nothing")
+    parser.add_argument(
+        "--record-only", action="store_true", help="write the record from the runs there; train nothing"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = parser.parse_args(argv)
-    recipe = [] if any(o.startswith("experiment=") for o in args.overrides) else ["experiment=speedrun_track3"]
-    overrides = [*recipe, *args.overrides, f"seed={','.join(map(str, args.seeds))}"]
-    points = [Point(point, cfg) for point, cfg in compose_sweep(overrides, args.nproc)]
-    cfg = points[0].config
-    if not cfg["protocol"]["name"]:
-        raise ValueError("scripts/speedrun.py runs a protocol recipe: experiment=speedrun_track3 or experiment=speedrun_tiny")
+    points = attempt_points(args.overrides, args.seeds, args.nproc)
     if not args.record_only:
         points, index = run_points(points, ["scripts/speedrun.py", *argv], nproc=args.nproc)
         print(summary(points, index))
-    runs = [load_run(point.out_dir) for point in points]
-    default = Path("runs/records") / f"{cfg['protocol']['name']}-{cfg['optim']['name']}-{cfg['train']['steps']}"
-    command = shlex.join(["python", "scripts/speedrun.py", "--seeds", *map(str, args.seeds), "--nproc", str(args.nproc), "--", *args.overrides])
-    record, verdict = write_record(runs, args.record or default, command)
-    print(
-        f"{cfg['protocol']['name']} ({'official' if verdict['official'] else 'UNOFFICIAL'}), {cfg['optim']['name']}, "
-        f"{verdict['steps']} steps, {verdict['finished']} of {verdict['launched']} seeds finished: {verdict['status']}"
-        f"{verdict['reason']}; target {cfg['protocol']['target']}, rule (target - mean)*sqrt(n) >= 0.004\n"
-        f"record: {record / 'README.md'}"
+    cfg = points[0].config
+    command = shlex.join(
+        [
+            "python",
+            "scripts/speedrun.py",
+            "--seeds",
+            *map(str, args.seeds),
+            "--nproc",
+            str(args.nproc),
+            "--",
+            *args.overrides,
+        ]
     )
+    runs = [load_run(point.out_dir) for point in points]
+    record, verdict = write_record(runs, args.record or default_record_dir(cfg), command)
+    print(verdict_line(cfg, verdict, record))
     return 0 if verdict["finished"] == verdict["launched"] else 1
 
 

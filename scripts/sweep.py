@@ -17,13 +17,12 @@ the exit code is 1. With --jobs > 1 each run gets train.threads = cores / jobs u
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 
 from train.cli import exit_code
 from train.config import compose_sweep
-from train.sweep import Point, run_points, summary, sweep_directory, train_command
+from train.sweep import Point, run_points, summary, sweep_directory, train_command, with_threads
 
 
 def positive(text: str) -> int:
@@ -33,18 +32,13 @@ def positive(text: str) -> int:
     return value
 
 
-def with_threads(overrides: list[str], jobs: int) -> list[str]:
-    """Share the cores between `jobs` concurrent runs, unless the overrides set train.threads."""
-    if jobs == 1 or any(o.lstrip("+").startswith("train.threads=") for o in overrides):
-        return overrides
-    return [*overrides, f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}"]
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=positive, default=1, help="processes per point (torchrun --nproc_per_node)")
     parser.add_argument("--jobs", type=positive, default=1, help="points run at the same time (default: 1)")
-    parser.add_argument("--dry-run", action="store_true", help="check every point and print the commands; launch nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check every point and print the commands; launch nothing"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides with sweeps (after --)")
     args = parser.parse_args(argv)
     overrides = with_threads(args.overrides, args.jobs)

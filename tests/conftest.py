@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from train import config
-from train.data import write_shard
+from train.shards import write_shard
 
 CONF_DIR = config.CONF_DIR
 MICRO_VOCAB = 512

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from eval.comparison import comparison_report
 from tests.conftest import compose_config, micro_overrides
 from tests.test_scripts import load_script
-from train.cli import exit_code
 from train.config import ConfigError, check_config
 from train.loop import train
 
@@ -24,11 +24,21 @@ PNG = b"\x89PNG"
 
 
 def test_speedrun_track3_config_carries_the_tracks_numbers():
-    done = subprocess.run([sys.executable, "-m", "train", "experiment=speedrun_track3", "--cfg", "job", "--resolve"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "train", "experiment=speedrun_track3", "--cfg", "job", "--resolve"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     cfg = yaml.safe_load(done.stdout)
-    assert (cfg["model"]["n_layer"], cfg["model"]["d_model"], cfg["model"]["n_head"], cfg["model"]["vocab_size"]) == (12, 768, 6, 50304)
+    assert (cfg["model"]["n_layer"], cfg["model"]["d_model"], cfg["model"]["n_head"], cfg["model"]["vocab_size"]) == (
+        12,
+        768,
+        6,
+        50304,
+    )
     train_cfg = cfg["train"]
     assert (train_cfg["batch_tokens"], train_cfg["seq_len"], train_cfg["steps"]) == (524288, 1024, 3250)
     assert (train_cfg["val_every"], train_cfg["val_every_late"], train_cfg["val_late_frac"]) == (125, 25, 0.1)
@@ -37,30 +47,51 @@ def test_speedrun_track3_config_carries_the_tracks_numbers():
 
 
 def test_the_protocol_refuses_a_changed_setting_unless_unofficial():
-    with pytest.raises(ConfigError, match=r"experiment=speedrun_track3 fixes .* changed: train.batch_tokens: 524288 -> 262144, train.seq_len: 1024 -> 512"):
+    with pytest.raises(
+        ConfigError,
+        match=r"experiment=speedrun_track3 fixes .* changed: "
+        r"train.batch_tokens: 524288 -> 262144, train.seq_len: 1024 -> 512",
+    ):
         check_config(compose_config("experiment=speedrun_track3", "train.seq_len=512", "train.batch_tokens=262144"))
     check_config(compose_config("experiment=speedrun_track3", "train.seq_len=512", "protocol.unofficial=true"))
     # free: the optimizer and its config, the lr schedule, the seed, how and where it runs
-    check_config(compose_config("experiment=speedrun_track3", "optim=aurora_track3", "optim.matrix.lr=0.03", "train.steps=3000",
-                                "train.decay_frac=0.5", "seed=7", "train.micro_batch=16", "data.dir=/elsewhere"))
+    check_config(
+        compose_config(
+            "experiment=speedrun_track3",
+            "optim=aurora_track3",
+            "optim.matrix.lr=0.03",
+            "train.steps=3000",
+            "train.decay_frac=0.5",
+            "seed=7",
+            "train.micro_batch=16",
+            "data.dir=/elsewhere",
+        )
+    )
 
 
 def test_the_cli_refuses_it_in_one_line():
-    done = subprocess.run([sys.executable, "-m", "train", "experiment=speedrun_track3", "model.mlp_expansion=8"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "train", "experiment=speedrun_track3", "model.mlp_expansion=8"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
     assert "model.mlp_expansion: 4.0 -> 8" in done.stderr and "protocol.unofficial=true" in done.stderr
 
 
 def test_validation_runs_every_n_steps_and_more_often_at_the_end():
-    from train.loop import validation_due
+    from train.schedule import validation_due
 
     cfg = {"steps": 100, "val_every": 25, "val_every_late": 5, "val_late_frac": 0.1}
     assert [s for s in range(1, 101) if validation_due(s, cfg)] == [25, 50, 75, 95, 100]
 
 
-@pytest.mark.parametrize("name, steps, claim", [("aurora_track3", 3175, "3.27885"), ("aurora_wide_track3", 2930, "3.27844"),
-                                                ("normuon_track3", 3250, "3.2789")])
+@pytest.mark.parametrize(
+    "name, steps, claim",
+    [("aurora_track3", 3175, "3.27885"), ("aurora_wide_track3", 2930, "3.27844"), ("normuon_track3", 3250, "3.2789")],
+)
 def test_published_track_settings_state_their_source_and_claim(name, steps, claim):
     cfg = compose_config("experiment=speedrun_track3", f"optim={name}")
     check_config(cfg)
@@ -70,8 +101,17 @@ def test_published_track_settings_state_their_source_and_claim(name, steps, clai
 
 def test_a_two_seed_speedrun_tiny_writes_its_record(tmp_path, capsys):
     speedrun = load_script("speedrun")
-    argv = ["--seeds", "0", "1", "--record", str(tmp_path / "record"), "--", "experiment=speedrun_tiny", "train.steps=12",
-            f"out_dir={tmp_path}/runs/" + "${optim.name}-seed${seed}"]
+    argv = [
+        "--seeds",
+        "0",
+        "1",
+        "--record",
+        str(tmp_path / "record"),
+        "--",
+        "experiment=speedrun_tiny",
+        "train.steps=12",
+        f"out_dir={tmp_path}/runs/" + "${optim.name}-seed${seed}",
+    ]
     assert speedrun.main(argv) == 0
     printed = capsys.readouterr().out
     readme = (tmp_path / "record" / "README.md").read_text()
@@ -83,7 +123,9 @@ def test_a_two_seed_speedrun_tiny_writes_its_record(tmp_path, capsys):
     for seed in (0, 1):
         copied = tmp_path / "record" / f"muon-seed{seed}"
         assert {p.name for p in copied.iterdir()} >= {"config.yaml", "launches.jsonl", "metrics.jsonl", "console.log"}
-    assert speedrun.main([*argv[:3], "--record-only", *argv[3:]]) == 0  # another record: a new folder, the first untouched
+    assert (
+        speedrun.main([*argv[:3], "--record-only", *argv[3:]]) == 0
+    )  # another record: a new folder, the first untouched
     assert (tmp_path / "record.2" / "README.md").is_file() and (tmp_path / "record" / "README.md").read_text() == readme
 
 
@@ -99,11 +141,28 @@ def test_a_record_passes_at_the_first_validated_step_where_the_rule_holds(tmp_pa
     assert first_passing_step(runs, 3.28) == (110, [3.277, 3.277])  # (3.28 - 3.277) * sqrt(2) = 0.0042
 
 
-def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_the_winner(micro_shards, tmp_path, capsys):
+def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_the_winner(
+    micro_shards, tmp_path, capsys
+):
     tune = load_script("tune")
     out = tmp_path / "tune"
-    argv = ["--optimizers", "adamw", "muon", "--trials", "2", "--seeds", "1", "--sampler", "grid", "--jobs", "2",
-            "--out", str(out), "--", *micro_overrides(micro_shards, "train.steps=4", "train.val_every=2")]
+    argv = [
+        "--optimizers",
+        "adamw",
+        "muon",
+        "--trials",
+        "2",
+        "--seeds",
+        "1",
+        "--sampler",
+        "grid",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+        "--",
+        *micro_overrides(micro_shards, "train.steps=4", "train.val_every=2"),
+    ]
     assert tune.main(argv) == 0
     plan = json.loads((out / "tune.json").read_text())
     for optimizer in ("adamw", "muon"):
@@ -111,26 +170,30 @@ def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_th
         space = entry["space"]["matrix.lr"]
         lrs = [trial["settings"]["matrix.lr"] for trial in entry["trials"]]
         assert len(lrs) == 2 and all(space["low"] < lr < space["high"] for lr in lrs)
-        assert math.log(lrs[1]) - math.log(lrs[0]) == pytest.approx((math.log(space["high"]) - math.log(space["low"])) / 2, rel=1e-3)
+        assert math.log(lrs[1]) - math.log(lrs[0]) == pytest.approx(
+            (math.log(space["high"]) - math.log(space["low"])) / 2, rel=1e-3
+        )
         assert (out / "final" / f"{optimizer}-seed1" / "metrics.jsonl").is_file()  # the winner, on a fresh seed
     report = (out / "tuning.md").read_text()
     assert report.count("**(winner)**") == 2 and "## The winners on fresh seeds" in report
     assert (out / "tuning.png").read_bytes()[:4] == PNG
-    compare = load_script("report")
-    assert compare.main([str(out), "--out", str(tmp_path / "report")]) == 0
+    comparison_report([out], tmp_path / "report")
     assert (tmp_path / "report" / "tuning.png").read_bytes()[:4] == PNG
 
 
 def test_the_report_lists_missing_and_partial_runs_instead_of_failing(micro_config, tmp_path, capsys):
-    done = [train(micro_config(f"optim={name}", f"seed={seed}", out=f"runs/{name}-{seed}")) for name in ("adamw", "muon") for seed in (0, 1)]
+    done = [
+        train(micro_config(f"optim={name}", f"seed={seed}", out=f"runs/{name}-{seed}"))
+        for name in ("adamw", "muon")
+        for seed in (0, 1)
+    ]
     partial = tmp_path / "runs" / "muon-2"
     train(micro_config("optim=muon", "seed=2", out="runs/muon-2"))
     lines = (partial / "metrics.jsonl").read_text().splitlines()
     (partial / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n")  # stopped at step 5
     (tmp_path / "runs" / "never-started" / "checkpoints").mkdir(parents=True)
-    report = load_script("report")
     out = tmp_path / "report"
-    assert report.main([str(tmp_path / "runs"), "--out", str(out), "--baseline", "adamw", "--compare", "muon", "adamw"]) == 0
+    comparison_report([tmp_path / "runs"], out, baseline="adamw", compare=["muon", "adamw"])
     text = (out / "report.md").read_text()
     assert f"{partial}: unfinished: logged 5 of 12 steps" in text
     assert f"{tmp_path / 'runs' / 'never-started'}: no config.yaml; no metrics.jsonl" in text
@@ -144,7 +207,7 @@ def test_the_report_lists_missing_and_partial_runs_instead_of_failing(micro_conf
 def test_the_report_refuses_an_unknown_group_label(micro_config, tmp_path):
     train(micro_config(out="runs/a"))
     with pytest.raises(ValueError, match=r"no group is labelled 'sgd'; the groups are \['adamw'\]"):
-        load_script("report").main([str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--baseline", "sgd"])
+        comparison_report([tmp_path / "runs"], tmp_path / "r", baseline="sgd")
 
 
 def wandb_bytes(directory: Path) -> bytes:
@@ -165,5 +228,5 @@ def test_wandb_runs_are_tagged_and_the_report_table_is_logged(micro_config, tmp_
     written = wandb_bytes(run / "wandb")
     assert b"optim:muon" in written and b"mlp_x4" in written and b"my-sweep" in written
     out = tmp_path / "report"
-    assert load_script("report").main([str(run), "--out", str(out), "--wandb", "offline"]) == 0
+    comparison_report([run], out, wandb="offline")
     assert b"comparison" in wandb_bytes(out / "wandb")

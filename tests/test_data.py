@@ -1,5 +1,7 @@
 """Shards, loaders, corpus preparation and data configs, on small local data (offline)."""
+import errno
 import json
+import os
 import shutil
 import threading
 import time
@@ -10,19 +12,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from model.tokenizer import EOT_TOKEN, get_tokenizer
-from train.cli import exit_code
 from train import corpus, prepare
-from train.data import (
-    HEADER_BYTES,
-    DataError,
-    TokenLoader,
-    load_shard,
-    read_shard_header,
-    resolve_shards,
-    validation_batches,
-    write_shard,
-)
+from train.cli import exit_code
+from train.data import TokenLoader, resolve_shards, validation_batches
+from train.shards import HEADER_BYTES, DataError, load_shard, read_shard_header, write_shard
+from train.tokenizer import EOT_TOKEN, get_tokenizer
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
 SHARD_SIZES = (1000, 1500, 700)
@@ -85,6 +79,39 @@ def test_bad_shard_is_one_clear_error(tmp_path, corrupt, expected):
 def test_write_shard_rejects_tokens_outside_uint16(tmp_path):
     with pytest.raises(DataError, match="uint16"):
         write_shard(tmp_path / "x.bin", [1, 70000])
+
+
+def test_a_shard_is_complete_and_fsynced_before_it_takes_its_name(tmp_path, monkeypatch):
+    path = tmp_path / "x_train_000001.bin"
+    synced, renamed = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def replace(staged, target):
+        assert not path.exists(), "the shard's name appeared before its rename"
+        assert read_shard_header(staged) == 100 and os.stat(staged).st_ino in synced
+        renamed.append(Path(target))
+        real_replace(staged, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_shard(path, np.arange(100))
+    assert renamed == [path] and synced[-1] == tmp_path.stat().st_ino  # the directory last: the rename is durable
+    assert load_shard(path).tolist() == list(range(100))
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_a_shard_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch, failing):
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, failing, disk_full)
+    with pytest.raises(OSError, match="x_train_000001.bin"):
+        write_shard(tmp_path / "x_train_000001.bin", np.arange(100))
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- training loader ---------------------------------------------------------

@@ -32,9 +32,9 @@ from eval.hellaswag import (
 )
 from eval.scoring import mean_and_stderr, predictions, score_continuations
 from model import GPT, GPTConfig
-from model.tokenizer import VOCAB_SIZE, get_tokenizer
 from train.cli import exit_code
 from train.checkpoint import save_checkpoint
+from train.tokenizer import VOCAB_SIZE, get_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tests" / "data" / "hellaswag_sample.jsonl"  # 8 real validation rows, both sources

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.test_scripts import load_script
-from train.corpus import hub_unreachable_reason
+from train.fetch import hub_unreachable_reason
 
 
 def test_toy_trains_adam_muon_and_aurora_on_digits_and_reports_neuron_deaths(tmp_path, capsys):

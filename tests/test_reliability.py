@@ -17,20 +17,24 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from model import GPT
+from optim import build_optimizer
 from tests.conftest import micro_overrides
 from train.checkpoint import CHECKSUMS, CheckpointError, checkpoint_problem, list_checkpoints
 from train.cli import exit_code
-from train.data import DataError, write_manifest, write_shard
-from train.loop import schedule_change_problem, train
+from train.files import append_durably, read_jsonl
+from train.loop import train, train_run
 from train.metrics import read_metrics, wandb_run_id
+from train.run import Run, build_run
 from train.rundir import RunDir, RunDirError, effective_config, read_launches
+from train.schedule import schedule_change_problem
+from train.shards import DataError, write_manifest, write_shard
 from train.signals import StopSignals, stop_at_once_on_signals
 
 REPO = Path(__file__).resolve().parent.parent
@@ -300,32 +304,29 @@ def test_a_really_full_filesystem_stops_with_one_line_and_keeps_the_previous_che
 MICRO_BATCHES_PER_STEP = 4  # the micro config: 512 tokens a step, micro-batches of 4 x 32
 
 
-def nan_loss_at(monkeypatch, step: int) -> None:
-    """Make the first micro-batch of training step `step` give a NaN loss (and NaN gradients)."""
-    real_forward = GPT.forward
-    count = [0]
+def nan_loss_at(run: Run, step: int) -> Run:
+    """`run`, its first micro-batch of training step `step` giving a NaN loss (and NaN gradients)."""
+    real_trained, count = run.trained, [0]
 
-    def forward(self, idx, targets=None):
-        out = real_forward(self, idx, targets)
-        if targets is not None and self.training:
-            count[0] += 1
-            if count[0] == (step - 1) * MICRO_BATCHES_PER_STEP + 1:
-                return out * float("nan")
-        return out
+    def trained(inputs, targets):
+        count[0] += 1
+        out = real_trained(inputs, targets)
+        return out * float("nan") if count[0] == (step - 1) * MICRO_BATCHES_PER_STEP + 1 else out
 
-    monkeypatch.setattr(GPT, "forward", forward)
+    run.trained = trained
+    return run
 
 
-def failed_launch(cfg: dict, capsys) -> tuple[int, str]:
-    """The exit code and the stderr line of a launch that fails, as python -m train gives them."""
+def failed_launch(cfg: dict, capsys, prepare: Callable[[Run], Run] = lambda run: run) -> tuple[int, str]:
+    """The exit code and the stderr line of a launch that fails, as python -m train gives them
+    (`prepare` injects a fault into the built run)."""
     capsys.readouterr()
-    code = exit_code(lambda: train(cfg))
+    code = exit_code(lambda: train_run(prepare(build_run(cfg))))
     return code, capsys.readouterr().err.strip()
 
 
-def test_divergence_stops_before_the_update_and_saves_nothing_non_finite(micro_config, monkeypatch, capsys):
-    nan_loss_at(monkeypatch, step=6)
-    code, line = failed_launch(micro_config(out="run"), capsys)
+def test_divergence_stops_before_the_update_and_saves_nothing_non_finite(micro_config, capsys):
+    code, line = failed_launch(micro_config(out="run"), capsys, prepare=lambda run: nan_loss_at(run, step=6))
     assert code == 3
     assert re.fullmatch(
         r"error: the run diverged at step 6: train loss nan.* last good checkpoint \(step_0000004\); "
@@ -336,12 +337,18 @@ def test_divergence_stops_before_the_update_and_saves_nothing_non_finite(micro_c
     assert steps(run) == [1, 2, 3, 4, 5]
 
 
-def test_a_budget_of_skipped_steps_skips_the_update_and_counts_it(micro_config, monkeypatch):
-    nan_loss_at(monkeypatch, step=6)
-    run = train(micro_config("train.max_skipped_steps=1", out="run"))
+def test_a_budget_of_skipped_steps_skips_the_update_and_counts_it(micro_config):
+    run = train_run(nan_loss_at(build_run(micro_config("train.max_skipped_steps=1", out="run")), step=6))
     records = read_metrics(run)
     assert [r["skipped_steps"] for r in records] == [0] * 5 + [1] * 7
     assert math.isnan(records[5]["train_loss"]) and all(math.isfinite(r["train_loss"]) for r in records[6:])
+
+
+def test_a_skipped_step_gets_no_diagnostics_of_an_update_it_did_not_make(micro_config):
+    cfg = micro_config("train.max_skipped_steps=1", "diagnostics.every=2", "diagnostics.probe_tokens=64", out="run")
+    records = read_metrics(train_run(nan_loss_at(build_run(cfg), step=6)))
+    diagnosed = [r["step"] for r in records if any(key.startswith("diag/") for key in r)]
+    assert diagnosed == [2, 4, 8, 10, 12]
 
 
 def test_the_gradient_norm_is_logged_every_step(micro_config):
@@ -349,27 +356,26 @@ def test_the_gradient_norm_is_logged_every_step(micro_config):
     assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) for r in records)
 
 
-def test_non_finite_parameters_are_never_checkpointed(micro_config, monkeypatch, capsys):
-    from train import loop
+def overflowing_optimizer(cfg, model):
+    """build_optimizer's optimizer, whose 8th update overflows a parameter to inf (a checkpoint follows it)."""
+    optimizer = build_optimizer(cfg, model)
+    real_step, count = optimizer.step, [0]
 
-    real_build = loop.build_optimizer
+    def step(self, closure=None):
+        real_step(closure)
+        count[0] += 1
+        if count[0] == 8:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
 
-    def build_optimizer(cfg, model):
-        optimizer = real_build(cfg, model)
-        real_step, count = optimizer.step, [0]
+    optimizer.step = types.MethodType(step, optimizer)  # bound, as the lr scheduler expects
+    return optimizer
 
-        def step(self, closure=None):
-            real_step(closure)
-            count[0] += 1
-            if count[0] == 8:  # an update that overflows, on a step a checkpoint follows
-                with torch.no_grad():
-                    self.param_groups[0]["params"][0].fill_(float("inf"))
 
-        optimizer.step = types.MethodType(step, optimizer)  # bound, as the lr scheduler expects
-        return optimizer
-
-    monkeypatch.setattr(loop, "build_optimizer", build_optimizer)
-    code, line = failed_launch(micro_config(out="run"), capsys)
+def test_non_finite_parameters_are_never_checkpointed(micro_config, capsys):
+    capsys.readouterr()
+    code = exit_code(lambda: train_run(build_run(micro_config(out="run"), make_optimizer=overflowing_optimizer)))
+    line = capsys.readouterr().err.strip()
     assert code == 3
     assert line.startswith(
         "error: the parameters are not finite after step 8; nothing was saved (last good checkpoint: step_0000004)"
@@ -457,6 +463,19 @@ def test_a_torn_last_metrics_line_is_repaired_on_resume_and_kept(micro_config, c
     assert losses(resumed) == losses(full)
     discarded = [json.loads(line) for line in (crashed / "metrics.discarded.jsonl").read_text().splitlines()]
     assert [r.get("step") for r in discarded] == [9, 10, 11, 12, None] and discarded[-1]["torn_line"].startswith('{"step": 13')
+
+
+def test_the_one_jsonl_reader_leaves_out_a_torn_last_line_and_refuses_damage_anywhere_else(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"step": 1}\n\n{"step": 2}\n{"step": 3, "train_lo')
+    lines, torn = read_jsonl(path)
+    assert [(line.number, line.value) for line in lines] == [(1, {"step": 1}), (3, {"step": 2})]
+    assert torn == '{"step": 3, "train_lo'
+    with pytest.raises(ValueError, match=r"log.jsonl: line 4 is not JSON"):
+        read_jsonl(path, appended=False)  # a file written whole has no torn line: its last line is damaged
+    path.write_bytes(b'{"step": 1}\n{"note": "\xff"}\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl: line 2 is not JSON \(not UTF-8\)"):
+        read_jsonl(path)
 
 
 def test_a_damaged_line_inside_metrics_is_refused_naming_the_file(micro_config):
@@ -685,6 +704,24 @@ def test_shards_manifests_and_eval_results_are_fsynced_with_their_directory(tmp_
     ]
     for path in written:
         assert path.stat().st_ino in synced and path.parent.stat().st_ino in synced, path
+
+
+def test_an_appended_line_is_fsynced_and_so_is_the_directory_of_a_file_it_creates(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "launches.jsonl"
+    append_durably(path, '{"launch": 1}\n')
+    assert synced == [path.stat().st_ino, tmp_path.stat().st_ino]
+    append_durably(path, '{"launch": 2}\n')
+    assert synced[2:] == [path.stat().st_ino] and [line.value for line in read_jsonl(path)[0]] == [
+        {"launch": 1}, {"launch": 2}
+    ]
 
 
 def snapshot(run: Path) -> dict[str, bytes]:

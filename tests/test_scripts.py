@@ -13,6 +13,7 @@ import torch
 from tests.conftest import micro_overrides
 from train.cli import exit_code
 from train.config import sweep_points
+from train.sweep import with_threads
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -27,7 +28,20 @@ def load_script(name: str):
 def test_main_job_at_a_cut_down_size_writes_its_table_figure_samples_and_paths(micro_shards, tmp_path, capsys):
     compare = load_script("compare_optimizers")
     out = tmp_path / "compare"
-    argv = ["--optimizers", "adamw", "muon", "--seeds", "0", "1", "--jobs", "2", "--sample-tokens", "12", "--out", str(out)]
+    argv = [
+        "--optimizers",
+        "adamw",
+        "muon",
+        "--seeds",
+        "0",
+        "1",
+        "--jobs",
+        "2",
+        "--sample-tokens",
+        "12",
+        "--out",
+        str(out),
+    ]
     overrides = micro_overrides(micro_shards, "diagnostics.every=4", "diagnostics.probe_tokens=256")
     assert compare.main([*argv, *overrides]) == 0
     printed = capsys.readouterr().out
@@ -74,7 +88,18 @@ def test_sweep_dry_run_checks_every_point_value_included(capsys):
     sweep = load_script("sweep")
     assert exit_code(lambda: sweep.main(["--dry-run", "optim=muon", "optim.matrix.ns_method=quintic,bogus"])) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: sweep point 2 of 2 (optim=muon optim.matrix.ns_method=bogus): ns_method must be one of")
+    assert err.startswith(
+        "error: sweep point 2 of 2 (optim=muon optim.matrix.ns_method=bogus): ns_method must be one of"
+    )
+
+
+def test_jobs_share_the_cores_unless_the_overrides_set_the_threads_with_or_without_a_plus(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert with_threads(["seed=0"], 2) == ["seed=0", "train.threads=4"]
+    assert with_threads(["seed=0"], 16) == ["seed=0", "train.threads=1"]
+    assert with_threads(["seed=0"], 1) == ["seed=0"]
+    for own in ("train.threads=3", "+train.threads=3"):
+        assert with_threads([own], 2) == [own]
 
 
 def test_sweep_writes_an_index_and_a_relaunch_skips_finished_runs(micro_shards, tmp_path, capsys):
@@ -109,10 +134,14 @@ def test_comm_volume_refuses_an_unknown_model_preset():
 
 def test_bench_optim_times_the_chosen_cases_in_order_against_the_first(capsys):
     bench = load_script("bench_optim")
-    results = bench.step_time_table(torch.device("cpu"), 2, warm_up=False, cases=["aurora tall K=2", "aurora recycling"], shape="tiny_x16")
+    results = bench.step_time_table(
+        torch.device("cpu"), 2, warm_up=False, cases=["aurora tall K=2", "aurora recycling"], shape="tiny_x16"
+    )
     assert list(results) == ["aurora tall K=2", "aurora recycling K=2"]
     out = capsys.readouterr().out
-    assert "tiny_x16 parameter set (2,453,568 parameters)" in out and "| / aurora tall K=2 (median over rounds) |" in out
+    assert (
+        "tiny_x16 parameter set (2,453,568 parameters)" in out and "| / aurora tall K=2 (median over rounds) |" in out
+    )
     assert f"| aurora tall K=2 | {results['aurora tall K=2']:.3f} | 1.000 |" in out  # the reference against itself
 
 

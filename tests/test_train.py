@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,12 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from train.checkpoint import list_checkpoints, load_model
-from train.data import DataError
-from train.loop import lr_scale, train
+from model import build_model
+from train.checkpoint import CHECKSUMS, list_checkpoints, load_model
+from train.cli import exit_code
+from train.loop import train, train_run
 from train.metrics import read_metrics
+from train.run import build_run
 from train.rundir import RunDirError, config_changes
+from train.schedule import lr_scale
+from train.shards import DataError
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REPO = Path(__file__).resolve().parent.parent
@@ -256,9 +263,9 @@ def test_multirun_prints_a_header_per_point_and_a_summary_and_writes_the_index(m
 
 
 def test_a_tokenizer_that_disagrees_with_the_checkpoint_is_refused_naming_both(micro_config):
-    from train.checkpoint import CheckpointError, load_checkpoint
     from model import build_model
     from optim import build_optimizer
+    from train.checkpoint import CheckpointError, load_checkpoint
 
     cfg = micro_config()
     run_dir = train(cfg)
@@ -312,3 +319,149 @@ def test_hellaswag_during_training_refuses_a_sequence_too_short_for_its_endings(
     sample = Path(__file__).resolve().parent / "data" / "hellaswag_sample.jsonl"
     with pytest.raises(ValueError, match="needs train.seq_len >"):
         train(micro_config("model.vocab_size=50304", "eval.hellaswag_every=2", f"eval.hellaswag_data_path={sample}"))
+
+
+# --- the run's seams: observers named by import path, checked when the run is built ------------
+
+
+def test_an_observer_the_optimizer_cannot_serve_is_refused_when_the_run_is_built(micro_config, capsys):
+    cfg = micro_config("diagnostics.every=2")
+
+    def plain_sgd(optim_cfg, model):  # a torch optimizer: no captured_updates
+        return torch.optim.SGD(model.parameters(), lr=0.1)
+
+    assert exit_code(lambda: train_run(build_run(cfg, make_optimizer=plain_sgd))) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        "error: observers.neurons (NeuronDeath) needs the optimizer's captured_updates, which SGD does not provide"
+    )
+    assert not Path(cfg["out_dir"]).exists()
+
+
+def test_train_step_takes_a_fake_optimizer_the_observers_do_not_need(micro_config):
+    class CountingSGD(torch.optim.SGD):
+        steps = 0
+
+        def step(self, closure=None):
+            CountingSGD.steps += self.param_groups[0]["lr"] > 0  # not DCP's lr-0 step that makes the state to save
+            return super().step(closure)
+
+    def counting_sgd(optim_cfg, model):
+        return CountingSGD(model.parameters(), lr=0.1)
+
+    run = build_run(micro_config("train.steps=3"), make_optimizer=counting_sgd)
+    train_run(run)
+    assert CountingSGD.steps == 3 and [r["step"] for r in read_metrics(run.dir.path)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("no_such_module.Watcher", r"error: observers.mine: cannot import 'no_such_module.Watcher' \(ModuleNotFoundError"),
+    ("train.observers.NoSuchObserver", r"error: observers.mine: cannot import 'train.observers.NoSuchObserver' \(Attr"),
+    ("builtins.dict", r"error: observers.mine: 'builtins.dict' is not an Observer \(it lacks from_run, wants, "),
+])
+def test_an_observer_path_that_names_no_observer_is_refused_before_anything_is_written(
+    micro_config, capsys, path, expected
+):
+    cfg = micro_config()
+    cfg["observers"]["mine"] = path
+    assert exit_code(lambda: train(cfg)) == 2
+    assert re.match(expected, capsys.readouterr().err.strip())
+    assert not Path(cfg["out_dir"]).exists()
+
+
+
+def test_cli_takes_an_observer_the_user_adds_and_checks_its_path(micro_shards, tmp_path):
+    from tests.conftest import micro_overrides
+
+    done = run_cli(*micro_overrides(micro_shards, f"out_dir={tmp_path / 'run'}", "+observers.mine=no_such_module.Watcher"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: observers.mine: cannot import 'no_such_module.Watcher' (ModuleNotFoundError")
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert not (tmp_path / "run").exists()
+
+USER_OBSERVER = '''
+class EveryStep:
+    """An observer of the user's, with no base class: it sees every step."""
+
+    needs = ("captured_updates",)
+    calls = []
+
+    @classmethod
+    def from_run(cls, cfg, run):
+        return cls()
+
+    def wants(self, step):
+        return True
+
+    def before_step(self, step):
+        EveryStep.calls.append(("before", step))
+
+    def after_step(self, step, record, updates):
+        EveryStep.calls.append(("after", step))
+        record["mine/updated_matrices"] = len(updates)
+
+    def state_dict(self):
+        return None
+
+    def resume(self, step, state):
+        pass
+
+    def save(self):
+        pass
+'''
+
+
+def test_an_observer_from_outside_the_package_sees_every_step(micro_config, tmp_path, monkeypatch):
+    (tmp_path / "my_observers.py").write_text(USER_OBSERVER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = micro_config()
+    cfg["observers"]["mine"] = "my_observers.EveryStep"
+    records = read_metrics(train(cfg))
+    from my_observers import EveryStep
+
+    assert EveryStep.calls == [(when, step) for step in range(1, 13) for when in ("before", "after")]
+    assert [r["mine/updated_matrices"] for r in records] == [len(list(build_model(cfg["model"]).parameters()))] * 12
+
+
+def test_no_train_module_imports_eval():
+    script = (
+        "import pkgutil, importlib, sys, train\n"
+        "for module in pkgutil.iter_modules(train.__path__):\n"
+        "    if module.name != '__main__':\n"
+        "        importlib.import_module('train.' + module.name)\n"
+        "loaded = sorted(m for m in sys.modules if m == 'eval' or m.startswith('eval.'))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_checkpoint_from_before_run_state_and_observers_resumes_exactly(micro_config):
+    overrides = ("optim=aurora", "diagnostics.every=2", "diagnostics.probe_tokens=64")
+    uninterrupted = train(micro_config(*overrides, out="full"))
+    old = uninterrupted.parent / "old"
+    shutil.copytree(uninterrupted, old)
+    for path in list_checkpoints(old / "checkpoints")[1:]:
+        shutil.rmtree(path)
+    # Make the run what an older version of this code wrote: no `observers` in its config, and
+    # the checkpoint's run state and observer states under the meta keys of that time.
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["observers"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    checkpoint = list_checkpoints(old / "checkpoints")[0]
+    meta = torch.load(checkpoint / "meta.pt", weights_only=False)
+    run_state, observers = meta.pop("run_state"), meta.pop("observers")
+    del meta["config"]["observers"]
+    meta |= {"elapsed_s": run_state["elapsed_s"], "skipped_steps": 0, "diagnostics": observers["neurons"],
+             "unit_trace": None}
+    torch.save(meta, checkpoint / "meta.pt")
+    (checkpoint / CHECKSUMS).unlink()
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+             for p in sorted(checkpoint.iterdir())}
+    (checkpoint / CHECKSUMS).write_text(json.dumps({"files": files}))
+
+    resumed = read_metrics(train(micro_config(*overrides, out="old")))
+    expected = read_metrics(uninterrupted)
+    for record in (*resumed, *expected):
+        for key in ("tokens_per_s", "optim_step_ms", "elapsed_s"):
+            del record[key]
+    assert resumed == expected

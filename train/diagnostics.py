@@ -3,7 +3,7 @@
 Pure functions do the maths (tensors in, numbers out). Two small classes hold what must
 persist between diagnostics: `StarvationTracker` (each matrix's recent low-leverage rows) and
 `NeuronDiagnostics` (the probe batch, the cadence, the tracker), which turns one training step
-into flat metric names. The updates come from the optimizer: set `optimizer.captured_updates = {}`
+into flat metric names (train/metric_names.py). The updates come from the optimizer: set `optimizer.captured_updates = {}`
 before optimizer.step() and pass the filled dict to `measure` (optim/matrix.py).
 docs/neuron_death.md defines every quantity and metric name.
 
@@ -14,7 +14,6 @@ m rows are the hidden neurons for every MLP projection: rows of up/gate, columns
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch.distributed.tensor import DTensor
 
 from optim.distributed import whole
 from optim.groups import assign_groups
+from train import metric_names
 from train.data import validation_batches
 
 NEARLY_DEAD_THRESHOLD = 0.01  # of the layer's mean |activation|
@@ -37,8 +37,6 @@ LEVERAGE_HIST_EDGES = (0.0, *(10 ** (k / 4) for k in range(-12, 7)), math.inf)
 # Activations whose "off" region is exactly zero; for any other, exact zeros never happen, and
 # an exactly-dead count of 0 would read as "healthy" where it only means "not measurable".
 RELU_FAMILY = ("relu2",)
-METRIC_PREFIX = "diag/"
-_BLOCK_PREFIX = re.compile(r"^blocks\.\d+\.")
 
 
 # --- the maths ------------------------------------------------------------------------------
@@ -97,10 +95,10 @@ def relative_leverage(update: Tensor) -> Tensor:
 def leverage_stats(relative: Tensor) -> dict[str, float]:
     """CV, min, max and the fraction of rows below 0.1·n/m, from relative leverages ℓᵢ/(n/m)."""
     return {
-        "leverage_cv": coefficient_of_variation(relative),
-        "leverage_rel_min": float(relative.min()),
-        "leverage_rel_max": float(relative.max()),
-        "leverage_low_frac": float((relative < LOW_LEVERAGE_THRESHOLD).float().mean()),
+        metric_names.LEVERAGE_CV: coefficient_of_variation(relative),
+        metric_names.LEVERAGE_REL_MIN: float(relative.min()),
+        metric_names.LEVERAGE_REL_MAX: float(relative.max()),
+        metric_names.LEVERAGE_LOW_FRAC: float((relative < LOW_LEVERAGE_THRESHOLD).float().mean()),
     }
 
 
@@ -128,8 +126,8 @@ def stale_update_stats(relative: Tensor, grad_rows: Tensor) -> dict[str, float]:
     the rows whose gradient is exactly zero."""
     stale = stale_rows(grad_rows)
     return {
-        "stale_update_frac": float(relative[stale].sum() / relative.sum()),
-        "zero_grad_frac": float((grad_rows == 0).float().mean()),
+        metric_names.STALE_UPDATE_FRAC: float(relative[stale].sum() / relative.sum()),
+        metric_names.ZERO_GRAD_FRAC: float((grad_rows == 0).float().mean()),
     }
 
 
@@ -138,17 +136,11 @@ def weight_row_norm_stats(weight: Tensor) -> dict[str, float]:
     norms = tall(weight.detach()).float().norm(dim=1)
     mean = norms.mean()
     return {
-        "weight_row_norm_mean": float(mean),
-        "weight_row_norm_cv": coefficient_of_variation(norms),
-        "weight_row_norm_rel_min": float(norms.min() / mean),
-        "weight_row_norm_rel_max": float(norms.max() / mean),
+        metric_names.WEIGHT_ROW_NORM_MEAN: float(mean),
+        metric_names.WEIGHT_ROW_NORM_CV: coefficient_of_variation(norms),
+        metric_names.WEIGHT_ROW_NORM_REL_MIN: float(norms.min() / mean),
+        metric_names.WEIGHT_ROW_NORM_REL_MAX: float(norms.max() / mean),
     }
-
-
-def pooled_name(name: str) -> str | None:
-    """`blocks.3.mlp.up` → `mlp.up`: the name under which all blocks' copies are pooled."""
-    pooled = _BLOCK_PREFIX.sub("", name)
-    return pooled if pooled != name else None
 
 
 # --- state --------------------------------------------------------------------------------
@@ -195,6 +187,7 @@ class NeuronDiagnostics:
     matrix_names: parameter names of the matrices whose updates and weights are measured.
     relu_family: whether exactly-dead units are measurable (see RELU_FAMILY).
     histogram_steps: leverage histograms are logged at the first diagnostic at or after each.
+    every: measure every `every` steps (`wants`); 1, every step, for a caller that steps by hand.
 
     The probe forward runs under torch.no_grad() in eval mode (train mode is restored after) and
     draws no random numbers; nothing here writes to the model or the optimizer, so turning
@@ -212,7 +205,7 @@ class NeuronDiagnostics:
         hidden_modules: Sequence[str],
         matrix_names: Sequence[str],
         relu_family: bool,
-        every: int,
+        every: int = 1,
         starvation_window: int = 5,
         histogram_steps: Iterable[int] = (),
     ):
@@ -240,7 +233,9 @@ class NeuronDiagnostics:
     def for_gpt(cls, model: nn.Module, probe_inputs: Tensor, every: int, **options) -> "NeuronDiagnostics":
         """Diagnostics of a model/gpt.py GPT: every `blocks.{i}.mlp.hidden`, every matrix of the
         matrix group (optim/groups.py: the 2-D parameters under `blocks.`)."""
-        hidden = [name for name, _ in model.named_modules() if re.fullmatch(r"blocks\.\d+\.mlp\.hidden", name)]
+        hidden = [
+            name for name, _ in model.named_modules() if metric_names.pooled_name(name) == metric_names.MLP_HIDDEN
+        ]
         matrices = [name for name, _ in assign_groups(model)["matrix"]]
         relu_family = model.config.activation in RELU_FAMILY
         return cls(model, probe_inputs, hidden, matrices, relu_family, every, **options)
@@ -331,7 +326,7 @@ class NeuronDiagnostics:
         pooled: dict[str, dict[str, float]] = {}
         for name, death in deaths.items():
             metrics.update(_named(name, _death_fractions(death)))
-            if (group := pooled_name(name)) is not None:
+            if (group := metric_names.pooled_name(name)) is not None:
                 total = pooled.setdefault(group, dict.fromkeys(death, 0.0))
                 for key, value in death.items():  # counts add up; mean_abs pools as a unit-weighted mean
                     total[key] += value * death["units"] if key == "mean_abs" else value
@@ -351,7 +346,7 @@ class NeuronDiagnostics:
             starved = self.starvation.observe(name, relative)
             grads = gradient_rows.get(name)
             self._add_leverage(metrics, _module(name), relative, starved, grads, with_histograms)
-            if (group := pooled_name(_module(name))) is not None:
+            if (group := metric_names.pooled_name(_module(name))) is not None:
                 for column, value in zip(pooled.setdefault(group, ([], [], [])), (relative, starved, grads)):
                     column.append(value)
         for group, (relatives, starveds, grads) in pooled.items():
@@ -365,11 +360,11 @@ class NeuronDiagnostics:
     ) -> None:
         metrics.update(_named(name, leverage_stats(relative)))
         if starved is not None:
-            metrics[f"{METRIC_PREFIX}{name}/starved_frac"] = float(starved.float().mean())
+            metrics[metric_names.diagnostic(name, metric_names.STARVED_FRAC)] = float(starved.float().mean())
         if grad_rows is not None:
             metrics.update(_named(name, stale_update_stats(relative, grad_rows.to(relative.device))))
         if with_histogram:
-            metrics[f"{METRIC_PREFIX}{name}/leverage_hist"] = leverage_histogram(relative)
+            metrics[metric_names.diagnostic(name, metric_names.LEVERAGE_HIST)] = leverage_histogram(relative)
 
 
 def probe_batch(val_files: Sequence[str | Path], probe_tokens: int, seq_len: int) -> Tensor:
@@ -383,9 +378,12 @@ def probe_batch(val_files: Sequence[str | Path], probe_tokens: int, seq_len: int
 
 
 def _death_fractions(death: Mapping[str, float]) -> dict[str, float]:
-    fractions = {"act_nearly_dead_frac": death["nearly_dead"] / death["units"], "act_mean_abs": death["mean_abs"]}
+    fractions = {
+        metric_names.ACT_NEARLY_DEAD_FRAC: death["nearly_dead"] / death["units"],
+        metric_names.ACT_MEAN_ABS: death["mean_abs"],
+    }
     if "dead" in death:
-        fractions["act_dead_frac"] = death["dead"] / death["units"]
+        fractions[metric_names.ACT_DEAD_FRAC] = death["dead"] / death["units"]
     return fractions
 
 
@@ -394,4 +392,4 @@ def _module(param_name: str) -> str:
 
 
 def _named(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"{METRIC_PREFIX}{name}/{key}": value for key, value in values.items()}
+    return {metric_names.diagnostic(name, key): value for key, value in values.items()}

@@ -1,28 +1,42 @@
 """Durable file writes: a file appears whole or not at all, and survives a power loss once written;
-and the reading of append-only JSON-lines files, which a crash may leave with a torn last line.
+a file's sha256; and the one reader of JSON-lines files.
 
 A rename is atomic but not durable until its directory is fsynced, and a file's data is not
 durable until the file is; every writer of run state (run directory, checkpoints, metrics, shards
-and their manifests, eval results) goes through these functions. An OSError raised while writing
-names the file (`naming`): Python's write errors name none, and a full disk must say where it is.
+and their manifests, eval results, the registry cache) goes through these functions. An OSError
+raised while writing names the file (`naming`): Python's write errors name none, and a full disk
+must say where it is.
+
+The policy for a damaged line of a JSON-lines file (`read_jsonl`): in a file that is appended to
+(metrics.jsonl, launches.jsonl), a LAST line that is not JSON is torn, the trace a crash mid-append
+leaves (or a writer still at it): it is left out of the values and returned apart, so that the
+caller can say so or keep it. Any other line that is not JSON (or not UTF-8) is damage, not a
+crash's trace: a ValueError naming the file and the line. A file written whole (`atomic_write`,
+or by hand: HellaSwag rows) cannot be torn, so there every such line is damage.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's quota used up
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
     """Make the entries of `directory` (a rename or a new file in it) durable."""
-    fd = os.open(directory, os.O_RDONLY)
+    _fsync(directory)
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Make durable what `path` holds: a file's data, or a directory's entries."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -41,34 +55,77 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write `data` to a temporary sibling, fsync it, rename it over `path`, fsync the directory."""
+    """Write `data` to a temporary sibling and `publish` it as `path`."""
     path = Path(path)
     staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with naming(path), open(staged, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(staged, path)
+        return publish(staged, path)
     finally:
         staged.unlink(missing_ok=True)
+
+
+def publish(staged: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make the complete file `staged` (on the same filesystem) appear as `path`, whole and durably:
+    fsync its data, rename it over `path`, fsync the directory."""
+    path = Path(path)
+    with naming(path):
+        _fsync(staged)
+        os.replace(staged, path)
     fsync_dir(path.parent)
     return path
 
 
-def read_jsonl(path: Path) -> tuple[list[tuple[str, Any]], str | None]:
-    """The (line, parsed value) pairs of a JSON-lines file, and its torn last line, if any (a crash
-    mid-append, or a writer still at it), which is left out. A line before the last that is not
-    JSON is damage, not a crash's trace: a ValueError naming the file and line."""
-    lines = path.read_text(errors="replace").splitlines()
-    parsed, torn = [], None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
+def append_durably(path: str | os.PathLike, text: str) -> None:
+    """Append `text` (whole lines) to `path` and fsync it, and the directory too when this made the
+    file: durable once this returns. A crash meanwhile tears at most the last line (`read_jsonl`)."""
+    path = Path(path)
+    created = not path.exists()
+    with naming(path):
+        with open(path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if created:
+            fsync_dir(path.parent)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class JsonLine(NamedTuple):
+    """One line of a JSON-lines file: its number (from 1), its text, and the value it holds."""
+
+    number: int
+    text: str
+    value: Any
+
+
+def read_jsonl(path: Path, appended: bool = True) -> tuple[list[JsonLine], str | None]:
+    """The lines of a JSON-lines file that hold a value (blank lines are skipped), and the torn last
+    line of a file that is `appended` to, if any (undecodable bytes replaced by U+FFFD); under the
+    policy of the module docstring, any other line that is not JSON is a ValueError."""
+    raw_lines = path.read_bytes().splitlines()
+    lines, torn = [], None
+    for number, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
             continue
         try:
-            parsed.append((line, json.loads(line)))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise ValueError(f"{path}: line {number} is not JSON; the file is damaged: repair or move it") from None
-            torn = line
-    return parsed, torn
+            text = raw.decode("utf-8")
+            lines.append(JsonLine(number, text, json.loads(text)))
+        except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError
+            if appended and number == len(raw_lines):
+                torn = raw.decode("utf-8", errors="replace")
+                continue
+            fault = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+            raise ValueError(
+                f"{path}: line {number} is not JSON ({fault}); the file is damaged: repair or move it"
+            ) from None
+    return lines, torn

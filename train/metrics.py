@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
-from train.files import atomic_write, naming, read_jsonl
+from train.files import append_durably, atomic_write, naming, read_jsonl
 
 DISCARDED = "metrics.discarded.jsonl"
 
@@ -44,22 +44,18 @@ class JsonlSink:
         then the run restarts from step 0); the resumed run logs those steps again. Nothing is
         deleted. A damaged line before the last one is not a crash's trace: it is refused.
         """
-        parsed, torn = read_jsonl(self.path)
+        lines, torn = read_jsonl(self.path)
         kept, stale = [], []
-        for line, record in parsed:
-            (stale if record.get("step", -1) > step else kept).append(line)
-        set_aside = stale + ([json.dumps({"torn_line": torn})] if torn is not None else [])
+        for line in lines:
+            (stale if line.value.get("step", -1) > step else kept).append(line)
+        set_aside = [line.text for line in stale] + ([json.dumps({"torn_line": torn})] if torn is not None else [])
         if not set_aside:
             return []
-        discarded = self.path.with_name(DISCARDED)
-        with naming(discarded), open(discarded, "a") as f:
-            f.write("".join(line + "\n" for line in set_aside))
-            f.flush()
-            os.fsync(f.fileno())
-        atomic_write(self.path, "".join(line + "\n" for line in kept))
+        append_durably(self.path.with_name(DISCARDED), "".join(text + "\n" for text in set_aside))
+        atomic_write(self.path, "".join(line.text + "\n" for line in kept))
         notes = []
         if stale:
-            steps = [json.loads(line)["step"] for line in stale]
+            steps = [line.value["step"] for line in stale]
             notes.append(
                 f"set aside {len(stale)} record(s) of steps {min(steps)}-{max(steps)}, logged after step {step} by an "
                 f"interrupted launch, in {DISCARDED}"
@@ -245,7 +241,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {str(run_dir)!r} a run directory?")
-    return [record for _, record in read_jsonl(path)[0]]
+    return [line.value for line in read_jsonl(path)[0]]
 
 
 def logged_through(records: list[dict[str, Any]]) -> int:

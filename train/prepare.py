@@ -17,7 +17,6 @@ it if anything is missing or damaged. See docs/data.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -29,9 +28,10 @@ from train.corpus import (
     prepare_fineweb10b,
     prepare_local,
 )
-from model.tokenizer import TOKENIZERS
 from train.cli import exit_code
-from train.data import read_shard_header
+from train.fetch import data_root
+from train.shards import MANIFEST, read_shard_header
+from train.tokenizer import TOKENIZERS
 
 
 def positive_int(text: str) -> int:
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     suffix = "_bytes" if args.tokenizer == "bytes" else ""
-    out = args.out or Path(os.environ.get("AURORA_BENCH_DATA", "data")) / f"{args.source}{suffix}"
+    out = args.out or data_root() / f"{args.source}{suffix}"
     if args.source == "shakespeare":
         shards = sorted(ensure_builtin_corpus(out, args.tokenizer, repair=True).glob("shakespeare_*.bin"))
     elif args.source == "local":
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         shards = prepare_fineweb10b(out, args.train_shards, args.from_raw)
     for shard in shards:
         print(f"{shard}  {read_shard_header(shard):,} tokens ({args.tokenizer})")
-    print(f"manifest: {out / 'manifest.json'}")
+    print(f"manifest: {out / MANIFEST}")
     return 0
 
 

