@@ -1,0 +1,336 @@
+"""The root config's schema: each key's type, the values it accepts, and its role.
+
+A key's role says what changing it does; every rule about config keys derives from it:
+
+    NUMBERS      changes the run's numbers (its losses): refused when a run resumes, a setting that
+                 tells runs apart in reports, pinned by a benchmark protocol unless the protocol frees it
+                 (the optimizer, its config, its lr schedule, the seed, micro_batch)
+    EXECUTION    only where and how the run executes (device, threads, checkpoints, where it writes):
+                 may change on resume (the launch records it), never a setting, free under a protocol
+    OBSERVATION  only what the run measures, logs or reports: as EXECUTION, except that a protocol
+                 pins how its target is measured (the validation cadence)
+    DESCRIPTION  what the run is called and what it claims (its recipe, protocol, the source of its
+                 settings): fixed for the run's life, never a setting
+
+Sections are frozen dataclasses (like model.GPTConfig) whose fields carry a `Key` in their metadata:
+its role, the values it accepts (checked on construction, in one `error:`-style line naming the key),
+and what a run made before the key existed had (its legacy default). model.* change the numbers
+(GPTConfig checks them); optim.* change the numbers except OPTIMIZER_KEYS, and optim/ checks them.
+
+Derived here, for train/rundir.py, train/config.py and eval/runs.py, as prefixes for str.startswith
+(a whole section as "name." where all its keys share the answer):
+    RESUMABLE_CHANGES   keys a resumed run may change
+    PROTOCOL_FREE       keys a benchmark protocol leaves free
+    NOT_SETTINGS        keys that never tell two runs apart in reports
+    LEGACY_DEFAULTS     {key: value} for keys added after runs were made (LEGACY_OPTIM_DEFAULTS per optimizer)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+from train.dist import PARALLELISMS
+
+WANDB_MODES = ("disabled", "offline", "online")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """An override or config value that cannot make a run."""
+
+
+class Role(enum.Enum):
+    NUMBERS = "changes the run's numbers"
+    EXECUTION = "only how the run executes"
+    OBSERVATION = "only what the run observes"
+    DESCRIPTION = "what the run is called and claims"
+
+
+NUMBERS, EXECUTION, OBSERVATION, DESCRIPTION = Role
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Valid:
+    """The values a key accepts; `expected` completes "KEY must be ..." in its error."""
+
+    accepts: Callable[[Any], bool]
+    expected: str
+
+
+def count(zero: str = "") -> Valid:
+    """An integer >= 0; `zero` says what 0 means."""
+    return Valid(lambda v: _is_int(v) and v >= 0, "an integer >= 0" + (f" ({zero})" if zero else ""))
+
+
+def one_of(choices: tuple[str, ...]) -> Valid:
+    return Valid(lambda v: v in choices, f"one of {choices}")
+
+
+def optional(valid: Valid) -> Valid:
+    return Valid(lambda v: v is None or valid.accepts(v), f"{valid.expected} or null")
+
+
+INTEGER = Valid(_is_int, "an integer")
+POSITIVE = Valid(lambda v: _is_int(v) and v > 0, "a positive integer")
+FRACTION = Valid(lambda v: isinstance(v, (int, float)) and 0.0 <= v <= 1.0, "in [0, 1]")
+BOOLEAN = Valid(lambda v: isinstance(v, bool), "true or false")
+
+_NO_LEGACY = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a config key is: its role, the values it accepts (None: checked elsewhere, or anything),
+    its legacy default, and whether a benchmark protocol leaves it free (None: by its role)."""
+
+    role: Role
+    valid: Valid | None = None
+    legacy: Any = _NO_LEGACY
+    free: bool | None = None
+
+    @property
+    def has_legacy(self) -> bool:
+        return self.legacy is not _NO_LEGACY
+
+    @property
+    def protocol_free(self) -> bool:
+        return self.free if self.free is not None else self.role in (EXECUTION, OBSERVATION)
+
+
+def key(role: Role, valid: Valid | None = None, *, legacy: Any = _NO_LEGACY, free: bool | None = None, **kw) -> Any:
+    """A dataclass field carrying its Key (`kw`: field()'s own arguments, e.g. default_factory)."""
+    return field(metadata={"key": Key(role, valid, legacy, free)}, **kw)
+
+
+def _check(prefix: str, obj: Any) -> None:
+    for f in fields(obj):
+        spec = f.metadata.get("key")
+        value = getattr(obj, f.name)
+        if spec is not None and spec.valid is not None and not spec.valid.accepts(value):
+            raise ConfigError(f"{prefix}{f.name} must be {spec.valid.expected}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of the root config; its values are checked on construction."""
+
+    prefix: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        _check(f"{self.prefix}.", self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Section:
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        missing = [name for name in names if name not in values]
+        if unknown or missing:
+            raise ConfigError(f"config section {cls.prefix}: unknown keys {unknown}, missing keys {missing}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    prefix = "train"
+    steps: int = key(NUMBERS, POSITIVE, free=True)  # the lr schedule is the optimizer's
+    batch_tokens: int = key(NUMBERS)  # checked against the world's micro-batch: config.accumulation_steps
+    micro_batch: int = key(NUMBERS, POSITIVE, free=True)  # only the summation order: fit it to memory
+    seq_len: int = key(NUMBERS, POSITIVE)
+    warmup_frac: float = key(NUMBERS, FRACTION, free=True)
+    decay_frac: float = key(NUMBERS, FRACTION, free=True)
+    # The validation cadence is how a protocol finds a record's first passing step: pinned there.
+    val_every: int = key(OBSERVATION, count(), free=False)
+    val_every_late: int = key(OBSERVATION, count(), legacy=0, free=False)
+    val_late_frac: float = key(OBSERVATION, FRACTION, legacy=0.1, free=False)
+    log_every: int = key(OBSERVATION, count())
+    checkpoint_every: int = key(EXECUTION, count())
+    keep_checkpoints: int | None = key(EXECUTION, optional(POSITIVE))
+    # Only what a non-finite step does; pinned by a protocol, so that a record does not skip its way through.
+    max_skipped_steps: int = key(EXECUTION, count(), legacy=0, free=False)
+    device: str = key(EXECUTION, one_of(DEVICES))
+    precision: str = key(NUMBERS, one_of(PRECISIONS))
+    compile: bool = key(EXECUTION)
+    deterministic: bool = key(NUMBERS)
+    threads: int | None = key(EXECUTION, optional(POSITIVE))  # float rounding at the 1e-7 level; recorded
+    parallelism: str = key(EXECUTION, one_of(PARALLELISMS))
+    timeout_s: float = key(EXECUTION)
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    """train/data.py checks these values (check_data_config)."""
+
+    prefix = "data"
+    name: str = key(NUMBERS)
+    tokenizer: str = key(NUMBERS, legacy="gpt2")
+    dir: str = key(EXECUTION)  # where the shards are; their manifest pins what they hold
+    train_pattern: str = key(NUMBERS)
+    val_pattern: str = key(NUMBERS)
+    val_tokens: int = key(NUMBERS)  # the val loss itself
+    verify_checksums: bool = key(EXECUTION, legacy=True)
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig(Section):
+    """Neuron diagnostics and unit traces (docs/neuron_death.md): they read the model, never change it."""
+
+    prefix = "diagnostics"
+    every: int = key(OBSERVATION, count("0: off"))
+    probe_tokens: int = key(OBSERVATION)  # at least train.seq_len when on (check_config)
+    starvation_window: int = key(OBSERVATION, POSITIVE)
+    histogram_steps: list[int] = key(OBSERVATION)
+    trace_every: int = key(OBSERVATION, count("0: off"), legacy=0)
+
+
+@dataclass(frozen=True)
+class EvalConfig(Section):
+    prefix = "eval"
+    hellaswag_every: int = key(OBSERVATION, count("0: never"))
+    hellaswag_examples: int = key(OBSERVATION, POSITIVE)
+    hellaswag_data_path: str | None = key(OBSERVATION)
+
+
+@dataclass(frozen=True)
+class ProtocolConfig(Section):
+    """A benchmark's fixed setting (docs/benchmark.md); check_protocol applies it."""
+
+    prefix = "protocol"
+    name: str | None = key(DESCRIPTION, legacy=None)
+    target: float | None = key(DESCRIPTION, legacy=None)
+    unofficial: bool = key(DESCRIPTION, BOOLEAN, legacy=False, free=True)  # the record says so
+
+
+@dataclass(frozen=True)
+class WandbConfig(Section):
+    prefix = "wandb"
+    mode: str = key(OBSERVATION, one_of(WANDB_MODES))
+    project: str = key(OBSERVATION)
+    entity: str | None = key(OBSERVATION)
+    group: str | None = key(OBSERVATION)
+    tags: list[str] = key(OBSERVATION)
+
+
+# The observers a run had before `observers:` existed in conf/config.yaml.
+BUILTIN_OBSERVERS = {
+    "validation": "train.observers.Validation",
+    "neurons": "train.observers.NeuronDeath",
+    "unit_trace": "train.observers.UnitTrace",
+    "hellaswag": "eval.hellaswag.InTrainingHellaSwag",
+}
+
+
+@dataclass(frozen=True)
+class RootConfig:
+    """The typed view of a composed config (RootConfig.from_dict); model and optim stay mappings,
+    checked by model.GPTConfig and optim.build_optimizer."""
+
+    seed: int = key(NUMBERS, INTEGER, free=True)
+    out_dir: str = key(EXECUTION)  # so that a moved or copied run directory still resumes
+    recipe: str | None = key(DESCRIPTION, legacy=None)
+    train: TrainConfig = field()
+    data: DataConfig = field()
+    diagnostics: DiagnosticsConfig = field()
+    eval: EvalConfig = field()
+    protocol: ProtocolConfig = field()
+    wandb: WandbConfig = field()
+    model: dict[str, Any] = key(NUMBERS)
+    optim: dict[str, Any] = key(NUMBERS, free=True)  # but OPTIMIZER_KEYS
+    # name -> import path of an observer class
+    observers: dict[str, str] = key(OBSERVATION, default_factory=lambda: dict(BUILTIN_OBSERVERS))
+
+    def __post_init__(self) -> None:
+        _check("", self)
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> RootConfig:
+        """The typed view of a composed config; ConfigError names an invalid, unknown or missing key."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(cfg) - set(names))
+        missing = [f.name for f in fields(cls) if f.name not in cfg and f.default_factory is MISSING]
+        if unknown or missing:
+            raise ConfigError(f"config: unknown keys {unknown}, missing keys {missing}")
+        return cls(**{name: SECTIONS[name].from_mapping(cfg[name]) if name in SECTIONS else cfg[name]
+                      for name in names if name in cfg})
+
+
+SECTIONS: dict[str, type[Section]] = {
+    section.prefix: section
+    for section in (TrainConfig, DataConfig, DiagnosticsConfig, EvalConfig, ProtocolConfig, WandbConfig)
+}
+
+# Keys of an optim config that do not change the optimizer's arithmetic (the rest do). A protocol
+# leaves every optim key free.
+OPTIMIZER_KEYS = {
+    "debug": Key(EXECUTION, free=True),  # NaN/inf checks: raise where the numbers would be non-finite anyway
+    "compile": Key(EXECUTION, free=True),  # as train.compile
+    "source": Key(DESCRIPTION, free=True),  # where its settings come from
+    "search": Key(DESCRIPTION, free=True),  # the space scripts/tune.py samples
+}
+# Optimizer options added since, per optimizer (optim.name): an older run of it had these values.
+LEGACY_OPTIM_DEFAULTS = {
+    ("aurora", "riemannian_aurora"): {
+        "optim.matrix.pp_row_floor": 0.0,
+        "optim.matrix.recycle_after": 0,
+        "optim.matrix.recycle_below": 0.0,
+        "optim.matrix.pp_leverage": "polar",
+    },
+    ("normuon", "unormuon"): {"optim.matrix.normalize": "rows"},
+}
+
+
+def _schema_keys() -> dict[str, Key]:
+    keys = {}
+    for f in fields(RootConfig):
+        if f.name in SECTIONS:
+            keys.update({f"{f.name}.{inner.name}": inner.metadata["key"] for inner in fields(SECTIONS[f.name])})
+        else:
+            keys[f.name] = f.metadata["key"]
+    keys.update({f"optim.{name}": spec for name, spec in OPTIMIZER_KEYS.items()})
+    return keys
+
+
+# Every key the schema knows: a section's key as "section.name"; a mapping-valued key (model, optim,
+# observers) stands for every key under it, except where one of those has its own entry (optim.debug).
+SCHEMA_KEYS = _schema_keys()
+MAPPINGS = tuple(f.name for f in fields(RootConfig) if f.type.startswith("dict"))
+
+
+def key_of(name: str) -> Key | None:
+    """The Key of a dotted config key, e.g. train.steps, or optim.search.matrix.lr.low (optim.search's);
+    None for a key the schema does not know."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        spec = SCHEMA_KEYS.get(".".join(parts[:end]))
+        if spec is not None:
+            return spec
+    return None
+
+
+def keys_where(wanted: Callable[[Key], bool]) -> tuple[str, ...]:
+    """The keys whose Key is `wanted`, as prefixes for str.startswith: a section or a mapping whose
+    keys all are, as "name." (so that it also covers keys added to it later)."""
+    chosen = [name for name, spec in SCHEMA_KEYS.items() if wanted(spec)]
+    prefixes = []
+    for group in (*SECTIONS, *MAPPINGS):
+        inside = [name for name in SCHEMA_KEYS if name == group or name.startswith(group + ".")]
+        if all(name in chosen for name in inside):
+            prefixes.append(group + ".")
+            chosen = [name for name in chosen if name not in inside]
+    if set(chosen) & set(MAPPINGS):
+        raise ValueError(f"a mapping and only some of its keys: not expressible as prefixes ({chosen})")
+    return (*prefixes, *chosen)
+
+
+RESUMABLE_CHANGES = keys_where(lambda spec: spec.role in (EXECUTION, OBSERVATION))
+PROTOCOL_FREE = keys_where(lambda spec: spec.protocol_free)
+# Reports give the seed its own column.
+NOT_SETTINGS = ("seed", *keys_where(lambda spec: spec.role is not NUMBERS))
+LEGACY_DEFAULTS = {name: spec.legacy for name, spec in SCHEMA_KEYS.items() if spec.has_legacy}
