@@ -136,7 +136,8 @@ def test_parallelism_and_validation_cadence_do_not_label_runs_as_different_setti
         ("eval.hellaswag_every=-2", "eval.hellaswag_every must be an integer >= 0 (0: never), got -2"),
         ("wandb.mode=x", "wandb.mode must be one of ('disabled', 'offline', 'online'), got 'x'"),
         ("protocol.unofficial=yes", "protocol.unofficial must be true or false, got 'yes'"),
-        ("diagnostics.every=5 diagnostics.probe_tokens=10", "diagnostics.probe_tokens must be at least train.seq_len, got 10"),
+        ("diagnostics.every=5 diagnostics.probe_tokens=10",
+         "diagnostics.probe_tokens must be at least train.seq_len, got 10"),
         ("train.decay_frac=0.8 train.warmup_frac=0.5", "train.warmup_frac + train.decay_frac must be at most 1"),
     ],
 )

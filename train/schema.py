@@ -83,39 +83,40 @@ POSITIVE = Valid(lambda v: _is_int(v) and v > 0, "a positive integer")
 FRACTION = Valid(lambda v: isinstance(v, (int, float)) and 0.0 <= v <= 1.0, "in [0, 1]")
 BOOLEAN = Valid(lambda v: isinstance(v, bool), "true or false")
 
-_NO_LEGACY = object()
+NO_LEGACY = object()
 
 
 @dataclass(frozen=True)
 class Key:
     """What a config key is: its role, the values it accepts (None: checked elsewhere, or anything),
-    its legacy default, and whether a benchmark protocol leaves it free (None: by its role)."""
+    its legacy default (NO_LEGACY: every run has had the key), and whether a benchmark protocol
+    leaves it free (None: by its role)."""
 
     role: Role
     valid: Valid | None = None
-    legacy: Any = _NO_LEGACY
+    legacy: Any = NO_LEGACY
     free: bool | None = None
 
     @property
     def has_legacy(self) -> bool:
-        return self.legacy is not _NO_LEGACY
+        return self.legacy is not NO_LEGACY
 
     @property
     def protocol_free(self) -> bool:
         return self.free if self.free is not None else self.role in (EXECUTION, OBSERVATION)
 
 
-def key(role: Role, valid: Valid | None = None, *, legacy: Any = _NO_LEGACY, free: bool | None = None, **kw) -> Any:
-    """A dataclass field carrying its Key (`kw`: field()'s own arguments, e.g. default_factory)."""
-    return field(metadata={"key": Key(role, valid, legacy, free)}, **kw)
+def spec(role: Role, valid: Valid | None = None, *, legacy: Any = NO_LEGACY, free: bool | None = None) -> dict:
+    """A field's metadata: its Key."""
+    return {"key": Key(role, valid, legacy, free)}
 
 
 def _check(prefix: str, obj: Any) -> None:
     for f in fields(obj):
-        spec = f.metadata.get("key")
+        valid = f.metadata["key"].valid if "key" in f.metadata else None
         value = getattr(obj, f.name)
-        if spec is not None and spec.valid is not None and not spec.valid.accepts(value):
-            raise ConfigError(f"{prefix}{f.name} must be {spec.valid.expected}, got {value!r}")
+        if valid is not None and not valid.accepts(value):
+            raise ConfigError(f"{prefix}{f.name} must be {valid.expected}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -140,28 +141,29 @@ class Section:
 @dataclass(frozen=True)
 class TrainConfig(Section):
     prefix = "train"
-    steps: int = key(NUMBERS, POSITIVE, free=True)  # the lr schedule is the optimizer's
-    batch_tokens: int = key(NUMBERS)  # checked against the world's micro-batch: config.accumulation_steps
-    micro_batch: int = key(NUMBERS, POSITIVE, free=True)  # only the summation order: fit it to memory
-    seq_len: int = key(NUMBERS, POSITIVE)
-    warmup_frac: float = key(NUMBERS, FRACTION, free=True)
-    decay_frac: float = key(NUMBERS, FRACTION, free=True)
+    steps: int = field(metadata=spec(NUMBERS, POSITIVE, free=True))  # the lr schedule is the optimizer's
+    # a multiple of the world's micro-batch: config.accumulation_steps checks it
+    batch_tokens: int = field(metadata=spec(NUMBERS))
+    micro_batch: int = field(metadata=spec(NUMBERS, POSITIVE, free=True))  # the summation order only: fit it to memory
+    seq_len: int = field(metadata=spec(NUMBERS, POSITIVE))
+    warmup_frac: float = field(metadata=spec(NUMBERS, FRACTION, free=True))
+    decay_frac: float = field(metadata=spec(NUMBERS, FRACTION, free=True))
     # The validation cadence is how a protocol finds a record's first passing step: pinned there.
-    val_every: int = key(OBSERVATION, count(), free=False)
-    val_every_late: int = key(OBSERVATION, count(), legacy=0, free=False)
-    val_late_frac: float = key(OBSERVATION, FRACTION, legacy=0.1, free=False)
-    log_every: int = key(OBSERVATION, count())
-    checkpoint_every: int = key(EXECUTION, count())
-    keep_checkpoints: int | None = key(EXECUTION, optional(POSITIVE))
+    val_every: int = field(metadata=spec(OBSERVATION, count(), free=False))
+    val_every_late: int = field(metadata=spec(OBSERVATION, count(), legacy=0, free=False))
+    val_late_frac: float = field(metadata=spec(OBSERVATION, FRACTION, legacy=0.1, free=False))
+    log_every: int = field(metadata=spec(OBSERVATION, count()))
+    checkpoint_every: int = field(metadata=spec(EXECUTION, count()))
+    keep_checkpoints: int | None = field(metadata=spec(EXECUTION, optional(POSITIVE)))
     # Only what a non-finite step does; pinned by a protocol, so that a record does not skip its way through.
-    max_skipped_steps: int = key(EXECUTION, count(), legacy=0, free=False)
-    device: str = key(EXECUTION, one_of(DEVICES))
-    precision: str = key(NUMBERS, one_of(PRECISIONS))
-    compile: bool = key(EXECUTION)
-    deterministic: bool = key(NUMBERS)
-    threads: int | None = key(EXECUTION, optional(POSITIVE))  # float rounding at the 1e-7 level; recorded
-    parallelism: str = key(EXECUTION, one_of(PARALLELISMS))
-    timeout_s: float = key(EXECUTION)
+    max_skipped_steps: int = field(metadata=spec(EXECUTION, count(), legacy=0, free=False))
+    device: str = field(metadata=spec(EXECUTION, one_of(DEVICES)))
+    precision: str = field(metadata=spec(NUMBERS, one_of(PRECISIONS)))
+    compile: bool = field(metadata=spec(EXECUTION))
+    deterministic: bool = field(metadata=spec(NUMBERS))
+    threads: int | None = field(metadata=spec(EXECUTION, optional(POSITIVE)))  # float rounding at the 1e-7 level
+    parallelism: str = field(metadata=spec(EXECUTION, one_of(PARALLELISMS)))
+    timeout_s: float = field(metadata=spec(EXECUTION))
 
 
 @dataclass(frozen=True)
@@ -169,13 +171,13 @@ class DataConfig(Section):
     """train/data.py checks these values (check_data_config)."""
 
     prefix = "data"
-    name: str = key(NUMBERS)
-    tokenizer: str = key(NUMBERS, legacy="gpt2")
-    dir: str = key(EXECUTION)  # where the shards are; their manifest pins what they hold
-    train_pattern: str = key(NUMBERS)
-    val_pattern: str = key(NUMBERS)
-    val_tokens: int = key(NUMBERS)  # the val loss itself
-    verify_checksums: bool = key(EXECUTION, legacy=True)
+    name: str = field(metadata=spec(NUMBERS))
+    tokenizer: str = field(metadata=spec(NUMBERS, legacy="gpt2"))
+    dir: str = field(metadata=spec(EXECUTION))  # where the shards are; their manifest pins what they hold
+    train_pattern: str = field(metadata=spec(NUMBERS))
+    val_pattern: str = field(metadata=spec(NUMBERS))
+    val_tokens: int = field(metadata=spec(NUMBERS))  # the val loss itself
+    verify_checksums: bool = field(metadata=spec(EXECUTION, legacy=True))
 
 
 @dataclass(frozen=True)
@@ -183,42 +185,42 @@ class DiagnosticsConfig(Section):
     """Neuron diagnostics and unit traces (docs/neuron_death.md): they read the model, never change it."""
 
     prefix = "diagnostics"
-    every: int = key(OBSERVATION, count("0: off"))
-    probe_tokens: int = key(OBSERVATION)  # at least train.seq_len when on (check_config)
-    starvation_window: int = key(OBSERVATION, POSITIVE)
-    histogram_steps: list[int] = key(OBSERVATION)
-    trace_every: int = key(OBSERVATION, count("0: off"), legacy=0)
+    every: int = field(metadata=spec(OBSERVATION, count("0: off")))
+    probe_tokens: int = field(metadata=spec(OBSERVATION))  # at least train.seq_len when on: check_config
+    starvation_window: int = field(metadata=spec(OBSERVATION, POSITIVE))
+    histogram_steps: list[int] = field(metadata=spec(OBSERVATION))
+    trace_every: int = field(metadata=spec(OBSERVATION, count("0: off"), legacy=0))
 
 
 @dataclass(frozen=True)
 class EvalConfig(Section):
     prefix = "eval"
-    hellaswag_every: int = key(OBSERVATION, count("0: never"))
-    hellaswag_examples: int = key(OBSERVATION, POSITIVE)
-    hellaswag_data_path: str | None = key(OBSERVATION)
+    hellaswag_every: int = field(metadata=spec(OBSERVATION, count("0: never")))
+    hellaswag_examples: int = field(metadata=spec(OBSERVATION, POSITIVE))
+    hellaswag_data_path: str | None = field(metadata=spec(OBSERVATION))
 
 
 @dataclass(frozen=True)
 class ProtocolConfig(Section):
-    """A benchmark's fixed setting (docs/benchmark.md); check_protocol applies it."""
+    """A benchmark's fixed setting (docs/benchmark.md); config.check_protocol applies it."""
 
     prefix = "protocol"
-    name: str | None = key(DESCRIPTION, legacy=None)
-    target: float | None = key(DESCRIPTION, legacy=None)
-    unofficial: bool = key(DESCRIPTION, BOOLEAN, legacy=False, free=True)  # the record says so
+    name: str | None = field(metadata=spec(DESCRIPTION, legacy=None))
+    target: float | None = field(metadata=spec(DESCRIPTION, legacy=None))
+    unofficial: bool = field(metadata=spec(DESCRIPTION, BOOLEAN, legacy=False, free=True))  # the record says so
 
 
 @dataclass(frozen=True)
 class WandbConfig(Section):
     prefix = "wandb"
-    mode: str = key(OBSERVATION, one_of(WANDB_MODES))
-    project: str = key(OBSERVATION)
-    entity: str | None = key(OBSERVATION)
-    group: str | None = key(OBSERVATION)
-    tags: list[str] = key(OBSERVATION)
+    mode: str = field(metadata=spec(OBSERVATION, one_of(WANDB_MODES)))
+    project: str = field(metadata=spec(OBSERVATION))
+    entity: str | None = field(metadata=spec(OBSERVATION))
+    group: str | None = field(metadata=spec(OBSERVATION))
+    tags: list[str] = field(metadata=spec(OBSERVATION))
 
 
-# The observers a run had before `observers:` existed in conf/config.yaml.
+# The observers of a config without `observers:` (conf/config.yaml before it had the key).
 BUILTIN_OBSERVERS = {
     "validation": "train.observers.Validation",
     "neurons": "train.observers.NeuronDeath",
@@ -232,19 +234,19 @@ class RootConfig:
     """The typed view of a composed config (RootConfig.from_dict); model and optim stay mappings,
     checked by model.GPTConfig and optim.build_optimizer."""
 
-    seed: int = key(NUMBERS, INTEGER, free=True)
-    out_dir: str = key(EXECUTION)  # so that a moved or copied run directory still resumes
-    recipe: str | None = key(DESCRIPTION, legacy=None)
-    train: TrainConfig = field()
-    data: DataConfig = field()
-    diagnostics: DiagnosticsConfig = field()
-    eval: EvalConfig = field()
-    protocol: ProtocolConfig = field()
-    wandb: WandbConfig = field()
-    model: dict[str, Any] = key(NUMBERS)
-    optim: dict[str, Any] = key(NUMBERS, free=True)  # but OPTIMIZER_KEYS
+    seed: int = field(metadata=spec(NUMBERS, INTEGER, free=True))
+    out_dir: str = field(metadata=spec(EXECUTION))  # so that a moved or copied run directory still resumes
+    recipe: str | None = field(metadata=spec(DESCRIPTION, legacy=None))
+    train: TrainConfig
+    data: DataConfig
+    diagnostics: DiagnosticsConfig
+    eval: EvalConfig
+    protocol: ProtocolConfig
+    wandb: WandbConfig
+    model: dict[str, Any] = field(metadata=spec(NUMBERS))
+    optim: dict[str, Any] = field(metadata=spec(NUMBERS, free=True))  # but OPTIMIZER_KEYS
     # name -> import path of an observer class
-    observers: dict[str, str] = key(OBSERVATION, default_factory=lambda: dict(BUILTIN_OBSERVERS))
+    observers: dict[str, str] = field(default_factory=lambda: dict(BUILTIN_OBSERVERS), metadata=spec(OBSERVATION))
 
     def __post_init__(self) -> None:
         _check("", self)
@@ -293,7 +295,7 @@ def _schema_keys() -> dict[str, Key]:
             keys.update({f"{f.name}.{inner.name}": inner.metadata["key"] for inner in fields(SECTIONS[f.name])})
         else:
             keys[f.name] = f.metadata["key"]
-    keys.update({f"optim.{name}": spec for name, spec in OPTIMIZER_KEYS.items()})
+    keys.update({f"optim.{name}": optim_key for name, optim_key in OPTIMIZER_KEYS.items()})
     return keys
 
 
@@ -308,16 +310,16 @@ def key_of(name: str) -> Key | None:
     None for a key the schema does not know."""
     parts = name.split(".")
     for end in range(len(parts), 0, -1):
-        spec = SCHEMA_KEYS.get(".".join(parts[:end]))
-        if spec is not None:
-            return spec
+        found = SCHEMA_KEYS.get(".".join(parts[:end]))
+        if found is not None:
+            return found
     return None
 
 
 def keys_where(wanted: Callable[[Key], bool]) -> tuple[str, ...]:
     """The keys whose Key is `wanted`, as prefixes for str.startswith: a section or a mapping whose
     keys all are, as "name." (so that it also covers keys added to it later)."""
-    chosen = [name for name, spec in SCHEMA_KEYS.items() if wanted(spec)]
+    chosen = [name for name, found in SCHEMA_KEYS.items() if wanted(found)]
     prefixes = []
     for group in (*SECTIONS, *MAPPINGS):
         inside = [name for name in SCHEMA_KEYS if name == group or name.startswith(group + ".")]
@@ -329,8 +331,7 @@ def keys_where(wanted: Callable[[Key], bool]) -> tuple[str, ...]:
     return (*prefixes, *chosen)
 
 
-RESUMABLE_CHANGES = keys_where(lambda spec: spec.role in (EXECUTION, OBSERVATION))
-PROTOCOL_FREE = keys_where(lambda spec: spec.protocol_free)
-# Reports give the seed its own column.
-NOT_SETTINGS = ("seed", *keys_where(lambda spec: spec.role is not NUMBERS))
-LEGACY_DEFAULTS = {name: spec.legacy for name, spec in SCHEMA_KEYS.items() if spec.has_legacy}
+RESUMABLE_CHANGES = keys_where(lambda k: k.role in (EXECUTION, OBSERVATION))
+PROTOCOL_FREE = keys_where(lambda k: k.protocol_free)
+NOT_SETTINGS = ("seed", *keys_where(lambda k: k.role is not NUMBERS))  # reports give the seed its own column
+LEGACY_DEFAULTS = {name: k.legacy for name, k in SCHEMA_KEYS.items() if k.has_legacy}
