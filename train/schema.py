@@ -7,14 +7,15 @@ A key's role says what changing it does; every rule about config keys derives fr
                  (the optimizer, its config, its lr schedule, the seed, micro_batch)
     EXECUTION    only where and how the run executes (device, threads, checkpoints, where it writes):
                  may change on resume (the launch records it), never a setting, free under a protocol
-    OBSERVATION  only what the run measures, logs or reports: as EXECUTION, except that a protocol
-                 pins how its target is measured (the validation cadence)
+                 but for train.max_skipped_steps (whether a record may skip a step)
+    OBSERVATION  only what the run measures, logs or reports: as EXECUTION; a protocol pins how its
+                 target is measured (the validation cadence)
     DESCRIPTION  what the run is called and what it claims (its recipe, protocol, the source of its
                  settings): fixed for the run's life, never a setting
 
 Sections are frozen dataclasses (like model.GPTConfig) whose fields carry a `Key` in their metadata:
 its role, the values it accepts (checked on construction, in one `error:`-style line naming the key),
-and what a run made before the key existed had (its legacy default). model.* change the numbers
+what a run made before the key existed had (its legacy default), and whether a protocol frees it. model.* change the numbers
 (GPTConfig checks them); optim.* change the numbers except OPTIMIZER_KEYS, and optim/ checks them.
 
 Derived here, for train/rundir.py, train/config.py and eval/runs.py, as prefixes for str.startswith
@@ -44,6 +45,8 @@ class ConfigError(ValueError):
 
 
 class Role(enum.Enum):
+    """What changing a key does (the module docstring says what follows from each)."""
+
     NUMBERS = "changes the run's numbers"
     EXECUTION = "only how the run executes"
     OBSERVATION = "only what the run observes"
