@@ -2,12 +2,14 @@
 
     compose_config(overrides)      conf/ + Hydra overrides -> a resolved plain dict
     check_config(cfg)              every value checked, no file or device touched (the optimizer is
-                                   built on a meta-device model), so a bad sweep point fails first
+                                   built on a meta-device model), so a bad sweep point fails first;
+                                   each key's own values and its role are train/schema.py's
     sweep_points(overrides)        every point of a Hydra sweep (command line and hydra.sweeper.params)
 
 Overrides are checked before Hydra sees them, so that a typo is one `error:` line naming the key
 (with the nearest known key), also when added with `+`: a key is known when some file in conf/
-defines it. A group option that does not exist is named with the options there are.
+defines it (with the shared parts a file merges in, conf/optim_defaults/). A group option that does
+not exist is named with the options there are.
 """
 
 from __future__ import annotations
