@@ -48,8 +48,8 @@ def test_every_key_of_the_schema_is_in_the_composed_config(composed_keys):
     assert set(SCHEMA_KEYS) - composed_names == set()
 
 
-# The hand-kept lists the schema replaced, as they were (prefixes for str.startswith).
-# The hand lists as they were last (with "observers." from the loop's observers).
+# The hand-kept lists the schema replaced, as they were last (prefixes for str.startswith; "observers."
+# came with the observers).
 OLD_RESUMABLE_CHANGES = (
     "out_dir", "train.log_every", "train.val_every", "train.val_every_late", "train.val_late_frac",
     "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads", "train.compile",
