@@ -30,7 +30,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from eval.scoring import check_vocabulary, positive_int, score_continuations
 from train.checkpoint import CheckpointError, checkpoint_tokenizer, load_model, read_meta, resolve_checkpoint
-from train.config import PRECISIONS
+from train.schema import PRECISIONS
 from train.dist import init_runtime
 from train.tokenizer import get_tokenizer
 

@@ -36,16 +36,9 @@ from train.cli import DIVERGED
 from train.metric_names import HELLASWAG_LLMC_ACC_NORM, HELLASWAG_LM_EVAL_ACC_NORM, HELLASWAG_N, STEP, VAL_LOSS
 from train.metrics import read_metrics
 from train.rundir import effective_config, flatten
+from train.schema import NOT_SETTINGS
 from train.sweep import INDEX
 
-# Config keys that never tell two runs apart: where they are written, how often they log, what
-# they observe. (The seed has its own column.)
-NOT_SETTINGS = (
-    "out_dir", "seed", "wandb.", "eval.", "diagnostics.", "train.log_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.threads", "train.device", "train.compile", "train.timeout_s",
-    "data.verify_checksums", "data.dir", "optim.search", "optim.source", "protocol.", "recipe",
-    "observers.",
-)
 OPTIMIZER_ORDER = ("adamw", "muon", "normuon", "unormuon", "aurora", "riemannian_aurora")
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 

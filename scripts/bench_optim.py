@@ -45,10 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optim import build_optimizer  # noqa: E402
 from optim.aurora import aurora_polar, aurora_polar_with_state, riemannian_aurora_polar  # noqa: E402
 from optim.polar import NS_DTYPES, newton_schulz, ns_coefficients, polar  # noqa: E402
-from train.config import CONF_DIR  # noqa: E402
+from train.config import compose_config  # noqa: E402
 from train.rundir import describe_hardware, hardware  # noqa: E402
 
-CONF = CONF_DIR / "optim"
 SHAPES = {"gpt124m": {}, "tiny_x16": {"vocab": 320, "d": 128, "hidden": 2048, "layers": 4}}
 
 # (label, config file, matrix overrides)
@@ -146,7 +145,7 @@ def step_time_table(device, repeats, warm_up, cases=None, shape="gpt124m", ns_dt
     print("|---|---|---|")
     optimizers = {}
     for label, config, overrides in chosen:
-        cfg = OmegaConf.load(CONF / f"{config}.yaml")
+        cfg = OmegaConf.create(compose_config([f"optim={config}"])["optim"])
         for key, value in {**overrides, **({"ns_dtype": ns_dtype} if ns_dtype and config != "adamw" else {})}.items():
             cfg.matrix[key] = value
         optimizers[label] = build_optimizer(cfg, model)

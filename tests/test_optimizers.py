@@ -7,7 +7,6 @@ import copy
 import functools
 import io
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,8 @@ import optim.groups
 from optim import OPTIMIZERS, AdamW, Aurora, Muon, NorMuon, UNorMuon, build_optimizer, polar
 from optim.aurora import aurora_polar
 from optim.polar import ns_dtype
+from train.config import compose_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "optim"
 NAMES = tuple(OPTIMIZERS)
 
 
@@ -62,8 +61,13 @@ class StandInGPT(nn.Module):
         self.lm_head = nn.Linear(d, vocab)
 
 
+@functools.cache
+def composed_optim(name):
+    return compose_config([f"optim={name}"])["optim"]
+
+
 def load_config(name, **matrix_overrides):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = OmegaConf.create(composed_optim(name))  # a copy: the tests change it
     for key, value in matrix_overrides.items():
         cfg.matrix[key] = value
     return cfg

@@ -2,12 +2,14 @@
 
     compose_config(overrides)      conf/ + Hydra overrides -> a resolved plain dict
     check_config(cfg)              every value checked, no file or device touched (the optimizer is
-                                   built on a meta-device model), so a bad sweep point fails first
+                                   built on a meta-device model), so a bad sweep point fails first;
+                                   each key's own values and its role are train/schema.py's
     sweep_points(overrides)        every point of a Hydra sweep (command line and hydra.sweeper.params)
 
 Overrides are checked before Hydra sees them, so that a typo is one `error:` line naming the key
 (with the nearest known key), also when added with `+`: a key is known when some file in conf/
-defines it. A group option that does not exist is named with the options there are.
+defines it (with the shared parts a file merges in, conf/optim_defaults/). A group option that does
+not exist is named with the options there are.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from train.schema import INTEGER, POSITIVE, PROTOCOL_FREE, ConfigError, RootConfig
 from train.tokenizer import padded_vocab_size
 
 # The Hydra configs: conf/ beside the packages in a source tree (an editable install too), and
@@ -30,13 +33,8 @@ _INSTALLED_CONF = Path(__file__).resolve().parent / "conf"
 CONF_DIR = _INSTALLED_CONF if _INSTALLED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "optim", "data", "experiment")
 GLOBAL_PACKAGE = re.compile(r"^#\s*@package\s+_global_", re.MULTILINE)
-WANDB_MODES = ("disabled", "offline", "online")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class ConfigError(ValueError):
-    """An override or config value that cannot make a run."""
+# A defaults entry that merges a file from outside the group into the option (conf/optim_defaults/)
+SHARED_PART = re.compile(r"^/(?P<path>[\w/]+)@_here_$")
 
 
 def register_resolvers() -> None:
@@ -60,17 +58,25 @@ def _flat_keys(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
     return keys
 
 
+def _file_tree(path: Path) -> dict[str, Any]:
+    """A config file's keys, with those of the shared parts its defaults list merges in (`/dir/name@_here_`)."""
+    tree = yaml.safe_load(path.read_text()) or {}
+    merged: dict[str, Any] = {}
+    for entry in tree.get("defaults", []):
+        shared = SHARED_PART.match(entry) if isinstance(entry, str) else None
+        if shared:
+            merged.update(_file_tree(CONF_DIR / f"{shared['path']}.yaml"))
+    return merged | {k: v for k, v in tree.items() if k not in ("defaults", "hydra")}
+
+
 @cache
 def known_keys() -> frozenset[str]:
     """Every config key some file in conf/ defines (a group's keys under the group's name; a
     `@package _global_` file's at the top)."""
-    root = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
-    keys = _flat_keys({k: v for k, v in root.items() if k not in ("defaults", "hydra")})
+    keys = _flat_keys(_file_tree(CONF_DIR / "config.yaml"))
     for group in GROUPS:
         for path in sorted((CONF_DIR / group).glob("*.yaml")):
-            text = path.read_text()
-            tree = {k: v for k, v in (yaml.safe_load(text) or {}).items() if k not in ("defaults", "hydra")}
-            keys |= _flat_keys(tree, "" if GLOBAL_PACKAGE.search(text) else f"{group}.")
+            keys |= _flat_keys(_file_tree(path), "" if GLOBAL_PACKAGE.search(path.read_text()) else f"{group}.")
     return frozenset(keys)
 
 
@@ -205,18 +211,9 @@ def compose_sweep(overrides: Sequence[str], world_size: int = 1) -> list[tuple[l
 # --- checking values ---------------------------------------------------------------------
 
 
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def accumulation_steps(batch_tokens: int, micro_batch: int, seq_len: int, world_size: int) -> int:
     per_pass = micro_batch * seq_len * world_size
-    if not _is_int(batch_tokens) or batch_tokens <= 0 or batch_tokens % per_pass:
+    if not POSITIVE.accepts(batch_tokens) or batch_tokens % per_pass:
         raise ConfigError(
             f"train.batch_tokens={batch_tokens} must be a positive multiple of "
             f"world_size x train.micro_batch x train.seq_len = {world_size} x {micro_batch} x {seq_len} = {per_pass}"
@@ -224,73 +221,30 @@ def accumulation_steps(batch_tokens: int, micro_batch: int, seq_len: int, world_
     return batch_tokens // per_pass
 
 
-def check_train_config(tcfg: Mapping[str, Any], world_size: int = 1) -> None:
-    for key in ("steps", "micro_batch", "seq_len"):
-        _require(_is_int(tcfg[key]) and tcfg[key] > 0, f"train.{key}", tcfg[key], "a positive integer")
-    for key in ("warmup_frac", "decay_frac", "val_late_frac"):
-        _require(isinstance(tcfg[key], (int, float)) and 0.0 <= tcfg[key] <= 1.0, f"train.{key}", tcfg[key], "in [0, 1]")
-    if tcfg["warmup_frac"] + tcfg["decay_frac"] > 1.0:
-        raise ConfigError("train.warmup_frac + train.decay_frac must be at most 1")
-    for key in ("val_every", "val_every_late", "log_every", "checkpoint_every"):
-        _require(_is_int(tcfg[key]) and tcfg[key] >= 0, f"train.{key}", tcfg[key], "an integer >= 0")
-    _require(tcfg["precision"] in PRECISIONS, "train.precision", tcfg["precision"], f"one of {PRECISIONS}")
-    _require(tcfg["device"] in DEVICES, "train.device", tcfg["device"], f"one of {DEVICES}")
-    from train.dist import PARALLELISMS
-
-    _require(tcfg["parallelism"] in PARALLELISMS, "train.parallelism", tcfg["parallelism"], f"one of {PARALLELISMS}")
-    keep = tcfg["keep_checkpoints"]
-    _require(keep is None or (_is_int(keep) and keep >= 1), "train.keep_checkpoints", keep, "a positive integer or null")
-    skips = tcfg["max_skipped_steps"]
-    _require(_is_int(skips) and skips >= 0, "train.max_skipped_steps", skips, "an integer >= 0")
-    threads = tcfg["threads"]
-    _require(threads is None or (_is_int(threads) and threads >= 1), "train.threads", threads, "a positive integer or null")
-    accumulation_steps(tcfg["batch_tokens"], tcfg["micro_batch"], tcfg["seq_len"], world_size)
-
-
 def check_config(cfg: Mapping[str, Any], world_size: int = 1) -> None:
     """Every value of a composed config that can be checked without data, devices or a run
-    directory; raises ConfigError (or the module's own ValueError) naming the key."""
+    directory; raises ConfigError (or the module's own ValueError) naming the key. Each key's own
+    values are the schema's (train/schema.py); what depends on several keys is checked here."""
     import torch
 
     from model import build_model
     from optim import build_optimizer
     from train.data import check_data_config
 
-    _require(_is_int(cfg["seed"]), "seed", cfg["seed"], "an integer")
-    check_train_config(cfg["train"], world_size)
+    root = RootConfig.from_dict(cfg)
+    train, diag = root.train, root.diagnostics
+    if train.warmup_frac + train.decay_frac > 1.0:
+        raise ConfigError("train.warmup_frac + train.decay_frac must be at most 1")
+    accumulation_steps(train.batch_tokens, train.micro_batch, train.seq_len, world_size)
     check_data_config(cfg["data"])
-    diag = cfg["diagnostics"]
-    _require(_is_int(diag["every"]) and diag["every"] >= 0, "diagnostics.every", diag["every"], "an integer >= 0 (0: off)")
-    trace = diag["trace_every"]
-    _require(_is_int(trace) and trace >= 0, "diagnostics.trace_every", trace, "an integer >= 0 (0: off)")
-    if trace and world_size > 1:
+    if diag.trace_every and world_size > 1:
         raise ConfigError("diagnostics.trace_every reads whole weights and optimizer state: run it in one process")
-    window = diag["starvation_window"]
-    _require(_is_int(window) and window >= 1, "diagnostics.starvation_window", window, "a positive integer")
-    if diag["every"]:
-        probe = diag["probe_tokens"]
-        _require(_is_int(probe) and probe >= cfg["train"]["seq_len"], "diagnostics.probe_tokens", probe, "at least train.seq_len")
-    every = cfg["eval"]["hellaswag_every"]
-    _require(_is_int(every) and every >= 0, "eval.hellaswag_every", every, "an integer >= 0 (0: never)")
-    examples = cfg["eval"]["hellaswag_examples"]
-    _require(_is_int(examples) and examples >= 1, "eval.hellaswag_examples", examples, "a positive integer")
-    _require(cfg["wandb"]["mode"] in WANDB_MODES, "wandb.mode", cfg["wandb"]["mode"], f"one of {WANDB_MODES}")
+    if diag.every and not (INTEGER.accepts(diag.probe_tokens) and diag.probe_tokens >= train.seq_len):
+        raise ConfigError(f"diagnostics.probe_tokens must be at least train.seq_len, got {diag.probe_tokens!r}")
     with torch.device("meta"):  # shapes only: a 1B model costs nothing here
         model = build_model(cfg["model"])
     build_optimizer(cfg["optim"], model)
     check_protocol(cfg)
-
-
-# What a benchmark protocol leaves free: the optimizer, its config and its lr schedule (steps,
-# warmup, decay), the seed, and what cannot change the numbers (where and how the run executes,
-# what it logs and observes). Everything else must be the recipe's.
-PROTOCOL_FREE = (
-    "seed", "out_dir", "optim.", "train.steps", "train.warmup_frac", "train.decay_frac", "train.micro_batch",
-    "train.device", "train.threads", "train.compile", "train.parallelism", "train.timeout_s", "train.log_every",
-    "train.checkpoint_every", "train.keep_checkpoints", "data.dir", "data.verify_checksums", "diagnostics.",
-    "eval.", "wandb.", "protocol.unofficial",
-    "observers.",
-)
 
 
 def protocol_changes(cfg: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -308,8 +262,6 @@ def protocol_changes(cfg: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
 def check_protocol(cfg: Mapping[str, Any]) -> None:
     """Refuse a change to what the protocol pins, unless protocol.unofficial is set."""
     protocol = cfg["protocol"]
-    if protocol["name"] and not isinstance(protocol["unofficial"], bool):
-        raise ConfigError(f"protocol.unofficial must be true or false, got {protocol['unofficial']!r}")
     changed = protocol_changes(cfg)
     if changed and not protocol["unofficial"]:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())

@@ -17,8 +17,9 @@
 
 The run's config is config.yaml with each launch's allowed changes applied in order
 (`effective_config`). A launch may change only the keys that do not change the run's
-numbers (RESUMABLE_CHANGES) and train.steps (see train/schedule.py: the lr schedule must agree);
-anything else is refused, naming each key with its old and new value.
+numbers (RESUMABLE_CHANGES, from each key's role in train/schema.py) and train.steps (see
+train/schedule.py: the lr schedule must agree); anything else is refused, naming each key with its
+old and new value.
 """
 
 from __future__ import annotations
@@ -41,55 +42,9 @@ import torch
 import yaml
 
 from train.files import append_durably, atomic_write, naming, read_jsonl
+from train.schema import LEGACY_DEFAULTS, LEGACY_OPTIM_DEFAULTS, RESUMABLE_CHANGES
 
-# Keys that may change when a run is resumed: they do not change its training numbers
-# (out_dir, so that a moved or copied run directory still resumes; diagnostics and eval
-# only read the model; threads change float rounding at the 1e-7 level, and are recorded).
-RESUMABLE_CHANGES = (
-    "out_dir",
-    "train.log_every",
-    "train.val_every",
-    "train.val_every_late",
-    "train.val_late_frac",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.device",
-    "train.threads",
-    "train.compile",
-    "train.parallelism",
-    "train.timeout_s",
-    "train.max_skipped_steps",
-    "data.dir",
-    "data.verify_checksums",
-    "diagnostics.",
-    "eval.",
-    "wandb.",
-    "observers.",
-)
 EXTENSIBLE = "train.steps"  # allowed when the lr schedule agrees up to the resumed step (train/schedule.py)
-# Keys added to the config after runs were made: an older run without them had these values.
-LEGACY_DEFAULTS = {
-    "data.tokenizer": "gpt2",
-    "data.verify_checksums": True,
-    "train.max_skipped_steps": 0,
-    "diagnostics.trace_every": 0,
-    "train.val_every_late": 0,
-    "train.val_late_frac": 0.1,
-    "recipe": None,
-    "protocol.name": None,
-    "protocol.target": None,
-    "protocol.unofficial": False,
-}
-# Optimizer options added since, per optimizer (optim.name): an older run of it had these values.
-LEGACY_OPTIM_DEFAULTS = {
-    ("aurora", "riemannian_aurora"): {
-        "optim.matrix.pp_row_floor": 0.0,
-        "optim.matrix.recycle_after": 0,
-        "optim.matrix.recycle_below": 0.0,
-        "optim.matrix.pp_leverage": "polar",
-    },
-    ("normuon", "unormuon"): {"optim.matrix.normalize": "rows"},
-}
 LOCK = ".lock"
 CONFIG = "config.yaml"
 LAUNCHES = "launches.jsonl"
