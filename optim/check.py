@@ -1,7 +1,7 @@
 """python -m optim.check OPTIMIZER [OPTIMIZER ...]: the conformance checks every optimizer passes.
 
-OPTIMIZER is an optim config's name (conf/optim/<name>.yaml) or an import path of an optimizer
-class (a plug-in: optim/build.py). Each check runs on a small real GPT on the CPU and prints one
+OPTIMIZER is an optim config's name (conf/optim/<name>.yaml, or in the folder --config-dir names)
+or an import path of an optimizer class (a plug-in: optim/build.py). Each check runs on a small real GPT on the CPU and prints one
 table row; the command exits 1 when any check fails, 2 on bad input.
 
     claims       every trainable parameter is in exactly one param group
@@ -286,13 +286,15 @@ SINGLE_CHECKS: list[tuple[str, Callable[[dict], Outcome]]] = [
 ]
 
 
-def optim_config(spec: str) -> dict:
-    """The optim config `spec` names: a config option (composed with its defaults) or, for an
-    import path, the class at its own defaults (a matrix rule: with the default AdamW groups)."""
-    from train.config import compose_config, group_options
+def optim_config(spec: str, config_dir: str | None = None) -> dict:
+    """The optim config `spec` names: a config option (composed with its defaults; also one in the
+    user's `config_dir`) or, for an import path, the class at its own defaults (a matrix rule: with
+    the default AdamW groups)."""
+    from train.config import compose_config, config_dirs, group_options, with_config_dir
 
-    if spec in group_options("optim"):
-        return compose_config([f"optim={spec}"])["optim"]
+    searchpath = with_config_dir([], config_dir) if config_dir else []
+    if spec in group_options("optim", config_dirs(searchpath)):
+        return compose_config([*searchpath, f"optim={spec}"])["optim"]
     sections = {section: {} for section in GROUP_NAMES}
     if issubclass(import_optimizer_class(spec), MatrixOptimizer):
         default = compose_config([])["optim"]
@@ -300,8 +302,8 @@ def optim_config(spec: str) -> dict:
     return {"name": spec, "_target_": spec, **sections}
 
 
-def run_checks(specs: list[str]) -> list[tuple[str, str, Outcome]]:
-    cfgs = [optim_config(spec) for spec in specs]
+def run_checks(specs: list[str], config_dir: str | None = None) -> list[tuple[str, str, Outcome]]:
+    cfgs = [optim_config(spec, config_dir) for spec in specs]
     for cfg in cfgs:
         build_optimizer(cfg, tiny_model())  # a config that cannot build stops here: bad input, not a failed check
     rows = []
@@ -334,9 +336,10 @@ def table(rows: list[tuple[str, str, Outcome]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m optim.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("optimizers", nargs="+", help="optim config names (conf/optim) or import paths of classes")
+    parser.add_argument("--config-dir", help="a folder of your own configs (as python -m train --config-dir)")
     args = parser.parse_args(argv)
     try:
-        rows = run_checks(args.optimizers)
+        rows = run_checks(args.optimizers, args.config_dir)
     except ValueError as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -21,17 +21,33 @@ CAUGHT_BY = {
 CHECKS = ("claims", "round trip", "resume", "finite", "seed", "lr schedule", "unknown", "2 ranks", "FSDP2")
 
 
+# A user's config of a torch optimizer on the matrices alone, AdamW on the rest (optim/build.py)
+USER_CONFIG = """\
+defaults:
+  - /optim_defaults/adamw_groups@_here_
+  - _self_
+name: sgd_on_matrices
+_target_: torch.optim.SGD
+takes: matrix
+matrix: {lr: 0.05, momentum: 0.9}
+"""
+
+
 @pytest.fixture(scope="module")
-def outcomes():
+def outcomes(tmp_path_factory):
     """{(optimizer, check): Outcome} for every config option, the broken optimizers, a torch
-    optimizer and one refusing FSDP2: one run, one 2-rank spawn."""
+    optimizer, one refusing FSDP2 and a config in a user's folder: one run, one 2-rank spawn."""
+    folder = tmp_path_factory.mktemp("my_conf")
+    (folder / "optim").mkdir()
+    (folder / "optim" / "sgd_on_matrices.yaml").write_text(USER_CONFIG)
     specs = [
         *group_options("optim"),
         *(BROKEN + name for name in CAUGHT_BY),
         BROKEN + "PlainTensorMomentumNoFsdp",
         "torch.optim.AdamW",
+        "sgd_on_matrices",
     ]
-    return {(spec, check): outcome for spec, check, outcome in run_checks(specs)}
+    return {(spec, check): outcome for spec, check, outcome in run_checks(specs, str(folder))}
 
 
 @pytest.mark.parametrize("name", group_options("optim"))
@@ -40,8 +56,9 @@ def test_every_optim_config_passes_every_check(outcomes, name):
     assert not failed
 
 
-def test_a_torch_optimizer_passes_with_no_edit_to_the_package(outcomes):
-    assert all(outcomes[("torch.optim.AdamW", check)].passed for check in CHECKS)
+@pytest.mark.parametrize("spec", ["torch.optim.AdamW", "sgd_on_matrices"])
+def test_a_torch_optimizer_passes_with_no_edit_to_the_package(outcomes, spec):
+    assert all(outcomes[(spec, check)].passed for check in CHECKS)
 
 
 @pytest.mark.parametrize("name, check", CAUGHT_BY.items())

@@ -3,8 +3,10 @@ optimizer on every group or on the matrix group alone, and the one-line refusals
 
 import copy
 import io
+import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from optim import AdamW, build_optimizer
 from optim.split import SplitOptimizer
 from tests.test_optimizers import StandInGPT, train
 
+REPO = Path(__file__).resolve().parents[1]
 ADAMW_GROUP = {"lr": 0.01, "betas": [0.8, 0.95], "eps": 1e-10, "weight_decay": 0.001}
 RULE_MODULE = '''
 import torch
@@ -147,3 +150,74 @@ def test_a_matrix_rule_refuses_an_option_it_does_not_take(rule_module, matrix, t
 def test_an_unknown_name_without_a_target_points_to_the_plugin_path():
     with pytest.raises(ValueError, match=r"optim.name must be one of .* names its class in optim._target_"):
         build_optimizer({**plugin_config(None, {}), "_target_": None, "name": "mine"}, StandInGPT())
+
+
+# --- a user's own config folder: python -m train --config-dir DIR optim=NAME ------------------------------
+
+RULE_CONFIG = """\
+defaults:
+  - /optim_defaults/adamw_groups@_here_
+  - _self_
+name: row_normalized
+_target_: my_rules.RowNormalized
+search:
+  matrix.lr: {low: 0.001, high: 0.1, log: true}
+matrix:
+  lr: 0.02
+"""
+
+
+@pytest.fixture
+def user_config_dir(tmp_path, rule_module):
+    """A config folder outside the package, with an optimizer config of the user's own."""
+    folder = tmp_path / "my_conf"
+    (folder / "optim").mkdir(parents=True)
+    (folder / "optim" / "row_normalized.yaml").write_text(RULE_CONFIG)
+    return folder
+
+
+def test_a_searchpath_folder_adds_its_options_and_keys_to_the_checks(user_config_dir):
+    from train.config import ConfigError, compose_config
+
+    searchpath = f"hydra.searchpath=[file://{user_config_dir}]"
+    cfg = compose_config([searchpath, "optim=row_normalized", "optim.matrix.lr=0.03"])
+    assert (cfg["optim"]["_target_"], cfg["optim"]["matrix"]["lr"], cfg["optim"]["embed"]["lr"]) == (
+        "my_rules.RowNormalized", 0.03, 0.7,  # the shared AdamW groups, as for a built-in
+    )
+    with pytest.raises(ConfigError, match=r"optim=row_normalized: no such option; optim options are adamw"):
+        compose_config(["optim=row_normalized"])  # without the folder the option does not exist
+    with pytest.raises(ConfigError, match=rf"unknown config key 'optim.matrix.lrr' .*no file in conf/, {user_config_dir}"):
+        compose_config([searchpath, "optim=row_normalized", "optim.matrix.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"hydra.searchpath: 'file:///no/such/folder' is not a folder"):
+        compose_config(["hydra.searchpath=[file:///no/such/folder]"])
+
+
+def test_with_config_dir_adds_the_folder_to_the_searchpath():
+    from train.config import with_config_dir
+
+    assert with_config_dir(["seed=1"], "/a") == ["seed=1", "hydra.searchpath=[file:///a]"]
+    assert with_config_dir(["hydra.searchpath=[file:///b]", "seed=1"], "/a") == [
+        "seed=1", "hydra.searchpath=[file:///b,file:///a]",
+    ]
+
+
+def test_a_plugin_trains_from_the_command_line_with_no_edit_to_the_package(micro_shards, user_config_dir, tmp_path):
+    import subprocess
+
+    from tests.conftest import micro_overrides
+    from train.metrics import read_metrics
+    from train.rundir import read_launches
+
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "train", "--config-dir", str(user_config_dir), "optim=row_normalized",
+        *micro_overrides(micro_shards, f"out_dir={out}", "train.steps=4"),
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{user_config_dir.parent}:{REPO}"}  # the module as a user's would be
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [record["step"] for record in read_metrics(out) if "train_loss" in record][-1] == 4
+    (launch,) = read_launches(out / "launches.jsonl")
+    assert launch["ns_dtype"] == "float32"  # a matrix rule runs the polar settings it inherits
+    config = (out / "config.yaml").read_text()
+    assert "_target_: my_rules.RowNormalized" in config and "name: row_normalized" in config
