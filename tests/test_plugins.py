@@ -221,3 +221,10 @@ def test_a_plugin_trains_from_the_command_line_with_no_edit_to_the_package(micro
     assert launch["ns_dtype"] == "float32"  # a matrix rule runs the polar settings it inherits
     config = (out / "config.yaml").read_text()
     assert "_target_: my_rules.RowNormalized" in config and "name: row_normalized" in config
+
+
+def test_tuning_reads_a_plugins_search_space_like_a_built_ins(user_config_dir):
+    from eval.tuning import search_space
+
+    searchpath = f"hydra.searchpath=[file://{user_config_dir}]"
+    assert search_space("row_normalized", [searchpath]) == {"matrix.lr": {"low": 0.001, "high": 0.1, "log": True}}
