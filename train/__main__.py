@@ -23,6 +23,7 @@ from train.config import (  # noqa: E402
     compose_config,
     compose_sweep,
     register_resolvers,
+    with_config_dir,
     world_size_from_env,
 )
 from train.metrics import SWEEP_ENV  # noqa: E402
@@ -42,13 +43,14 @@ def preflight(argv: list[str]) -> None:
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
+    overrides = with_config_dir(args.overrides, args.config_dir) if args.config_dir else args.overrides
     if args.multirun:
-        Multirun.points = [Point(overrides, cfg) for overrides, cfg in compose_sweep(args.overrides, world_size_from_env())]
+        Multirun.points = [Point(point, cfg) for point, cfg in compose_sweep(overrides, world_size_from_env())]
         os.environ.setdefault(SWEEP_ENV, sweep_directory(Multirun.points).name)  # the runs' W&B group
         if int(os.environ.get("RANK", "0")) == 0:
             Multirun.index = SweepIndex(Multirun.points, ["python -m train", *argv])
     else:
-        cfg = compose_config(args.overrides)
+        cfg = compose_config(overrides)
         if args.cfg is None:
             check_config(cfg, world_size_from_env())
 

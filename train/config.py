@@ -35,6 +35,7 @@ GROUPS = ("model", "optim", "data", "experiment")
 GLOBAL_PACKAGE = re.compile(r"^#\s*@package\s+_global_", re.MULTILINE)
 # A defaults entry that merges a file from outside the group into the option (conf/optim_defaults/)
 SHARED_PART = re.compile(r"^/(?P<path>[\w/]+)@_here_$")
+SEARCHPATH = "hydra.searchpath"
 
 
 def register_resolvers() -> None:
@@ -58,30 +59,56 @@ def _flat_keys(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
     return keys
 
 
-def _file_tree(path: Path) -> dict[str, Any]:
+def _file_tree(path: Path, dirs: tuple[Path, ...]) -> dict[str, Any]:
     """A config file's keys, with those of the shared parts its defaults list merges in (`/dir/name@_here_`)."""
     tree = yaml.safe_load(path.read_text()) or {}
     merged: dict[str, Any] = {}
     for entry in tree.get("defaults", []):
         shared = SHARED_PART.match(entry) if isinstance(entry, str) else None
-        if shared:
-            merged.update(_file_tree(CONF_DIR / f"{shared['path']}.yaml"))
+        found = [d / f"{shared['path']}.yaml" for d in dirs if (d / f"{shared['path']}.yaml").is_file()] if shared else []
+        if found:
+            merged.update(_file_tree(found[0], dirs))
     return merged | {k: v for k, v in tree.items() if k not in ("defaults", "hydra")}
 
 
 @cache
-def known_keys() -> frozenset[str]:
-    """Every config key some file in conf/ defines (a group's keys under the group's name; a
-    `@package _global_` file's at the top)."""
-    keys = _flat_keys(_file_tree(CONF_DIR / "config.yaml"))
+def known_keys(dirs: tuple[Path, ...] = (CONF_DIR,)) -> frozenset[str]:
+    """Every config key some file in the config folders defines (a group's keys under the group's
+    name; a `@package _global_` file's at the top)."""
+    keys = _flat_keys(_file_tree(CONF_DIR / "config.yaml", dirs))
     for group in GROUPS:
-        for path in sorted((CONF_DIR / group).glob("*.yaml")):
-            keys |= _flat_keys(_file_tree(path), "" if GLOBAL_PACKAGE.search(path.read_text()) else f"{group}.")
+        for path in sorted(p for d in dirs for p in (d / group).glob("*.yaml")):
+            keys |= _flat_keys(_file_tree(path, dirs), "" if GLOBAL_PACKAGE.search(path.read_text()) else f"{group}.")
     return frozenset(keys)
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+def group_options(group: str, dirs: tuple[Path, ...] = (CONF_DIR,)) -> list[str]:
+    return sorted({path.stem for d in dirs for path in (d / group).glob("*.yaml")})
+
+
+def config_dirs(overrides: Sequence[str]) -> tuple[Path, ...]:
+    """conf/ and the folders a `hydra.searchpath=[...]` override adds (a user's own configs, such
+    as an optimizer brought from outside: docs/optimizers.md); ConfigError for one that is not a folder."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    searched = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if o.key_or_group == SEARCHPATH]
+    entries = [str(entry) for o in searched for entry in (o.value() or [])]
+    dirs = [Path(entry.removeprefix("file://")) for entry in entries]
+    for entry, folder in zip(entries, dirs, strict=True):
+        if entry.startswith("pkg://") or not folder.is_dir():
+            raise ConfigError(f"{SEARCHPATH}: {entry!r} is not a folder; give config folders as file:///absolute/path")
+    return (CONF_DIR, *dirs)
+
+
+def with_config_dir(overrides: Sequence[str], config_dir: str) -> list[str]:
+    """`overrides` with Hydra's --config-dir folder added to hydra.searchpath, so that checking and
+    composing before Hydra starts see the same configs as the run."""
+    folder = f"file://{Path(config_dir).resolve()}"
+    given = [o for o in overrides if o.startswith(f"{SEARCHPATH}=")]
+    if not given:
+        return [*overrides, f"{SEARCHPATH}=[{folder}]"]
+    rest = [o for o in overrides if o not in given]
+    return [*rest, f"{given[-1].removesuffix(']')},{folder}]"]
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
@@ -94,6 +121,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as err:
         raise ConfigError(_one_line(str(err))) from None
+    dirs = config_dirs(overrides)
     for override in parsed:
         key = override.key_or_group
         if key.startswith("hydra.") or key == "hydra" or override.is_delete():
@@ -101,16 +129,17 @@ def check_overrides(overrides: Sequence[str]) -> None:
         if key.startswith("observers."):  # names the user chooses; the run checks each import path
             continue
         if key in GROUPS:
-            options = group_options(key)
+            options = group_options(key, dirs)
             values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
             for value in values:
                 if value is not None and str(value) not in options and str(value) != "null":
                     raise ConfigError(f"{key}={value}: no such option; {key} options are {', '.join(options)}")
             continue
-        if key not in known_keys():
-            near = difflib.get_close_matches(key, sorted(known_keys()), n=1)
+        if key not in known_keys(dirs):
+            near = difflib.get_close_matches(key, sorted(known_keys(dirs)), n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
-            raise ConfigError(f"unknown config key {key!r}{hint}; no file in conf/ defines it")
+            folders = ", ".join(["conf/", *(str(d) for d in dirs[1:])])
+            raise ConfigError(f"unknown config key {key!r}{hint}; no file in {folders} defines it")
 
 
 def _one_line(message: str) -> str:
