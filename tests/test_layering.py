@@ -69,3 +69,13 @@ def test_no_module_of_train_imports_eval_so_the_packages_have_no_cycle():
         for path in (ROOT / "train").glob("*.py")
     }
     assert {name: found for name, found in upward.items() if found} == {}
+
+
+def test_optim_imports_nothing_of_the_harness_but_in_its_check_command():
+    # optim/check.py drives the harness (configs, a small GPT) from above; the optimizers stand alone
+    upward = {
+        f"optim/{path.name}": sorted(m for m in imported_modules(path) if m.split(".")[0] in {"train", "eval", "model"})
+        for path in (ROOT / "optim").glob("*.py")
+        if path.name != "check.py"
+    }
+    assert {name: found for name, found in upward.items() if found} == {}
