@@ -15,9 +15,9 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from optim.distributed import mean_over_ranks
+from train import metric_names as names
 from train.checkpoint import checkpoint_path, rng_state, save_checkpoint
 from train.cli import Diverged, RunStopped
-from train import metric_names as names
 from train.dist import DeviceTimer, autocast_context, gradient_sync
 from train.observers import CAPTURED_UPDATES
 from train.run import Run, build_run, resume
