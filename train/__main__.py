@@ -45,7 +45,8 @@ def preflight(argv: list[str]) -> None:
         return
     overrides = with_config_dir(args.overrides, args.config_dir) if args.config_dir else args.overrides
     if args.multirun:
-        Multirun.points = [Point(point, cfg) for point, cfg in compose_sweep(overrides, placement_from_env().world_size)]
+        points = compose_sweep(overrides, placement_from_env().world_size)
+        Multirun.points = [Point(point, cfg) for point, cfg in points]
         os.environ.setdefault(SWEEP_ENV, sweep_directory(Multirun.points).name)  # the runs' W&B group
         if placement_from_env().rank == 0:
             Multirun.index = SweepIndex(Multirun.points, ["python -m train", *argv])
