@@ -29,6 +29,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from eval.scoring import check_vocabulary, positive_int, score_continuations
+from optim.distributed import barrier, world
 from train.checkpoint import CheckpointError, checkpoint_tokenizer, load_model, read_meta, resolve_checkpoint
 from train.schema import PRECISIONS
 from train.dist import init_runtime
@@ -90,8 +91,7 @@ class AuroraLM(TemplateLM):
         self._device = next(model.parameters()).device
         # autocast_context's rule for "auto", resolved so that results record what ran
         self.precision = precision if precision != "auto" else ("bf16" if self._device.type == "cuda" else "fp32")
-        if dist.is_available() and dist.is_initialized():
-            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+        self._rank, self._world_size = world()
 
     # --- what TemplateLM asks of a model -------------------------------------------
 
@@ -150,7 +150,7 @@ class AuroraLM(TemplateLM):
         return gathered
 
     def barrier(self) -> None:
-        dist.barrier()
+        barrier()
 
 
 AUTO_BATCH_CAP = 512  # the largest batch "auto" tries; lm-eval's --max_batch_size lowers it

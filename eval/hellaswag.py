@@ -51,10 +51,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 
 from eval.scoring import mean_and_stderr, positive_int, predictions, score_continuations
-from optim.distributed import barrier
+from optim.distributed import barrier, gather_from_ranks
 from train.cli import exit_code
 from train.fetch import cached_from_registry, data_root, require_hub
 from train.files import atomic_write, fsync_dir, read_jsonl, sha256_of
@@ -241,11 +240,7 @@ def on_ranks(
 ) -> list[Outcome]:
     """Each rank scores every world_size-th row (as lm-eval splits documents); every rank gets all outcomes."""
     mine = style(lm, rows[lm.rank :: lm.world_size])
-    if lm.world_size == 1:
-        return mine
-    gathered: list[list[Outcome]] = [[] for _ in range(lm.world_size)]
-    dist.all_gather_object(gathered, mine)
-    return [outcome for part in gathered for outcome in part]
+    return [outcome for part in gather_from_ranks(mine) for outcome in part]
 
 
 def summarize(outcomes: Sequence[Outcome]) -> dict[str, float | None]:
@@ -391,14 +386,6 @@ def subset_file(source: DataSource, limit: int | None, workdir: Path) -> DataSou
     return DataSource("local", path)
 
 
-def total_over_ranks(lm: AuroraLM, value: int) -> int:
-    if lm.world_size == 1:
-        return value
-    gathered: list[int] = [0] * lm.world_size
-    dist.all_gather_object(gathered, value)
-    return sum(gathered)
-
-
 def evaluate_hellaswag(lm: AuroraLM, source: DataSource, limit: int | None = None) -> dict[str, Any] | None:
     """Both scores of `lm` on `limit` evenly spaced examples (all by default). Every rank calls
     it; rank 0 gets the result."""
@@ -413,12 +400,12 @@ def evaluate_hellaswag(lm: AuroraLM, source: DataSource, limit: int | None = Non
         results = lm_eval.simple_evaluate(
             model=lm, tasks=[task], task_manager=manager, limit=lm_eval_limit, log_samples=False
         )
-        cut_lm_eval = total_over_ranks(lm, lm.contexts_cut)
+        cut_lm_eval = sum(gather_from_ranks(lm.contexts_cut))
         docs = list(islice(task.eval_docs, lm_eval_limit))
     if lm.rank == 0:
         print(f"llm.c-style score of {len(docs):,} examples", file=sys.stderr, flush=True)
     llmc = summarize(on_ranks(lm, docs, partial(llmc_style, progress=True)))
-    cut_llmc = total_over_ranks(lm, lm.contexts_cut) - cut_lm_eval
+    cut_llmc = sum(gather_from_ranks(lm.contexts_cut)) - cut_lm_eval
     if results is None:  # lm-eval returns its results on rank 0 only
         return None
     metrics = results["results"][task_name]

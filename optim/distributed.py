@@ -1,8 +1,8 @@
 """The project's rank helpers, and the optimizer's view of torch.distributed: share out
 orthogonalisation work, gather results.
 
-The rank helpers (world, is_main_process, barrier, mean_over_ranks, main_process_decides) live
-here, below train/, because optim must not import train; each is a no-op on one process.
+The rank helpers (world, is_main_process, barrier, mean_over_ranks, main_process_decides,
+gather_from_ranks) live here, below train/, because optim must not import train; each is a no-op on one process.
 
 Assumptions: when a process group is initialised, every rank calls step() with the same
 gradients (DDP has averaged them, or FSDP2 holds them sharded as DTensors), so every rank
@@ -51,6 +51,16 @@ def main_process_decides(value: Any) -> Any:
     shared = [value]
     dist.broadcast_object_list(shared, src=0)
     return shared[0]
+
+
+def gather_from_ranks(value: Any) -> list[Any]:
+    """Every rank's `value` (a picklable object), in rank order, on every rank; [value] on one process."""
+    world_size = world()[1]
+    if world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def whole(t: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from train.metric_names import TOKENS_PER_S
 from train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +29,7 @@ def run(command: list[str], threads: int) -> None:
 
 
 def median_rate(run_dir: Path) -> float:
-    rates = [r["tokens_per_s"] for r in read_metrics(run_dir)][2:]
+    rates = [r[TOKENS_PER_S] for r in read_metrics(run_dir)][2:]
     return statistics.median(rates)
 
 

@@ -29,6 +29,15 @@ from optim import AdamW, Aurora, Muon
 from train.cli import exit_code
 from train.diagnostics import NeuronDiagnostics
 from train.fetch import hub_unreachable_reason
+from train.metric_names import (
+    ACT_DEAD_FRAC,
+    ACT_NEARLY_DEAD_FRAC,
+    LEVERAGE_CV,
+    LEVERAGE_LOW_FRAC,
+    STARVED_FRAC,
+    STEP,
+    diagnostic,
+)
 
 OPTIMIZERS = ("adam", "muon", "aurora")
 ADAM_LR = 1e-3  # Adam on everything, and AdamW for biases and the output layer under Muon/Aurora
@@ -38,6 +47,7 @@ MATRIX_LR = 0.02  # Muon/Aurora on the hidden weights (times sqrt(max(1, rows/co
 POLAR = dict(ns_method="polar_express", ns_steps=5, ns_dtype="auto")
 HOLDOUT_FRACTION = 0.2
 SPLIT_SEED = 1234  # the train/held-out split is fixed, whatever --seeds
+TEST_ACC = "test_acc"  # a record's held-out accuracy, beside the diagnostics' keys (train/metric_names.py)
 
 
 class ToyDataError(OSError):
@@ -57,6 +67,16 @@ class TallMLP(nn.Module):
         for layer, act in zip(self.layers, self.acts):
             x = act(layer(x))
         return self.head(x)
+
+
+def hidden_module(layer: int) -> str:
+    """The module of TallMLP whose output is hidden layer `layer`'s activations."""
+    return f"acts.{layer}"
+
+
+def matrix_module(layer: int) -> str:
+    """The linear module of TallMLP that makes hidden layer `layer` (a matrix the optimizer updates)."""
+    return f"layers.{layer}"
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +138,8 @@ def train_one(name: str, data: tuple[torch.Tensor, ...], args: argparse.Namespac
     diagnostics = NeuronDiagnostics(
         model,
         x_test,
-        hidden_modules=[f"acts.{i}" for i in depth],
-        matrix_names=[f"layers.{i}.weight" for i in depth],
+        hidden_modules=[hidden_module(i) for i in depth],
+        matrix_names=[f"{matrix_module(i)}.weight" for i in depth],
         relu_family=True,
         every=args.diag_every,
         starvation_window=args.starvation_window,
@@ -130,7 +150,7 @@ def train_one(name: str, data: tuple[torch.Tensor, ...], args: argparse.Namespac
     def record(step: int, updates: dict) -> dict:
         with torch.no_grad():
             accuracy = float((model(x_test).argmax(dim=1) == y_test).float().mean())
-        return {"step": step, "test_acc": accuracy, **diagnostics.measure(step, updates)}
+        return {STEP: step, TEST_ACC: accuracy, **diagnostics.measure(step, updates)}
 
     history = [record(0, {})]  # at initialisation: units can be born dead, before any update
     for step in range(1, args.steps + 1):
@@ -157,12 +177,12 @@ def value(history: list[dict], key: str, at_start: bool) -> float | None:
 
 def table(results: dict[tuple[str, int], list[dict]], depth: int) -> str:
     layers = range(depth)
-    columns = [("test acc", "test_acc", False)]  # (title, metric, at step 0 instead of the end)
-    columns += [(f"dead L{i} @0", f"diag/acts.{i}/act_dead_frac", True) for i in layers]
-    for title, stat in (("dead", "act_dead_frac"), ("nearly dead", "act_nearly_dead_frac")):
-        columns += [(f"{title} L{i}", f"diag/acts.{i}/{stat}", False) for i in layers]
-    for title, stat in (("starved", "starved_frac"), ("low leverage", "leverage_low_frac"), ("leverage CV", "leverage_cv")):
-        columns += [(f"{title} W{i}", f"diag/layers.{i}/{stat}", False) for i in layers]
+    columns = [("test acc", TEST_ACC, False)]  # (title, metric, at step 0 instead of the end)
+    columns += [(f"dead L{i} @0", diagnostic(hidden_module(i), ACT_DEAD_FRAC), True) for i in layers]
+    for title, stat in (("dead", ACT_DEAD_FRAC), ("nearly dead", ACT_NEARLY_DEAD_FRAC)):
+        columns += [(f"{title} L{i}", diagnostic(hidden_module(i), stat), False) for i in layers]
+    for title, stat in (("starved", STARVED_FRAC), ("low leverage", LEVERAGE_LOW_FRAC), ("leverage CV", LEVERAGE_CV)):
+        columns += [(f"{title} W{i}", diagnostic(matrix_module(i), stat), False) for i in layers]
     lines = [
         "| optimizer | seed | " + " | ".join(title for title, _, _ in columns) + " |",
         "|---|---:|" + "---:|" * len(columns),
@@ -179,20 +199,24 @@ def plot(results: dict[tuple[str, int], list[dict]], depth: int, path: Path, tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (
-        ("exactly-dead fraction (probe: held-out set)", "diag/acts.{i}/act_dead_frac"),
-        ("starved fraction (update leverage < 0.1 n/m, k diagnostics)", "diag/layers.{i}/starved_frac"),
-        ("update leverage CV", "diag/layers.{i}/leverage_cv"),
+    panels = (  # (title, the module of layer i and its statistic; None: the accuracy)
+        ("exactly-dead fraction (probe: held-out set)", (hidden_module, ACT_DEAD_FRAC)),
+        ("starved fraction (update leverage < 0.1 n/m, k diagnostics)", (matrix_module, STARVED_FRAC)),
+        ("update leverage CV", (matrix_module, LEVERAGE_CV)),
         ("held-out accuracy", None),
     )
     colors = {name: f"C{i}" for i, name in enumerate(OPTIMIZERS)}
     styles = ("-", "--", ":", "-.")
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    for ax, (panel_title, key) in zip(axes.flat, panels):
+    for ax, (panel_title, layer_metric) in zip(axes.flat, panels):
         for (name, seed), history in results.items():
-            series = [("test_acc", "")] if key is None else [(key.format(i=i), f" L{i}") for i in range(depth)]
+            if layer_metric is None:
+                series = [(TEST_ACC, "")]
+            else:
+                module, stat = layer_metric
+                series = [(diagnostic(module(i), stat), f" L{i}") for i in range(depth)]
             for layer, (metric, suffix) in enumerate(series):
-                points = [(r["step"], r[metric]) for r in history if metric in r]
+                points = [(r[STEP], r[metric]) for r in history if metric in r]
                 if points:
                     steps, values = zip(*points)
                     label = f"{name}{suffix}" if seed == min(s for _, s in results) else None

@@ -26,9 +26,10 @@ import torch
 
 from optim import build_optimizer
 from tests.conftest import micro_overrides
+from train import sweep
 from train.checkpoint import CHECKSUMS, CheckpointError, checkpoint_problem, list_checkpoints
 from train.cli import exit_code
-from train.files import append_durably, read_jsonl
+from train.files import append_durably, read_jsonl, read_jsonl_tail
 from train.loop import train, train_run
 from train.metrics import read_metrics, wandb_run_id
 from train.run import Run, build_run
@@ -476,6 +477,28 @@ def test_the_one_jsonl_reader_leaves_out_a_torn_last_line_and_refuses_damage_any
     path.write_bytes(b'{"step": 1}\n{"note": "\xff"}\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"log.jsonl: line 2 is not JSON \(not UTF-8\)"):
         read_jsonl(path)
+
+
+def test_the_tail_reader_keeps_the_policy_and_leaves_out_the_line_its_start_cuts(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "train_lo')
+    lines, torn = read_jsonl_tail(path, max_bytes=40)  # starts inside step 2's line
+    assert [(line.number, line.value) for line in lines] == [(-2, {"step": 3})]
+    assert torn == '{"step": 4, "train_lo'
+    whole_lines = len(b'{"step": 3}\n{"step": 4, "train_lo')
+    assert [line.value for line in read_jsonl_tail(path, whole_lines)[0]] == [{"step": 3}]  # starts at a line
+    assert [line.value for line in read_jsonl_tail(path, 1 << 20)[0]] == [{"step": s} for s in (1, 2, 3)]
+    path.write_bytes(b'{"step": 1}\n{"step": 2\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl: line 2 from the end is not JSON"):
+        read_jsonl_tail(path, 1 << 20)
+
+
+def test_a_sweeps_progress_monitor_survives_a_torn_or_damaged_metrics_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1, "train_loss": 5.0}\n{"step": 2, "train_lo')
+    assert sweep.last_record(tmp_path) == {"step": 1, "train_loss": 5.0} and sweep.logged_steps(tmp_path) == 1
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1}\n{"st\n{"step": 3}\n')
+    assert sweep.last_record(tmp_path) is None and sweep.logged_steps(tmp_path) == 0  # no progress shown
+    assert sweep.last_record(tmp_path / "not_started") is None
 
 
 def test_a_damaged_line_inside_metrics_is_refused_naming_the_file(micro_config):

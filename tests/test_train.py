@@ -241,6 +241,15 @@ def test_cli_refuses_an_option_of_another_optimizer():
     assert (done.returncode, done.stderr) == (2, "error: optim.matrix.pp_beta is not an option of muon; remove it\n")
 
 
+def test_cli_checks_the_config_for_the_world_size_torchrun_gives_before_joining_it():
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0"}  # as torchrun sets them; the group is joined later
+    command = [sys.executable, "-m", "train", "diagnostics.trace_every=2"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (
+        2, "error: diagnostics.trace_every reads whole weights and optimizer state: run it in one process\n"
+    )
+
+
 def test_multirun_checks_every_point_before_the_first_run(micro_shards, tmp_path):
     from tests.conftest import micro_overrides
 

@@ -24,8 +24,8 @@ from train.config import (  # noqa: E402
     compose_sweep,
     register_resolvers,
     with_config_dir,
-    world_size_from_env,
 )
+from train.dist import placement_from_env  # noqa: E402
 from train.metrics import SWEEP_ENV  # noqa: E402
 from train.sweep import Point, SweepIndex, header, summary, sweep_directory  # noqa: E402
 
@@ -45,14 +45,15 @@ def preflight(argv: list[str]) -> None:
         return
     overrides = with_config_dir(args.overrides, args.config_dir) if args.config_dir else args.overrides
     if args.multirun:
-        Multirun.points = [Point(point, cfg) for point, cfg in compose_sweep(overrides, world_size_from_env())]
+        points = compose_sweep(overrides, placement_from_env().world_size)
+        Multirun.points = [Point(point, cfg) for point, cfg in points]
         os.environ.setdefault(SWEEP_ENV, sweep_directory(Multirun.points).name)  # the runs' W&B group
-        if int(os.environ.get("RANK", "0")) == 0:
+        if placement_from_env().rank == 0:
             Multirun.index = SweepIndex(Multirun.points, ["python -m train", *argv])
     else:
         cfg = compose_config(overrides)
         if args.cfg is None:
-            check_config(cfg, world_size_from_env())
+            check_config(cfg, placement_from_env().world_size)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ not exist is named with the options there are.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -298,7 +297,3 @@ def check_protocol(cfg: Mapping[str, Any]) -> None:
             f"experiment={protocol['name']} fixes everything but the optimizer, its config, its lr schedule and the seed; "
             f"changed: {listed}; add protocol.unofficial=true to run it anyway (its record will say unofficial)"
         )
-
-
-def world_size_from_env() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))

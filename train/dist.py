@@ -7,10 +7,25 @@ import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.distributed as dist
+
+
+class Placement(NamedTuple):
+    """This process's place in the job, as torchrun sets it in the environment; (0, 1, 0) without
+    torchrun. Readable before the process group exists (`init_runtime` joins it)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def placement_from_env() -> Placement:
+    return Placement(
+        int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 @dataclass(frozen=True)
@@ -43,9 +58,7 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 def init_runtime(device: str, timeout_s: float = 300.0) -> Runtime:
     """Join the process group torchrun describes (if any) once per process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size, local_rank = placement_from_env()
     dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if dev.type == "cuda":

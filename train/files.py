@@ -12,7 +12,8 @@ The policy for a damaged line of a JSON-lines file (`read_jsonl`): in a file tha
 leaves (or a writer still at it): it is left out of the values and returned apart, so that the
 caller can say so or keep it. Any other line that is not JSON (or not UTF-8) is damage, not a
 crash's trace: a ValueError naming the file and the line. A file written whole (`atomic_write`,
-or by hand: HellaSwag rows) cannot be torn, so there every such line is damage.
+or by hand: HellaSwag rows) cannot be torn, so there every such line is damage. `read_jsonl_tail`
+reads only a file's end under the same policy.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 class JsonLine(NamedTuple):
-    """One line of a JSON-lines file: its number (from 1), its text, and the value it holds."""
+    """One line of a JSON-lines file: its number (from 1; in a tail, from -1 for the last line
+    back), its text, and the value it holds."""
 
     number: int
     text: str
@@ -113,19 +115,39 @@ def read_jsonl(path: Path, appended: bool = True) -> tuple[list[JsonLine], str |
     line of a file that is `appended` to, if any (undecodable bytes replaced by U+FFFD); under the
     policy of the module docstring, any other line that is not JSON is a ValueError."""
     raw_lines = path.read_bytes().splitlines()
+    return _parse_lines(path, list(enumerate(raw_lines, 1)), appended)
+
+
+def read_jsonl_tail(path: Path, max_bytes: int) -> tuple[list[JsonLine], str | None]:
+    """`read_jsonl` of an appended file's complete lines within its last `max_bytes` bytes (a line
+    cut by that start is left out), numbered from the end: the cost of reading the end of a long
+    file, which a monitor polls. The same policy: the torn last line is returned apart, any other
+    line that is not JSON is a ValueError."""
+    with naming(path), open(path, "rb") as f:
+        start = max(0, f.seek(0, os.SEEK_END) - max_bytes)
+        f.seek(max(0, start - 1))
+        tail = f.read()
+    # Read from the byte before the start: when it ends a line, the first piece is empty; either
+    # way the first piece is no whole line unless the tail is the whole file.
+    raw_lines = tail.splitlines()[1:] if start > 0 else tail.splitlines()
+    count = len(raw_lines)
+    return _parse_lines(path, [(number - count - 1, raw) for number, raw in enumerate(raw_lines, 1)], appended=True)
+
+
+def _parse_lines(path: Path, raw_lines: list[tuple[int, bytes]], appended: bool) -> tuple[list[JsonLine], str | None]:
+    """The JsonLines of numbered raw lines, and the torn last one, under the module's policy."""
     lines, torn = [], None
-    for number, raw in enumerate(raw_lines, 1):
+    for index, (number, raw) in enumerate(raw_lines, 1):
         if not raw.strip():
             continue
         try:
             text = raw.decode("utf-8")
             lines.append(JsonLine(number, text, json.loads(text)))
         except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError
-            if appended and number == len(raw_lines):
+            if appended and index == len(raw_lines):
                 torn = raw.decode("utf-8", errors="replace")
                 continue
             fault = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
-            raise ValueError(
-                f"{path}: line {number} is not JSON ({fault}); the file is damaged: repair or move it"
-            ) from None
+            where = f"line {number}" if number > 0 else f"line {-number} from the end"
+            raise ValueError(f"{path}: {where} is not JSON ({fault}); the file is damaged: repair or move it") from None
     return lines, torn

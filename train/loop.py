@@ -15,6 +15,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from optim.distributed import mean_over_ranks
+from train import metric_names as names
 from train.checkpoint import checkpoint_path, rng_state, save_checkpoint
 from train.cli import Diverged, RunStopped
 from train.dist import DeviceTimer, autocast_context, gradient_sync
@@ -139,18 +140,18 @@ def step_record(run: Run, train_loss: float, norm: float, step_time: float, opti
     """The step's line of metrics.jsonl before the observers add theirs."""
     tcfg, state = run.cfg["train"], run.state
     record = {
-        "step": state.step,
-        "total_steps": tcfg["steps"],
-        "tokens": state.step * tcfg["batch_tokens"],
-        "train_loss": train_loss,
-        "grad_norm": norm,
-        "lr_scale": lr_scale(state.step - 1, tcfg["steps"], tcfg["warmup_frac"], tcfg["decay_frac"]),
-        "tokens_per_s": tcfg["batch_tokens"] / step_time,
-        "optim_step_ms": optimizer_ms,
-        "elapsed_s": state.elapsed_s,
+        names.STEP: state.step,
+        names.TOTAL_STEPS: tcfg["steps"],
+        names.TOKENS: state.step * tcfg["batch_tokens"],
+        names.TRAIN_LOSS: train_loss,
+        names.GRAD_NORM: norm,
+        names.LR_SCALE: lr_scale(state.step - 1, tcfg["steps"], tcfg["warmup_frac"], tcfg["decay_frac"]),
+        names.TOKENS_PER_S: tcfg["batch_tokens"] / step_time,
+        names.OPTIM_STEP_MS: optimizer_ms,
+        names.ELAPSED_S: state.elapsed_s,
     }
     if state.skipped_steps or tcfg["max_skipped_steps"]:
-        record["skipped_steps"] = state.skipped_steps
+        record[names.SKIPPED_STEPS] = state.skipped_steps
     return record
 
 

@@ -1,6 +1,8 @@
-"""Every key a run writes to metrics.jsonl, defined once: the training loop, the neuron diagnostics
-(train/diagnostics.py) and the in-training HellaSwag score (eval/hellaswag.py) write them; the
-reports (eval/, scripts/) read them. docs/neuron_death.md defines what each diagnostic measures.
+"""Every key a run writes to metrics.jsonl, defined once: the training loop and its observers
+(train/loop.py, train/observers.py), the neuron diagnostics (train/diagnostics.py) and the
+in-training HellaSwag score (eval/hellaswag.py) write them; the console (train/metrics.py), a
+sweep's progress line (train/sweep.py) and the reports (eval/, scripts/) read them.
+docs/neuron_death.md defines what each diagnostic measures.
 
 A step's record holds STEP_KEYS, SKIPPED_STEPS when steps may be skipped, VAL_LOSS at validation
 steps, HELLASWAG_KEYS at scoring steps and, at diagnostic steps, `diag/<module>/<statistic>`:

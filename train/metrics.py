@@ -16,6 +16,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from train.files import append_durably, atomic_write, naming, read_jsonl
+from train.metric_names import (
+    ELAPSED_S,
+    GRAD_NORM,
+    HELLASWAG_LLMC_ACC_NORM,
+    HELLASWAG_LM_EVAL_ACC_NORM,
+    HELLASWAG_N,
+    LR_SCALE,
+    OPTIM_STEP_MS,
+    STEP,
+    TOKENS,
+    TOKENS_PER_S,
+    TOTAL_STEPS,
+    TRAIN_LOSS,
+    VAL_LOSS,
+)
 
 DISCARDED = "metrics.discarded.jsonl"
 
@@ -47,7 +62,7 @@ class JsonlSink:
         lines, torn = read_jsonl(self.path)
         kept, stale = [], []
         for line in lines:
-            (stale if line.value.get("step", -1) > step else kept).append(line)
+            (stale if line.value.get(STEP, -1) > step else kept).append(line)
         set_aside = [line.text for line in stale] + ([json.dumps({"torn_line": torn})] if torn is not None else [])
         if not set_aside:
             return []
@@ -55,7 +70,7 @@ class JsonlSink:
         atomic_write(self.path, "".join(line.text + "\n" for line in kept))
         notes = []
         if stale:
-            steps = [line.value["step"] for line in stale]
+            steps = [line.value[STEP] for line in stale]
             notes.append(
                 f"set aside {len(stale)} record(s) of steps {min(steps)}-{max(steps)}, logged after step {step} by an "
                 f"interrupted launch, in {DISCARDED}"
@@ -80,22 +95,22 @@ class JsonlSink:
 
 
 CONSOLE_FIELDS = (
-    ("train_loss", ".4f"),
-    ("val_loss", ".4f"),
-    ("grad_norm", ".3g"),
-    ("lr_scale", ".3f"),
-    ("tokens_per_s", ",.0f"),
-    ("hellaswag_llmc_acc_norm", ".4f"),
-    ("hellaswag_lm_eval_acc_norm", ".4f"),
+    (TRAIN_LOSS, ".4f"),
+    (VAL_LOSS, ".4f"),
+    (GRAD_NORM, ".3g"),
+    (LR_SCALE, ".3f"),
+    (TOKENS_PER_S, ",.0f"),
+    (HELLASWAG_LLMC_ACC_NORM, ".4f"),
+    (HELLASWAG_LM_EVAL_ACC_NORM, ".4f"),
 )
 
 
 def format_record(record: dict[str, Any]) -> str:
-    parts = [f"step {record['step']}/{record['total_steps']}"]
+    parts = [f"step {record[STEP]}/{record[TOTAL_STEPS]}"]
     for key, fmt in CONSOLE_FIELDS:
         if record.get(key) is not None:
             parts.append(f"{key} {record[key]:{fmt}}")
-    parts.append(f"{record['elapsed_s']:.1f}s")
+    parts.append(f"{record[ELAPSED_S]:.1f}s")
     return " | ".join(parts)
 
 
@@ -118,23 +133,19 @@ class ConsoleSink:
 
     def log(self, record: dict[str, Any]) -> None:
         line = format_record(record)
-        if (
-            record["step"] % self.every == 0
-            or "val_loss" in record
-            or "hellaswag_n" in record
-            or record["step"] == record["total_steps"]
-        ):
+        last = record[STEP] == record[TOTAL_STEPS]
+        if record[STEP] % self.every == 0 or VAL_LOSS in record or HELLASWAG_N in record or last:
             with naming(self.path):
                 self.file.write(line + "\n")
                 self.file.flush()
             if not self.tty:
                 print(line, flush=True)
         if self.tty:
-            done = record["step"] / record["total_steps"]
+            done = record[STEP] / record[TOTAL_STEPS]
             bar = "#" * int(30 * done)
             sys.stdout.write(f"\r\033[K[{bar:<30}] {line}")
             sys.stdout.flush()
-            if "val_loss" in record or record["step"] == record["total_steps"]:
+            if VAL_LOSS in record or last:
                 sys.stdout.write("\n")
 
     def close(self) -> None:
@@ -171,7 +182,7 @@ class WandbSink:
         )
 
     def log(self, record: dict[str, Any]) -> None:
-        self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        self.run.log({k: v for k, v in record.items() if k != STEP}, step=record[STEP])
 
     def close(self) -> None:
         self.run.finish()
@@ -246,7 +257,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def logged_through(records: list[dict[str, Any]]) -> int:
     """The last step S such that every step 1..S has a record (0 when step 1 has none)."""
-    logged = {record.get("step") for record in records}
+    logged = {record.get(STEP) for record in records}
     step = 0
     while step + 1 in logged:
         step += 1
@@ -258,18 +269,18 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     records = read_metrics(run_dir)
     if not records:
         raise ValueError(f"{run_dir} has logged no step yet")
-    vals = [r for r in records if "val_loss" in r]
+    vals = [r for r in records if VAL_LOSS in r]
 
     def median(key: str) -> float:
         return statistics.median(r[key] for r in records)
 
     return {
         "run_dir": str(run_dir),
-        "steps": records[-1]["step"],
-        "tokens": records[-1]["tokens"],
-        "final_train_loss": records[-1]["train_loss"],
-        "final_val_loss": vals[-1]["val_loss"] if vals else None,
-        "tokens_per_s": median("tokens_per_s"),
-        "optim_step_ms": median("optim_step_ms"),
-        "elapsed_s": records[-1]["elapsed_s"],
+        "steps": records[-1][STEP],
+        TOKENS: records[-1][TOKENS],
+        "final_train_loss": records[-1][TRAIN_LOSS],
+        "final_val_loss": vals[-1][VAL_LOSS] if vals else None,
+        TOKENS_PER_S: median(TOKENS_PER_S),
+        OPTIM_STEP_MS: median(OPTIM_STEP_MS),
+        ELAPSED_S: records[-1][ELAPSED_S],
     }

@@ -42,6 +42,7 @@ from train.config import ConfigError
 from train.data import validation_batches
 from train.diagnostics import NeuronDiagnostics, probe_batch
 from train.dist import Runtime, autocast_context
+from train.metric_names import RECYCLED_UNITS, VAL_LOSS
 from train.schedule import validation_due
 from train.unit_trace import UnitTracer
 
@@ -134,7 +135,7 @@ class Validation(Observer):
         batches = validation_batches(
             self.val_files, tcfg["micro_batch"], tcfg["seq_len"], self.val_tokens, runtime.rank, runtime.world_size
         )
-        record["val_loss"] = evaluate(self.model, batches, runtime.device, tcfg["precision"])
+        record[VAL_LOSS] = evaluate(self.model, batches, runtime.device, tcfg["precision"])
 
 
 @torch.no_grad()
@@ -228,7 +229,7 @@ class UnitTrace(Observer):
 
 
 class RecycledUnits(Observer):
-    """diag/recycled_units, the units recycled so far (optim/recycle.py), at the neuron
+    """RECYCLED_UNITS, the units recycled so far (optim/recycle.py), at the neuron
     diagnostics' steps. Not named in `observers`: the run adds it when optim.matrix.recycle_after
     asks for recycling. It reads the recycling counters from the optimizer's state, so it serves
     any optimizer that keeps them."""
@@ -249,4 +250,4 @@ class RecycledUnits(Observer):
     def after_step(self, step: int, record: dict[str, Any], updates: Mapping[str, torch.Tensor] | None) -> None:
         recycled = recycled_total(self.optimizer)
         if recycled is not None:
-            record["diag/recycled_units"] = int(recycled)
+            record[RECYCLED_UNITS] = int(recycled)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from train.files import atomic_write
+from train.files import atomic_write, read_jsonl_tail
 from train.metric_names import STEP, TRAIN_LOSS, VAL_LOSS
 from train.metrics import SWEEP_ENV, read_metrics
 
@@ -67,24 +67,20 @@ def sweep_directory(points: Sequence[Point]) -> Path:
     return Path(os.path.commonpath(parents))
 
 
+TAIL_BYTES = 1 << 20  # a record with diagnostics is some kilobytes; the last one is within the last MiB
+
+
 def last_record(out_dir: Path) -> dict[str, Any] | None:
     """The last complete record of a run's metrics.jsonl, read from the file's end (progress
-    lines read it often, and a long run's file with diagnostics holds megabytes); None for none."""
-    path = out_dir / "metrics.jsonl"
+    lines read it often, and a long run's file with diagnostics holds megabytes); None when there
+    is none yet. A damaged line there (other than a torn last one: `read_jsonl_tail`) never stops
+    the sweep: it too gives None, so the run shows no progress and does not count as finished
+    (resuming it refuses the damaged file, naming the line: train/metrics.py)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - (1 << 20)))
-            tail = f.read().decode(errors="replace")
-    except FileNotFoundError:
+        lines, _ = read_jsonl_tail(out_dir / "metrics.jsonl", TAIL_BYTES)
+    except (FileNotFoundError, ValueError):
         return None
-    for line in reversed(tail.splitlines()):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line, or the cut-off start of the tail
-    return None
+    return lines[-1].value if lines else None
 
 
 def logged_steps(out_dir: Path) -> int:
