@@ -123,12 +123,10 @@ class MatrixOptimizer(Optimizer):
         # before lr and weight decay) by name: the neuron diagnostics read them. None costs nothing.
         self.captured_updates: dict[str, Tensor] | None = None
         self._direction = torch.compile(self.update_direction) if compile else self.update_direction
-        # Takes on each matrix group in add_param_group, and runs after every step.
+        # Takes on each matrix group in add_param_group, and runs at the end of every step.
         self.recycling = UnitRecycling(recycle_after, recycle_below) if recycle_after else None
         # Group defaults are filled per kind in add_param_group, so torch's own defaults stay empty.
         super().__init__(params, {})
-        if self.recycling is not None:
-            self.register_step_post_hook(self.recycling)
 
     # --- what a subclass provides -------------------------------------------------------
 
@@ -237,6 +235,10 @@ class MatrixOptimizer(Optimizer):
         if self.debug:
             self._check_finite("update", ((g, i, u) for g, i, _, u, _ in updates))
             self._apply(updates)
+        # Called here, not through torch's register_step_post_hook: torch runs a post hook twice
+        # when a subclass's step calls a parent's step that torch has wrapped too.
+        if self.recycling is not None:
+            self.recycling.after_step(self)
         return loss
 
     def _matrix_updates(self, group: dict):

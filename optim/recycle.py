@@ -60,8 +60,8 @@ def random_rows(weight: Tensor, count: int, name: str, step: int) -> Tensor:
 
 class UnitRecycling:
     """The step hook that recycles a matrix optimizer's dead MLP units. MatrixOptimizer makes one
-    from its options and registers it with `register_step_post_hook`, so it runs after every
-    step's update, whatever the update rule.
+    from its options, hands it each matrix group, and calls `after_step` at the end of every step,
+    after the update, whatever the update rule.
 
     Its state lives in the optimizer's state dict, so a checkpoint carries it: each up-projection's
     per-unit count of inactive steps in a row and its count of recycled units (STATE_KEYS, in that
@@ -89,8 +89,8 @@ class UnitRecycling:
             )
         group.setdefault(STEP_KEY, 0)
 
-    def __call__(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        """After a step (torch's post-hook signature): one recycle step of every group taken on."""
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """One recycle step of every group taken on."""
         for group in optimizer.param_groups:
             if STEP_KEY in group:
                 group[STEP_KEY] += 1

@@ -461,6 +461,11 @@ def tiny_gpt():
     return build_model(dict(vocab_size=64, n_layer=2, n_head=2, head_dim=8, d_model=16, mlp_expansion=4))
 
 
+def block_matrices(model):
+    """(name, parameter) of every 2-D parameter in the blocks: a matrix group, as a user builds one."""
+    return [(name, p) for name, p in model.named_parameters() if name.startswith("blocks.") and p.ndim == 2]
+
+
 def gpt_with_aurora(**matrix):
     model = tiny_gpt()
     return model, build_optimizer(load_config("aurora", **matrix), model)
@@ -537,11 +542,25 @@ class NormalisedMomentum(MatrixOptimizer):
 
 def test_a_users_matrix_rule_recycles_with_no_code_of_its_own():
     model = tiny_gpt()
-    matrices_by_name = [(name, p) for name, p in model.named_parameters() if name.startswith("blocks.") and p.ndim == 2]
-    optimizer = NormalisedMomentum(matrices_by_name, recycle_after=2)
+    optimizer = NormalisedMomentum(block_matrices(model), recycle_after=2)
     train_with_silent_units(model, optimizer, 3)
     assert optimizer.recycled_units().item() == 3
     assert not model.blocks[0].mlp.down.weight[:, :3].any()
+
+
+class StepAfterParent(Muon):
+    """A user's subclass whose step calls its parent's."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+def test_a_subclass_whose_step_calls_its_parents_recycles_once_a_step():
+    model = tiny_gpt()
+    build_optimizer(load_config("muon"), model)  # making a Muon wraps Muon.step for torch's step hooks
+    optimizer = StepAfterParent(block_matrices(model), recycle_after=2)
+    train_with_silent_units(model, optimizer, 3)
+    assert optimizer.param_groups[0]["recycle_steps"] == 3 and optimizer.recycled_units().item() == 3
 
 
 def test_recycling_is_refused_without_the_mlps_names():
