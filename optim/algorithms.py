@@ -9,13 +9,9 @@ import math
 import torch
 from torch import Tensor
 
-from torch.distributed.tensor import DTensor
-
 from .aurora import AURORA_LEVERAGE, aurora_polar_with_state, riemannian_aurora_polar
-from .matrix import ADAMW, MATRIX, MatrixOptimizer, is_number, require
+from .matrix import ADAMW, MatrixOptimizer, is_number, require
 from .polar import ns_dtype, polar
-from .recycle import STATE_KEYS as RECYCLE_STATE_KEYS
-from .recycle import mlp_units, recycle_dead_units, recycled_total
 
 
 def _polar(X: Tensor, group: dict) -> Tensor:
@@ -111,14 +107,7 @@ class Aurora(MatrixOptimizer):
     pp_row_floor: our variant, off (0) by default: rows whose momentum norm is below this
         fraction of the matrix's median row norm are not blown up to full size (their update
         stays proportional to their momentum); see optim/aurora.py and docs/neuron_death.md.
-    recycle_after: off (0) by default: re-initialise an MLP unit that has been inactive for this
-        many steps in a row: its up-projection gradient row exactly zero, or (recycle_below > 0)
-        its momentum row below recycle_below times the matrix's median (optim/recycle.py). Needs
-        the parameters by name (build_optimizer gives them) and replicated parameters (one process
-        or DDP).
     """
-
-    private_state_keys = RECYCLE_STATE_KEYS
 
     def __init__(
         self,
@@ -133,8 +122,6 @@ class Aurora(MatrixOptimizer):
         pp_warm_start: bool = False,
         pp_leverage: str = "polar",
         pp_row_floor: float = 0.0,
-        recycle_after: int = 0,
-        recycle_below: float = 0.0,
         riemannian_outer_steps: int = 3,
         riemannian_cg_steps: int = 20,
         riemannian_step_size: float = 0.1,
@@ -154,9 +141,6 @@ class Aurora(MatrixOptimizer):
                 pp_warm_start=pp_warm_start,
                 pp_leverage=pp_leverage,
                 pp_row_floor=pp_row_floor,
-                recycle_after=recycle_after,
-                recycle_below=recycle_below,
-                recycle_steps=0,
                 riemannian_outer_steps=riemannian_outer_steps,
                 riemannian_cg_steps=riemannian_cg_steps,
                 riemannian_step_size=riemannian_step_size,
@@ -177,32 +161,10 @@ class Aurora(MatrixOptimizer):
         leverage = group["pp_leverage"]
         require(leverage in AURORA_LEVERAGE, "pp_leverage", leverage, f"one of {AURORA_LEVERAGE}")
         floor = group["pp_row_floor"]
-        require(is_number(floor) and 0 <= floor < 1, "pp_row_floor", floor, "a number in [0, 1) (0: the paper's Aurora)")
-        after = group["recycle_after"]
-        require(isinstance(after, int) and not isinstance(after, bool) and after >= 0, "recycle_after", after, "an int >= 0 (0: off)")
-        below = group["recycle_below"]
-        require(is_number(below) and 0 <= below < 1, "recycle_below", below, "a number in [0, 1) (0: only silent units)")
-        if after and not mlp_units(group.get("param_names") or []):
-            raise ValueError("recycle_after needs the MLP's up and down projections by name (blocks.i.mlp.up/down.weight)")
+        floor_ok = is_number(floor) and 0 <= floor < 1
+        require(floor_ok, "pp_row_floor", floor, "a number in [0, 1) (0: the paper's Aurora)")
         step_size = group["riemannian_step_size"]
         require(is_number(step_size) and step_size > 0, "riemannian_step_size", step_size, "a number > 0")
-
-    def add_param_group(self, param_group):
-        super().add_param_group(param_group)
-        if param_group.get("recycle_after") and any(isinstance(p, DTensor) for p in param_group["params"]):
-            raise ValueError("recycle_after needs replicated parameters: one process or train.parallelism=ddp, not fsdp2")
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = super().step(closure)
-        for group in self.param_groups:
-            if group["kind"] == MATRIX and group["recycle_after"]:
-                group["recycle_steps"] += 1
-                recycle_dead_units(self, group, group["recycle_steps"])
-        return loss
-
-    def recycled_units(self) -> torch.Tensor | None:
-        return recycled_total(self)
 
     @staticmethod
     def uses_aurora(rows: int, cols: int, group: dict) -> bool:

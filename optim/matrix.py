@@ -7,7 +7,8 @@ Param groups come in two kinds:
 - "adamw" groups hold everything else (embedding, head, gains, biases) and take AdamW.
 
 Subclasses (optim/algorithms.py) only pick defaults and the update direction. The same class
-runs on 1 rank or N: see optim/distributed.py.
+runs on 1 rank or N: see optim/distributed.py. Unit recycling (optim/recycle.py) is a step hook
+of the base, so every subclass takes it with the same options.
 """
 
 import math
@@ -20,9 +21,13 @@ from torch.optim import Optimizer
 from .adamw import ADAMW_DEFAULTS, adamw_update, init_adamw_state
 from .distributed import like_param, map_balanced_across_ranks, whole
 from .polar import NS_DTYPES, POLAR_METHODS, ns_coefficients, ns_dtype
+from .recycle import STATE_KEYS as RECYCLE_STATE_KEYS
+from .recycle import UnitRecycling, recycled_total
 
 MATRIX, ADAMW = "matrix", "adamw"
 LR_SCALES = ("original", "match_rms_adamw")
+# Per-parameter state that is not the update rule's: the momentum and the recycling hook's counters.
+NOT_RULE_STATE = ("momentum_buffer", *RECYCLE_STATE_KEYS)
 
 
 def lr_scale_factor(lr_scale: str, rows: int, cols: int) -> float:
@@ -68,14 +73,16 @@ class MatrixOptimizer(Optimizer):
         lr_scale: "original" or "match_rms_adamw" (see `lr_scale_factor`).
         compile: torch.compile the update-direction function.
         debug: check every gradient and update for NaN/inf (synchronises; off by default).
+        recycle_after, recycle_below: off (0) by default: re-initialise an MLP unit that has been
+            inactive for recycle_after steps in a row: its up-projection gradient row exactly zero,
+            or (recycle_below > 0) its momentum row below recycle_below times the matrix's median
+            (optim/recycle.py, a step hook). Needs the parameters by name (build_optimizer gives
+            them) and replicated parameters (one process or DDP).
         rule_options: the subclass's own hyperparameters, stored in every matrix group. Any other
             keyword is refused (TypeError), so a misspelt or foreign option never passes silently.
     """
 
     default_kind = MATRIX
-    # Per-parameter state a subclass keeps for itself (not its update direction's, which
-    # _matrix_updates stacks and passes to update_direction).
-    private_state_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -90,10 +97,16 @@ class MatrixOptimizer(Optimizer):
         lr_scale: str = "original",
         compile: bool = False,
         debug: bool = False,
+        recycle_after: int = 0,
+        recycle_below: float = 0.0,
         rule_options: dict | None = None,
     ):
         require(isinstance(compile, bool), "compile", compile, "a bool")
         require(isinstance(debug, bool), "debug", debug, "a bool")
+        after_ok = isinstance(recycle_after, int) and not isinstance(recycle_after, bool) and recycle_after >= 0
+        require(after_ok, "recycle_after", recycle_after, "an int >= 0 (0: off)")
+        below_ok = is_number(recycle_below) and 0 <= recycle_below < 1
+        require(below_ok, "recycle_below", recycle_below, "a number in [0, 1) (0: only silent units)")
         self.matrix_defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -110,6 +123,8 @@ class MatrixOptimizer(Optimizer):
         # before lr and weight decay) by name: the neuron diagnostics read them. None costs nothing.
         self.captured_updates: dict[str, Tensor] | None = None
         self._direction = torch.compile(self.update_direction) if compile else self.update_direction
+        # Takes on each matrix group in add_param_group, and runs at the end of every step.
+        self.recycling = UnitRecycling(recycle_after, recycle_below) if recycle_after else None
         # Group defaults are filled per kind in add_param_group, so torch's own defaults stay empty.
         super().__init__(params, {})
 
@@ -129,9 +144,9 @@ class MatrixOptimizer(Optimizer):
         """Raise ValueError naming any invalid subclass hyperparameter in `group`."""
 
     def recycled_units(self) -> Tensor | None:
-        """How many MLP units the rule has re-initialised so far (on the device); None when it
-        does not recycle (optim/recycle.py)."""
-        return None
+        """How many MLP units recycling has re-initialised so far (on the device); None when it is
+        off (optim/recycle.py)."""
+        return recycled_total(self)
 
     def ns_dtype_used(self, device: torch.device) -> str | None:
         """The dtype the polar iteration runs in on `device` (None: no matrix group runs one)."""
@@ -155,6 +170,8 @@ class MatrixOptimizer(Optimizer):
         else:
             raise ValueError(f"kind must be {MATRIX!r} or {ADAMW!r}, got {kind!r}")
         super().add_param_group(param_group)
+        if kind == MATRIX and self.recycling is not None:
+            self.recycling.add_group(param_group)
 
     def _check_matrix_params(self, group: dict) -> None:
         params = group["params"]
@@ -218,6 +235,10 @@ class MatrixOptimizer(Optimizer):
         if self.debug:
             self._check_finite("update", ((g, i, u) for g, i, _, u, _ in updates))
             self._apply(updates)
+        # Called here, not through torch's register_step_post_hook: torch runs a post hook twice
+        # when a subclass's step calls a parent's step that torch has wrapped too.
+        if self.recycling is not None:
+            self.recycling.after_step(self)
         return loss
 
     def _matrix_updates(self, group: dict):
@@ -243,7 +264,7 @@ class MatrixOptimizer(Optimizer):
         inputs = []
         for stack in stacks:
             params = [group["params"][i] for i in stack]
-            rule_keys = [key for key in self.state[params[0]] if key != "momentum_buffer" and key not in self.private_state_keys]
+            rule_keys = [key for key in self.state[params[0]] if key not in NOT_RULE_STATE]
             rule_state = {key: torch.stack([self.state[p][key] for p in params]) for key in rule_keys}
             inputs.append((torch.stack([whole(directions[i]) for i in stack]), rule_state))
         results = map_balanced_across_ranks(lambda x, s: self._direction(x, group, s), inputs)

@@ -28,6 +28,7 @@ LAYERS = 3  # odd stacks of up- and down-projections: each rank owns matrices of
 CASES = [(name, overrides) for name in OPTIMIZERS for overrides in ({},)] + [
     ("aurora", {"apply_to": "rectangular", "pp_warm_start": True, "pp_iterations": 1}),
     ("aurora", {"pp_row_floor": 0.1, "recycle_after": 2}),  # silent units recycled (replicated parameters only)
+    ("muon", {"recycle_after": 2}),  # the same step hook under another update rule
 ]
 MODES = ("replicated", "fsdp2")
 SILENT_UNITS = 3  # with recycling on, the first units of every up-projection get no gradient

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import optim.groups
-from optim import OPTIMIZERS, AdamW, Aurora, Muon, NorMuon, UNorMuon, build_optimizer, polar
+from optim import OPTIMIZERS, AdamW, Aurora, MatrixOptimizer, Muon, NorMuon, UNorMuon, build_optimizer, polar
 from optim.aurora import aurora_polar
 from optim.polar import ns_dtype
 from train.config import compose_config
@@ -325,7 +325,11 @@ def test_compile_flag_traces_the_update_direction_and_changes_nothing(monkeypatc
 # --- state round trip ----------------------------------------------------------------------------
 
 
-ROUND_TRIP_CASES = [*((name, {}) for name in NAMES), ("aurora", {"pp_warm_start": True, "pp_iterations": 1})]
+ROUND_TRIP_CASES = [
+    *((name, {}) for name in NAMES),
+    ("aurora", {"pp_warm_start": True, "pp_iterations": 1}),
+    ("muon", {"recycle_after": 1, "recycle_below": 0.5}),  # weak units recycled on every step: the draws resume
+]
 
 
 @pytest.mark.parametrize("name, overrides", ROUND_TRIP_CASES)
@@ -366,6 +370,9 @@ def test_state_dict_round_trip_continues_bit_identically(name, overrides):
         (Muon, {"ns_dtype": "float16"}, "ns_dtype"),
         (Muon, {"lr_scale": "none"}, "lr_scale"),
         (Muon, {"debug": 1}, "debug"),
+        (Muon, {"recycle_after": -1}, "recycle_after"),
+        (Muon, {"recycle_after": 2.0}, "recycle_after"),
+        (Muon, {"recycle_below": 1.0}, "recycle_below"),
         (NorMuon, {"beta2": 1.5}, "beta2"),
         (NorMuon, {"eps": -1.0}, "eps"),
         (Aurora, {"variant": "fancy"}, "variant"),
@@ -448,14 +455,23 @@ def test_normuon_normalizing_neurons_treats_a_wide_matrix_as_its_transpose():
     torch.testing.assert_close(wide_update, tall_update.T)  # the same update per hidden unit
 
 
-# --- recycling dead units (Aurora's recycle_after, optim/recycle.py) ---
+# --- recycling dead units (recycle_after, a step hook of every matrix optimizer: optim/recycle.py) ---
 
 
-def gpt_with_aurora(**matrix):
+def tiny_gpt():
     from model import build_model
 
     torch.manual_seed(0)
-    model = build_model(dict(vocab_size=64, n_layer=2, n_head=2, head_dim=8, d_model=16, mlp_expansion=4))
+    return build_model(dict(vocab_size=64, n_layer=2, n_head=2, head_dim=8, d_model=16, mlp_expansion=4))
+
+
+def block_matrices(model):
+    """(name, parameter) of every 2-D parameter in the blocks: a matrix group, as a user builds one."""
+    return [(name, p) for name, p in model.named_parameters() if name.startswith("blocks.") and p.ndim == 2]
+
+
+def gpt_with_aurora(**matrix):
+    model = tiny_gpt()
     return model, build_optimizer(load_config("aurora", **matrix), model)
 
 
@@ -472,8 +488,6 @@ def train_with_silent_units(model, optimizer, steps, silent=3, scale=0.0):
 
 
 def test_a_unit_silent_for_k_steps_is_recycled_without_changing_the_function():
-    from optim.recycle import recycle_dead_units
-
     model, optimizer = gpt_with_aurora(recycle_after=1000)  # on, but not due during these steps
     train_with_silent_units(model, optimizer, 5)
     up, down = model.blocks[0].mlp.up.weight, model.blocks[0].mlp.down.weight
@@ -482,9 +496,9 @@ def test_a_unit_silent_for_k_steps_is_recycled_without_changing_the_function():
     tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(9))
     before = model(tokens)
     group = optimizer.param_groups[0]
-    optimizer.state[up]["zero_grad_steps"][:3] = group["recycle_after"]
+    optimizer.state[up]["zero_grad_steps"][:3] = optimizer.recycling.after
     model(tokens[:, :-1], tokens[:, 1:]).backward()
-    recycle_dead_units(optimizer, group, step=1)
+    optimizer.recycling.recycle(optimizer, group, step=1)
     assert torch.equal(model(tokens), before)  # silent units with zeroed output columns: the same function
     norms = up.detach().norm(dim=1)
     assert torch.allclose(norms[:3], norms.median().expand(3), rtol=1e-5)  # fresh rows of the median norm
@@ -512,6 +526,55 @@ def test_with_recycle_below_weak_units_are_recycled_too():
     model, optimizer = gpt_with_aurora(recycle_after=2, recycle_below=0.01)
     train_with_silent_units(model, optimizer, 6, scale=1e-4)
     assert optimizer.recycled_units().item() == 6  # due at steps 3 and 5, as silent ones
+
+
+def test_muon_with_recycle_after_recycles_a_silent_unit():
+    model = tiny_gpt()
+    optimizer = build_optimizer(load_config("muon", recycle_after=2), model)
+    train_with_silent_units(model, optimizer, 3, silent=1)
+    # step 1 counts for nothing (no up-gradient anywhere); the unit is silent at steps 2 and 3
+    assert optimizer.recycled_units().item() == 1
+    assert not model.blocks[0].mlp.down.weight[:, 0].any()
+
+
+class NormalisedMomentum(MatrixOptimizer):
+    """A user's matrix rule: its own update direction, and no code for recycling."""
+
+    def update_direction(self, X, group, state):
+        return X / X.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-12), state
+
+
+def test_a_users_matrix_rule_recycles_with_no_code_of_its_own():
+    model = tiny_gpt()
+    optimizer = NormalisedMomentum(block_matrices(model), recycle_after=2)
+    train_with_silent_units(model, optimizer, 3)
+    assert optimizer.recycled_units().item() == 3
+    assert not model.blocks[0].mlp.down.weight[:, :3].any()
+
+
+class StepAfterParent(Muon):
+    """A user's subclass whose step calls its parent's."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+def test_a_subclass_whose_step_calls_its_parents_recycles_once_a_step():
+    model = tiny_gpt()
+    build_optimizer(load_config("muon"), model)  # making a Muon wraps Muon.step for torch's step hooks
+    optimizer = StepAfterParent(block_matrices(model), recycle_after=2)
+    train_with_silent_units(model, optimizer, 3)
+    assert optimizer.param_groups[0]["recycle_steps"] == 3 and optimizer.recycled_units().item() == 3
+
+
+def test_only_a_group_that_recycles_carries_a_recycle_step():
+    # A checkpoint loads into the keys of the optimizer's own state dict (DCP): a group key that
+    # checkpoints without recycling lack (Muon's, from before recycling was every optimizer's) refuses them.
+    for name in ("muon", "aurora"):
+        for options in ({}, {"recycle_after": 2}):
+            optimizer = build_optimizer(load_config(name, **options), StandInGPT())
+            recycling = [group["name"] for group in optimizer.param_groups if "recycle_steps" in group]
+            assert recycling == (["matrix"] if options else []), (name, options)
 
 
 def test_recycling_is_refused_without_the_mlps_names():
