@@ -15,7 +15,6 @@ from tests.conftest import compose_config
 from tests.test_scripts import load_script
 from train.config import recipe_sweep
 from train.loop import train
-from train.metrics import summarize_run
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -209,7 +208,7 @@ def test_report_works_on_two_tiny_run_directories_made_by_the_training_loop(micr
     rows = table_rows((out / "neuron_death.md").read_text())
     assert [row[:4] for row in rows] == [["adamw", "4", "0", "12"], ["aurora", "4", "0", "12"]]
     for run, row in zip(runs, rows):
-        assert row[-2] == f"{summarize_run(run)['final_val_loss']:.4f}"
+        assert row[-2] == f"{load_run(run).final_val_loss:.4f}"
 
 
 def test_report_refuses_a_directory_that_holds_no_run(tmp_path):

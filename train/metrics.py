@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,9 +22,7 @@ from train.metric_names import (
     HELLASWAG_LM_EVAL_ACC_NORM,
     HELLASWAG_N,
     LR_SCALE,
-    OPTIM_STEP_MS,
     STEP,
-    TOKENS,
     TOKENS_PER_S,
     TOTAL_STEPS,
     TRAIN_LOSS,
@@ -262,25 +259,3 @@ def logged_through(records: list[dict[str, Any]]) -> int:
     while step + 1 in logged:
         step += 1
     return step
-
-
-def summarize_run(run_dir: str | Path) -> dict[str, Any]:
-    """The headline numbers of one run, from its metrics.jsonl."""
-    records = read_metrics(run_dir)
-    if not records:
-        raise ValueError(f"{run_dir} has logged no step yet")
-    vals = [r for r in records if VAL_LOSS in r]
-
-    def median(key: str) -> float:
-        return statistics.median(r[key] for r in records)
-
-    return {
-        "run_dir": str(run_dir),
-        "steps": records[-1][STEP],
-        TOKENS: records[-1][TOKENS],
-        "final_train_loss": records[-1][TRAIN_LOSS],
-        "final_val_loss": vals[-1][VAL_LOSS] if vals else None,
-        TOKENS_PER_S: median(TOKENS_PER_S),
-        OPTIM_STEP_MS: median(OPTIM_STEP_MS),
-        ELAPSED_S: records[-1][ELAPSED_S],
-    }

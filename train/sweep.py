@@ -217,6 +217,32 @@ def progress_line(points: Sequence[Point], jobs: int, started: float) -> str:
     return f"[{done}/{len(points)} done | {elapsed / 60:.1f} min | {eta}] " + "; ".join(running)
 
 
+def _launch(point: Point, nproc: int, env: dict[str, str] | None, index: SweepIndex) -> subprocess.Popen:
+    """Start one point's run in the background, its output in point.log."""
+    print(f"    {shlex.join(train_command(point, nproc))}  (log: {point.log})", flush=True)
+    point.log.parent.mkdir(parents=True, exist_ok=True)
+    # The launch directory stays the working directory, so relative out_dirs and data dirs
+    # mean what they meant when the points were composed here.
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))),
+        SWEEP_ENV: os.environ.get(SWEEP_ENV) or index.directory.name,  # the runs' W&B group
+    }
+    with open(point.log, "w") as log:
+        process = subprocess.Popen(train_command(point, nproc), stdout=log, stderr=subprocess.STDOUT, env=child_env)
+    point.status = "running"
+    index.update(point)
+    return process
+
+
+def _record_exit(point: Point, code: int, index: SweepIndex) -> None:
+    point.status = "done" if code == 0 else "failed"
+    point.error = None if code == 0 else f"exit {code}: {_error_line(point.log)}"
+    index.update(point, exit_code=code)
+    print(f"--- {point.name}: {point.status}" + (f" ({point.error})" if point.error else ""), flush=True)
+
+
 def run_points(
     points: Sequence[Point],
     argv: Sequence[str],
@@ -248,35 +274,14 @@ def run_points(
     while todo or running:
         while todo and len(running) < jobs:
             point = todo.pop(0)
-            number = points.index(point) + 1
-            print(header(number, len(points), point), flush=True)
-            print(f"    {shlex.join(train_command(point, nproc))}  (log: {point.log})", flush=True)
-            point.log.parent.mkdir(parents=True, exist_ok=True)
-            # The launch directory stays the working directory, so relative out_dirs and data dirs
-            # mean what they meant when the points were composed here.
-            child_env = {
-                **os.environ,
-                **(env or {}),
-                "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))),
-                SWEEP_ENV: os.environ.get(SWEEP_ENV) or index.directory.name,  # the runs' W&B group
-            }
-            with open(point.log, "w") as log:
-                process = subprocess.Popen(
-                    train_command(point, nproc), stdout=log, stderr=subprocess.STDOUT, env=child_env
-                )
-            point.status = "running"
-            index.update(point)
-            running.append((point, process))
+            print(header(points.index(point) + 1, len(points), point), flush=True)
+            running.append((point, _launch(point, nproc, env, index)))
         time.sleep(0.5)
         for point, process in list(running):
             code = process.poll()
-            if code is None:
-                continue
-            running.remove((point, process))
-            point.status = "done" if code == 0 else "failed"
-            point.error = None if code == 0 else f"exit {code}: {_error_line(point.log)}"
-            index.update(point, exit_code=code)
-            print(f"--- {point.name}: {point.status}" + (f" ({point.error})" if point.error else ""), flush=True)
+            if code is not None:
+                running.remove((point, process))
+                _record_exit(point, code, index)
         if time.monotonic() - last_progress >= progress_every_s and running:
             print(progress_line(points, jobs, started), flush=True)
             last_progress = time.monotonic()
