@@ -43,6 +43,14 @@ def lr_scale_factor(lr_scale: str, rows: int, cols: int) -> float:
     raise ValueError(f"lr_scale must be one of {LR_SCALES}, got {lr_scale!r}")
 
 
+def closure_loss(closure) -> Tensor | None:
+    """torch.optim's step(closure) convention: the loss the closure recomputes, with gradients on."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def require(ok: bool, argument: str, value, expected: str) -> None:
     if not ok:
         raise ValueError(f"{argument} must be {expected}, got {value!r}")
@@ -218,10 +226,7 @@ class MatrixOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         if self.debug:
             gradients = ((g, i, p.grad) for g in self.param_groups for i, p in enumerate(g["params"]))
             self._check_finite("gradient", ((g, i, grad) for g, i, grad in gradients if grad is not None))

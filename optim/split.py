@@ -12,6 +12,8 @@ from collections import ChainMap
 import torch
 from torch.optim import Optimizer
 
+from .matrix import closure_loss
+
 
 class SplitOptimizer(Optimizer):
     def __init__(self, parts: list[Optimizer]):
@@ -27,10 +29,7 @@ class SplitOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for part in self.parts:
             part.step()
         return loss
