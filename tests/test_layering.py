@@ -79,3 +79,19 @@ def test_optim_imports_nothing_of_the_harness_but_in_its_check_command():
         if path.name != "check.py"
     }
     assert {name: found for name, found in upward.items() if found} == {}
+
+
+def test_no_function_of_train_is_over_60_lines_or_takes_over_6_required_arguments():
+    # the loop's promise (docs/design.md): each concern small enough to read on one screen
+    too_big = []
+    for path in sorted((ROOT / "train").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            arguments = node.args
+            positional = [*arguments.posonlyargs, *arguments.args]
+            required = len(positional) - len(arguments.defaults) + sum(d is None for d in arguments.kw_defaults)
+            required -= bool(positional) and positional[0].arg in ("self", "cls")
+            if node.end_lineno - node.lineno + 1 > 60 or required > 6:
+                too_big.append(f"train/{path.name}:{node.lineno} {node.name}")
+    assert too_big == []
