@@ -22,7 +22,7 @@ from .distributed import like_param, map_balanced_across_ranks, whole
 from .polar import NS_DTYPES, POLAR_METHODS, ns_coefficients, ns_dtype
 
 MATRIX, ADAMW = "matrix", "adamw"
-LR_SCALES = ("original", "match_rms_adamw")
+LR_SCALES = ("original", "match_rms_adamw", "spectral")
 
 
 def lr_scale_factor(lr_scale: str, rows: int, cols: int) -> float:
@@ -30,11 +30,14 @@ def lr_scale_factor(lr_scale: str, rows: int, cols: int) -> float:
 
     "original" (Keller Jordan, modded-nanoGPT, torch.optim.Muon's default): sqrt(max(1, rows/cols)).
     "match_rms_adamw" (Moonlight, torch.optim.Muon's other option): 0.2·sqrt(max(rows, cols)).
+    "spectral" (Dion, microsoft/dion): sqrt(rows/cols), below 1 for a wide matrix.
     """
     if lr_scale == "original":
         return math.sqrt(max(1.0, rows / cols))
     if lr_scale == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, cols))
+    if lr_scale == "spectral":
+        return math.sqrt(rows / cols)
     raise ValueError(f"lr_scale must be one of {LR_SCALES}, got {lr_scale!r}")
 
 
@@ -65,7 +68,7 @@ class MatrixOptimizer(Optimizer):
         weight_decay: decoupled: W ← W·(1 − ηλ) before the update.
         ns_method, ns_steps, ns_dtype: the polar iteration (optim/polar.py); ns_dtype "auto" is
             bf16 on CUDA and fp32 elsewhere (`optim.polar.ns_dtype`).
-        lr_scale: "original" or "match_rms_adamw" (see `lr_scale_factor`).
+        lr_scale: "original", "match_rms_adamw" or "spectral" (see `lr_scale_factor`).
         compile: torch.compile the update-direction function.
         debug: check every gradient and update for NaN/inf (synchronises; off by default).
         rule_options: the subclass's own hyperparameters, stored in every matrix group. Any other
