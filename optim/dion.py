@@ -92,8 +92,10 @@ class Dion(MatrixOptimizer):
     ):
         for key in NOT_DION_OPTIONS:
             if key in kwargs:  # worded as Python's own, so that build_optimizer names the config key
-                raise TypeError(f"Dion() got an unexpected keyword argument '{key}' (its momentum is mu, its basis a QR)")
-        rule_options = dict(mu=mu, rank_fraction=rank_fraction, power_iters=power_iters, epsilon=epsilon)
+                raise TypeError(
+                    f"Dion() got an unexpected keyword argument '{key}' (its momentum is mu; it has no polar)"
+                )
+        rule_options = {"mu": mu, "rank_fraction": rank_fraction, "power_iters": power_iters, "epsilon": epsilon}
         super().__init__(
             params,
             lr=lr,
@@ -111,7 +113,8 @@ class Dion(MatrixOptimizer):
         fraction = group["rank_fraction"]
         require(is_number(fraction) and 0 < fraction <= 1, "rank_fraction", fraction, "in (0, 1]")
         iters = group["power_iters"]
-        require(isinstance(iters, int) and not isinstance(iters, bool) and iters >= 1, "power_iters", iters, "an int >= 1")
+        iters_ok = isinstance(iters, int) and not isinstance(iters, bool) and iters >= 1
+        require(iters_ok, "power_iters", iters, "an int >= 1")
         require(is_number(group["epsilon"]) and group["epsilon"] > 0, "epsilon", group["epsilon"], "a number > 0")
 
     def ns_dtype_used(self, device):

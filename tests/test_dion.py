@@ -48,8 +48,10 @@ def reference_dion_step(W, G, M, Q, lr, mu, weight_decay, power_iters, epsilon=E
 def gradients(step, zero_first=False):
     """Per-matrix gradients of a step; with zero_first, the first matrix's is zero at step 0 (so is its M)."""
     generator = torch.Generator().manual_seed(step)
-    grads = [torch.randn(shape, generator=generator) * torch.exp(torch.randn(shape[0], 1, generator=generator))
-             for shape in SHAPES]
+    grads = [
+        torch.randn(shape, generator=generator) * torch.exp(torch.randn(shape[0], 1, generator=generator))
+        for shape in SHAPES
+    ]
     if zero_first and step == 0:
         grads[0].zero_()
     return grads
@@ -60,7 +62,9 @@ def test_dion_equals_the_reference_to_fp32_rounding(rank_fraction, power_iters):
     torch.manual_seed(0)
     initial = [torch.randn(shape) * 0.1 for shape in SHAPES]
     ours = [nn.Parameter(w.clone()) for w in initial]
-    optimizer = Dion(ours, lr=LR, mu=MU, weight_decay=WEIGHT_DECAY, rank_fraction=rank_fraction, power_iters=power_iters)
+    optimizer = Dion(
+        ours, lr=LR, mu=MU, weight_decay=WEIGHT_DECAY, rank_fraction=rank_fraction, power_iters=power_iters
+    )
     theirs = [w.clone() for w in initial]
     momenta = [torch.zeros(shape) for shape in SHAPES]
     qs = [initial_q(*shape, rank_fraction, torch.device("cpu")) for shape in SHAPES]
