@@ -138,3 +138,13 @@ def test_a_muon_option_in_a_dion_config_is_named_for_removal(key, value):
 def test_a_param_group_cannot_turn_the_base_momentum_back_on():
     with pytest.raises(ValueError, match="momentum"):
         Dion([{"params": [nn.Parameter(torch.zeros(4, 3))], "momentum": 0.9}])
+
+
+def test_bench_optim_times_dion_beside_muon_with_the_polar_dtype_set_only_where_there_is_a_polar(capsys):
+    from tests.test_scripts import load_script
+
+    results = load_script("bench_optim").step_time_table(
+        torch.device("cpu"), 1, warm_up=False, cases=["muon", "dion r=1/4"], shape="tiny_x16", ns_dtype="float32"
+    )
+    assert list(results) == ["muon", "dion r=1/4"]
+    assert "| dion r=1/4 |" in capsys.readouterr().out
