@@ -131,23 +131,11 @@ def aurora_polar_with_state(
     return (U.mT if wide else U), correction
 
 
-def aurora_polar(
-    G: Tensor,
-    iterations: int = 2,
-    beta: float = 0.5,
-    polar_method: str = "simple_quintic",
-    polar_steps: int | None = None,
-    dtype: torch.dtype | None = None,
-    eps: float = 1e-7,
-    row_floor: float = 0.0,
-    leverage: str = "polar",
-) -> Tensor:
-    """Vanilla Aurora's semi-orthogonal, row-norm-uniform polar factor (K = iterations, β = beta;
-    row_floor > 0: the floored variant; leverage="exact": one polar, see aurora_polar_with_state)."""
-    U, _ = aurora_polar_with_state(
-        G, None, iterations, beta, polar_method, polar_steps, dtype, eps, row_floor, leverage
-    )
-    return U
+def aurora_polar(G: Tensor, **options) -> Tensor:
+    """Vanilla Aurora's semi-orthogonal, row-norm-uniform polar factor: aurora_polar_with_state's
+    U without a warm start, with its options (iterations = K, beta = β; row_floor > 0: the floored
+    variant; leverage="exact": one polar)."""
+    return aurora_polar_with_state(G, None, **options)[0]
 
 
 def _leverage_system_matvec(U: Tensor, lam: Tensor, r: Tensor) -> Tensor:

@@ -210,14 +210,17 @@ def test_the_report_refuses_an_unknown_group_label(micro_config, tmp_path):
         comparison_report([tmp_path / "runs"], tmp_path / "r", baseline="sgd")
 
 
-def wandb_bytes(directory: Path) -> bytes:
-    deadline = time.monotonic() + 30  # wandb's writer process may still be flushing
+def wandb_bytes(directory: Path, *expected: bytes) -> bytes:
+    """The W&B run files under `directory`, once they hold every `expected` string or 30 s have
+    passed: wandb's writer process may still be flushing after finish() (a file may hold only its
+    header yet). The caller's assertion says what is missing."""
+    deadline, written = time.monotonic() + 30, b""
     while time.monotonic() < deadline:
-        found = list(directory.rglob("*.wandb"))
-        if found and all(f.stat().st_size for f in found):
-            return b"".join(f.read_bytes() for f in found)
+        written = b"".join(f.read_bytes() for f in directory.rglob("*.wandb"))
+        if written and all(part in written for part in expected):
+            break
         time.sleep(0.2)
-    raise AssertionError(f"no W&B run file under {directory}")
+    return written
 
 
 def test_wandb_runs_are_tagged_and_the_report_table_is_logged(micro_config, tmp_path, monkeypatch):
@@ -225,8 +228,8 @@ def test_wandb_runs_are_tagged_and_the_report_table_is_logged(micro_config, tmp_
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("AURORA_BENCH_SWEEP", "my-sweep")
     run = train(micro_config("wandb.mode=offline", "train.steps=2", "optim=muon", out="runs/a"))
-    written = wandb_bytes(run / "wandb")
+    written = wandb_bytes(run / "wandb", b"optim:muon", b"mlp_x4", b"my-sweep")
     assert b"optim:muon" in written and b"mlp_x4" in written and b"my-sweep" in written
     out = tmp_path / "report"
     comparison_report([run], out, wandb="offline")
-    assert b"comparison" in wandb_bytes(out / "wandb")
+    assert b"comparison" in wandb_bytes(out / "wandb", b"comparison")

@@ -122,6 +122,15 @@ def _check(prefix: str, obj: Any) -> None:
             raise ConfigError(f"{prefix}{f.name} must be {valid.expected}, got {value!r}")
 
 
+def _check_keys(cls: type, values: Mapping[str, Any], where: str) -> None:
+    """Refuse `values` unless they hold exactly the dataclass's fields."""
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    missing = [name for name in names if name not in values]
+    if unknown or missing:
+        raise ConfigError(f"{where}: unknown keys {unknown}, missing keys {missing}")
+
+
 @dataclass(frozen=True)
 class Section:
     """A section of the root config; its values are checked on construction."""
@@ -133,11 +142,7 @@ class Section:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Section:
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        missing = [name for name in names if name not in values]
-        if unknown or missing:
-            raise ConfigError(f"config section {cls.prefix}: unknown keys {unknown}, missing keys {missing}")
+        _check_keys(cls, values, f"config section {cls.prefix}")
         return cls(**values)
 
 
@@ -247,13 +252,9 @@ class RootConfig:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> RootConfig:
         """The typed view of a composed config; ConfigError names an invalid, unknown or missing key."""
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(cfg) - set(names))
-        missing = [name for name in names if name not in cfg]
-        if unknown or missing:
-            raise ConfigError(f"config: unknown keys {unknown}, missing keys {missing}")
-        return cls(**{name: SECTIONS[name].from_mapping(cfg[name]) if name in SECTIONS else cfg[name]
-                      for name in names})
+        _check_keys(cls, cfg, "config")
+        return cls(**{f.name: SECTIONS[f.name].from_mapping(cfg[f.name]) if f.name in SECTIONS else cfg[f.name]
+                      for f in fields(cls)})
 
 
 SECTIONS: dict[str, type[Section]] = {
