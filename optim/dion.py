@@ -72,7 +72,7 @@ class Dion(MatrixOptimizer):
     Defaults: microsoft/dion's configs/dion_160m.yaml (lr 0.02, mu 0.95, weight decay 0.01, rank
     fraction 0.5), its lr scale sqrt(fan_out/fan_in) and its power_iters 1 and epsilon 1e-8.
 
-    mu: error-feedback momentum μ (M keeps (1 − μ) less of what the update took).
+    mu: μ of the error feedback: M loses (1 − μ) of the rank-r part the update took and keeps the rest.
     rank_fraction: r / min(rows, cols) in (0, 1]; 1 is a full-rank (Muon-like) update.
     power_iters: rounds of power iteration per step (the reference's default: 1, warm-started by Q).
     epsilon: added to Q's column norms.
