@@ -24,6 +24,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from .algorithms import AdamW, Aurora, Muon, NorMuon, UNorMuon
+from .dion import Dion
 from .groups import GROUP_NAMES, assign_groups
 from .matrix import ADAMW, MATRIX, MatrixOptimizer
 from .split import SplitOptimizer
@@ -36,6 +37,7 @@ OPTIMIZERS = {
     "unormuon": (UNorMuon, {}),
     "aurora": (Aurora, {"variant": "vanilla"}),
     "riemannian_aurora": (Aurora, {"variant": "riemannian"}),
+    "dion": (Dion, {}),
 }
 TARGET = "_target_"
 OBJECT_OPTIONS = ("debug", "compile")

@@ -25,7 +25,7 @@ from .recycle import STATE_KEYS as RECYCLE_STATE_KEYS
 from .recycle import UnitRecycling, recycled_total
 
 MATRIX, ADAMW = "matrix", "adamw"
-LR_SCALES = ("original", "match_rms_adamw")
+LR_SCALES = ("original", "match_rms_adamw", "spectral")
 # Per-parameter state that is not the update rule's: the momentum and the recycling hook's counters.
 NOT_RULE_STATE = ("momentum_buffer", *RECYCLE_STATE_KEYS)
 
@@ -35,11 +35,14 @@ def lr_scale_factor(lr_scale: str, rows: int, cols: int) -> float:
 
     "original" (Keller Jordan, modded-nanoGPT, torch.optim.Muon's default): sqrt(max(1, rows/cols)).
     "match_rms_adamw" (Moonlight, torch.optim.Muon's other option): 0.2·sqrt(max(rows, cols)).
+    "spectral" (Dion, microsoft/dion): sqrt(rows/cols), below 1 for a wide matrix.
     """
     if lr_scale == "original":
         return math.sqrt(max(1.0, rows / cols))
     if lr_scale == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, cols))
+    if lr_scale == "spectral":
+        return math.sqrt(rows / cols)
     raise ValueError(f"lr_scale must be one of {LR_SCALES}, got {lr_scale!r}")
 
 
@@ -78,7 +81,7 @@ class MatrixOptimizer(Optimizer):
         weight_decay: decoupled: W ← W·(1 − ηλ) before the update.
         ns_method, ns_steps, ns_dtype: the polar iteration (optim/polar.py); ns_dtype "auto" is
             bf16 on CUDA and fp32 elsewhere (`optim.polar.ns_dtype`).
-        lr_scale: "original" or "match_rms_adamw" (see `lr_scale_factor`).
+        lr_scale: "original", "match_rms_adamw" or "spectral" (see `lr_scale_factor`).
         compile: torch.compile the update-direction function.
         debug: check every gradient and update for NaN/inf (synchronises; off by default).
         recycle_after, recycle_below: off (0) by default: re-initialise an MLP unit that has been

@@ -6,6 +6,7 @@
     python scripts/bench_optim.py --part steps --cases "aurora tall K=2" "aurora recycling" --repeats 5 --cpu-warm-up
     python scripts/bench_optim.py --part steps --shape tiny_x16 --cases "aurora tall K=2" "aurora recycling" --repeats 30 --cpu-warm-up
     python scripts/bench_optim.py --part steps --cases muon "aurora tall K=2" --ns-dtype bfloat16   # the polar in bf16
+    python scripts/bench_optim.py --part steps --shape tiny_x16 --cases muon "aurora tall K=2" dion --repeats 20 --cpu-warm-up
 
 Step time: one optimizer.step() over the optimization-track model's parameters (12 blocks of
 q, k, v, out 768×768, up 3072×768, down 768×3072, biases and gains; embedding and head
@@ -63,6 +64,9 @@ STEP_CASES = [
     ("aurora leverage K=3", "aurora", {"pp_leverage": "exact", "pp_iterations": 3}),  # conf/optim/aurora_leverage.yaml
     ("aurora rectangular K=2", "aurora", {"apply_to": "rectangular"}),
     ("riemannian_aurora tall", "riemannian_aurora", {}),
+    ("dion r=1/2", "dion", {}),  # conf/optim/dion.yaml: rank_fraction 0.5
+    ("dion r=1/4", "dion", {"rank_fraction": 0.25}),
+    ("dion full rank", "dion", {"rank_fraction": 1.0}),
 ]
 
 
@@ -146,7 +150,8 @@ def step_time_table(device, repeats, warm_up, cases=None, shape="gpt124m", ns_dt
     optimizers = {}
     for label, config, overrides in chosen:
         cfg = OmegaConf.create(compose_config([f"optim={config}"])["optim"])
-        for key, value in {**overrides, **({"ns_dtype": ns_dtype} if ns_dtype and config != "adamw" else {})}.items():
+        polar_dtype = {"ns_dtype": ns_dtype} if ns_dtype and "ns_dtype" in cfg.matrix else {}  # adamw, dion: no polar
+        for key, value in {**overrides, **polar_dtype}.items():
             cfg.matrix[key] = value
         optimizers[label] = build_optimizer(cfg, model)
     times = time_steps_side_by_side(optimizers, model, device, repeats, warm_up)
