@@ -30,8 +30,8 @@ that the loss curve is the same with any set of them (RESUMABLE_CHANGES lets `ob
 from __future__ import annotations
 
 import importlib
-from contextlib import contextmanager
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
