@@ -47,6 +47,8 @@ DESCRIPTIVE_KEYS = ("source", "search")
 ADAMW_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
 # What a plug-in that is not a matrix rule receives: every group, or the matrix group alone.
 TAKES = ("all", MATRIX)
+# A package that an optional extra of pyproject.toml installs -> that extra: the advice when it is missing.
+EXTRA_OF_PACKAGE = {"pytorch_optimizer": "optimizers"}
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # it becomes part of out_dir
 
 
@@ -76,9 +78,9 @@ def import_optimizer_class(path) -> type[Optimizer]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(
-            f"optim._target_={path}: cannot import {module_name} ({err}); put its folder on PYTHONPATH or pip install it"
-        ) from None
+        extra = EXTRA_OF_PACKAGE.get(err.name)
+        advice = f"pip install -e '.[{extra}]'" if extra else "put its folder on PYTHONPATH or pip install it"
+        raise ValueError(f"optim._target_={path}: cannot import {module_name} ({err}); {advice}") from None
     found = getattr(module, attribute, None)
     if found is None:
         raise ValueError(f"optim._target_={path}: module {module_name} has no {attribute!r}")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,13 +120,20 @@ class Validation(Observer):
     """val_loss at the steps `validation_due` names: the mean loss over data.val_tokens of the
     validation split, averaged over ranks (every rank takes part)."""
 
-    def __init__(self, cfg: dict[str, Any], model: torch.nn.Module, val_files: list[Path], runtime: Runtime):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        model: torch.nn.Module,
+        val_files: list[Path],
+        runtime: Runtime,
+        optimizer: torch.optim.Optimizer | None = None,
+    ):
         self.tcfg, self.val_tokens = cfg["train"], cfg["data"]["val_tokens"]
-        self.model, self.val_files, self.runtime = model, val_files, runtime
+        self.model, self.val_files, self.runtime, self.optimizer = model, val_files, runtime, optimizer
 
     @classmethod
     def from_run(cls, cfg: dict[str, Any], run: Run) -> Validation:
-        return cls(cfg, run.model, run.val_files, run.runtime)
+        return cls(cfg, run.model, run.val_files, run.runtime, run.optimizer)
 
     def wants(self, step: int) -> bool:
         return validation_due(step, self.tcfg)
@@ -135,7 +143,23 @@ class Validation(Observer):
         batches = validation_batches(
             self.val_files, tcfg["micro_batch"], tcfg["seq_len"], self.val_tokens, runtime.rank, runtime.world_size
         )
-        record[VAL_LOSS] = evaluate(self.model, batches, runtime.device, tcfg["precision"])
+        with evaluation_point(self.optimizer):
+            record[VAL_LOSS] = evaluate(self.model, batches, runtime.device, tcfg["precision"])
+
+
+@contextmanager
+def evaluation_point(optimizer: torch.optim.Optimizer | None) -> Iterator[None]:
+    """Inside, the parameters are at the point the optimizer evaluates: a Schedule-Free optimizer's
+    average x (its eval()), back at its gradient point y after (its train(), which rounds: y is
+    recomputed from x and z). An optimizer without both methods evaluates where it trains."""
+    switches = optimizer is not None and all(callable(getattr(optimizer, name, None)) for name in ("eval", "train"))
+    if switches:
+        optimizer.eval()
+    try:
+        yield
+    finally:
+        if switches:
+            optimizer.train()
 
 
 @torch.no_grad()
