@@ -31,8 +31,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from eval.scoring import check_vocabulary, positive_int, score_continuations
 from optim.distributed import barrier, world
 from train.checkpoint import CheckpointError, checkpoint_tokenizer, load_model, read_meta, resolve_checkpoint
-from train.schema import PRECISIONS
 from train.dist import init_runtime
+from train.schema import PRECISIONS
 from train.tokenizer import get_tokenizer
 
 MODEL_NAME = "aurora-bench"
@@ -157,7 +157,9 @@ AUTO_BATCH_CAP = 512  # the largest batch "auto" tries; lm-eval's --max_batch_si
 CPU_AUTO_BATCH = 32  # memory is not the limit on a CPU, and larger batches are no faster there
 
 
-def resolve_batch_size(batch_size: int | str, max_batch_size: int | None, model: torch.nn.Module, max_length: int) -> int:
+def resolve_batch_size(
+    batch_size: int | str, max_batch_size: int | None, model: torch.nn.Module, max_length: int
+) -> int:
     """A positive int, or "auto" / "auto:N" (lm-eval's spellings; N re-tunes in lm-eval's own
     models, here the batch is picked once) resolved by `auto_batch_size`."""
     if isinstance(batch_size, str) and batch_size.split(":")[0] == "auto":

@@ -212,9 +212,7 @@ def lm_eval_style(lm: AuroraLM, rows: Sequence[dict[str, Any]]) -> list[Outcome]
 
 def llmc_style(lm: AuroraLM, rows: Sequence[dict[str, Any]], progress: bool = False) -> list[Outcome]:
     """llm.c's convention: raw ctx, each ending tokenised on its own as ' ' + ending."""
-    requests = [
-        (lm.tok_encode(row["ctx"]), lm.tok_encode(" " + ending)) for row in rows for ending in row["endings"]
-    ]
+    requests = [(lm.tok_encode(row["ctx"]), lm.tok_encode(" " + ending)) for row in rows for ending in row["endings"]]
     scored = score_continuations(
         lm.model,
         requests,
@@ -282,14 +280,25 @@ def quick_score(
     was_training = model.training
     model.eval()
     try:
-        lm = AuroraLM(model=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, precision=precision)
+        lm = AuroraLM(
+            model=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, precision=precision
+        )
         lm_eval_scores = summarize(on_ranks(lm, examples, lm_eval_style))
         llmc_scores = summarize(on_ranks(lm, examples, llmc_style))
     finally:
         model.train(was_training)
-    return dict(zip(HELLASWAG_KEYS, (
-        lm_eval_scores["acc"], lm_eval_scores["acc_norm"], llmc_scores["acc"], llmc_scores["acc_norm"], len(examples)
-    )))
+    return dict(
+        zip(
+            HELLASWAG_KEYS,
+            (
+                lm_eval_scores["acc"],
+                lm_eval_scores["acc_norm"],
+                llmc_scores["acc"],
+                llmc_scores["acc_norm"],
+                len(examples),
+            ),
+        )
+    )
 
 
 class InTrainingHellaSwag(Observer):
@@ -333,10 +342,16 @@ class InTrainingHellaSwag(Observer):
 
     def after_step(self, step: int, record: dict[str, Any], updates: Any) -> None:
         tcfg = self.tcfg
-        record.update(quick_score(
-            self.model, self.examples, tokenizer=self.tokenizer, max_length=tcfg["seq_len"],
-            batch_size=tcfg["micro_batch"], precision=tcfg["precision"],
-        ))
+        record.update(
+            quick_score(
+                self.model,
+                self.examples,
+                tokenizer=self.tokenizer,
+                max_length=tcfg["seq_len"],
+                batch_size=tcfg["micro_batch"],
+                precision=tcfg["precision"],
+            )
+        )
 
 
 # --- the full evaluation through lm-eval -------------------------------------------
@@ -415,8 +430,12 @@ def evaluate_hellaswag(lm: AuroraLM, source: DataSource, limit: int | None = Non
         "step": lm.step,
         "n": results["n-samples"][task_name]["effective"],
         "limit": limit,
-        "rows": "all" if limit is None else (
-            f"lm-eval's first {limit} (source=hub)" if source.kind == "hub" else f"{limit} evenly spaced (row i*len/{limit})"
+        "rows": "all"
+        if limit is None
+        else (
+            f"lm-eval's first {limit} (source=hub)"
+            if source.kind == "hub"
+            else f"{limit} evenly spaced (row i*len/{limit})"
         ),
         "data_source": source.describe(),
         "scores": {
@@ -494,14 +513,16 @@ def log_to_wandb(result: dict[str, Any], wandb_cfg: dict[str, Any], run_dir: Pat
     run.define_metric("hellaswag/step")
     run.define_metric("hellaswag/*", step_metric="hellaswag/step")
     lm_eval_scores, llmc_scores = result["scores"]["lm_eval"], result["scores"]["llmc"]
-    run.log({
-        "hellaswag/step": result["step"] or 0,
-        "hellaswag/acc": lm_eval_scores["acc"],
-        "hellaswag/acc_norm": lm_eval_scores["acc_norm"],
-        "hellaswag/llmc_acc": llmc_scores["acc"],
-        "hellaswag/llmc_acc_norm": llmc_scores["acc_norm"],
-        "hellaswag/n": result["n"],
-    })
+    run.log(
+        {
+            "hellaswag/step": result["step"] or 0,
+            "hellaswag/acc": lm_eval_scores["acc"],
+            "hellaswag/acc_norm": lm_eval_scores["acc_norm"],
+            "hellaswag/llmc_acc": llmc_scores["acc"],
+            "hellaswag/llmc_acc_norm": llmc_scores["acc_norm"],
+            "hellaswag/n": result["n"],
+        }
+    )
     run.finish()
 
 
@@ -588,7 +609,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(lm_eval) and {cut['llmc']:,} (llmc) of {cut['requests_per_convention']:,} requests each"
         )
         for name, score in result["scores"].items():
-            print(f"{name:8s} acc {score['acc']:.4f}  acc_norm {score['acc_norm']:.4f}  (n={result['n']}, {result['rows']} rows)")
+            print(
+                f"{name:8s} acc {score['acc']:.4f}  acc_norm {score['acc_norm']:.4f}  "
+                f"(n={result['n']}, {result['rows']} rows)"
+            )
         print(f"wrote {path}")
     return 0
 

@@ -14,8 +14,9 @@ passed on as `pretrained=`, so results land in a folder named after the run eith
 import re
 import sys
 
-import eval.adapter  # noqa: F401  registers "aurora-bench"
 from lm_eval.__main__ import cli_evaluate
+
+import eval.adapter  # noqa: F401  registers "aurora-bench"
 
 
 def with_pretrained(argv: list[str]) -> list[str]:

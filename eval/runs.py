@@ -64,7 +64,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        """"seed N", or the directory's name when it holds no config to read the seed from."""
+        """ "seed N", or the directory's name when it holds no config to read the seed from."""
         return f"seed {self.config['seed']}" if "seed" in self.config else self.path.name
 
     @property
@@ -151,7 +151,9 @@ class Run:
         if last is None:
             return None
         return {
-            "llmc": last[HELLASWAG_LLMC_ACC_NORM], "lm_eval": last[HELLASWAG_LM_EVAL_ACC_NORM], "n": last[HELLASWAG_N]
+            "llmc": last[HELLASWAG_LLMC_ACC_NORM],
+            "lm_eval": last[HELLASWAG_LM_EVAL_ACC_NORM],
+            "n": last[HELLASWAG_N],
         }
 
 
@@ -247,10 +249,19 @@ def optimizer_rank(name: str) -> tuple[int, str]:
     return (OPTIMIZER_ORDER.index(name) if name in OPTIMIZER_ORDER else len(OPTIMIZER_ORDER), name)
 
 
-def setting_values(runs: Sequence[Run], flat: Sequence[dict[str, Any]], own_columns: Sequence[str] = ()) -> dict[str, dict[str, set[str]]]:
+def setting_values(
+    runs: Sequence[Run], flat: Sequence[dict[str, Any]], own_columns: Sequence[str] = ()
+) -> dict[str, dict[str, set[str]]]:
     """{key: {optimizer: the values its runs have for it ("-" where absent)}} for every config
     key besides NOT_SETTINGS, `own_columns` and optim.name; `flat`: the runs' flattened configs."""
-    keys = sorted({key for config in flat for key in config if not key.startswith(NOT_SETTINGS) and key not in (*own_columns, "optim.name")})
+    keys = sorted(
+        {
+            key
+            for config in flat
+            for key in config
+            if not key.startswith(NOT_SETTINGS) and key not in (*own_columns, "optim.name")
+        }
+    )
     values: dict[str, dict[str, set[str]]] = {key: {} for key in keys}
     for run, config in zip(runs, flat):
         for key in keys:

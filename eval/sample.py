@@ -73,17 +73,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("target", help="a run directory (its newest checkpoint) or a checkpoint directory")
     parser.add_argument("--prompt", default="", help="text to continue (default: the start of a document)")
-    parser.add_argument("--tokens", type=lambda v: positive_int("--tokens", v), default=200, help="tokens to generate (default: 200)")
+    parser.add_argument(
+        "--tokens", type=lambda v: positive_int("--tokens", v), default=200, help="tokens to generate (default: 200)"
+    )
     parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
-    parser.add_argument("--top-k", type=lambda v: positive_int("--top-k", v), default=50, help="sample among the k most likely (default: 50)")
-    parser.add_argument("--samples", type=lambda v: positive_int("--samples", v), default=1, help="how many samples, seeds seed, seed+1, ...")
+    parser.add_argument(
+        "--top-k",
+        type=lambda v: positive_int("--top-k", v),
+        default=50,
+        help="sample among the k most likely (default: 50)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=lambda v: positive_int("--samples", v),
+        default=1,
+        help="how many samples, seeds seed, seed+1, ...",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
     model, tokenizer, seq_len = load_for_sampling(args.target, args.device)
     for k in range(args.samples):
-        text = generate(model, tokenizer, args.prompt, args.tokens, seq_len, args.temperature, args.top_k, args.seed + k)
-        header = f"--- sample {k + 1} (seed {args.seed + k}, {tokenizer.name} tokens, temperature {args.temperature:g}) ---"
+        text = generate(
+            model, tokenizer, args.prompt, args.tokens, seq_len, args.temperature, args.top_k, args.seed + k
+        )
+        header = (
+            f"--- sample {k + 1} (seed {args.seed + k}, {tokenizer.name} tokens, temperature {args.temperature:g}) ---"
+        )
         print(f"{header}\n{args.prompt}{text}")
     return 0
 

@@ -90,7 +90,9 @@ def score_continuations(
     return [ContinuationScore(*scores[w], context_cut) for w, context_cut in zip(windows, cut)]
 
 
-def _score_batch(model: torch.nn.Module, batch: Sequence[Window], precision: str, tokenizer) -> list[tuple[float, int, bool]]:
+def _score_batch(
+    model: torch.nn.Module, batch: Sequence[Window], precision: str, tokenizer
+) -> list[tuple[float, int, bool]]:
     """(logprob, n_tokens, greedy) of each window."""
     device = next(model.parameters()).device
     width = max(len(tokens) for tokens, _ in batch) - 1

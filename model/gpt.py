@@ -9,8 +9,9 @@ up-projection of expansion E is tall (E*d x d): its rows are the hidden neurons.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ class GPTConfig:
         return int(round(self.mlp_expansion * self.d_model))
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "GPTConfig":
+    def from_mapping(cls, values: Mapping[str, Any]) -> GPTConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known - {"name"})
         if unknown:

@@ -1,7 +1,7 @@
 """Matrix optimizers (Muon, NorMuon, U-NorMuon, Aurora, Dion) and AdamW as one optimizer family.
 
-    build_optimizer(cfg.optim, model)   one optimizer object for a model (optim/build.py)
-    polar, aurora_polar, ...            the maths, as pure functions on [..., m, n] tensors
+build_optimizer(cfg.optim, model)   one optimizer object for a model (optim/build.py)
+polar, aurora_polar, ...            the maths, as pure functions on [..., m, n] tensors
 """
 
 from .algorithms import AdamW, Aurora, Muon, NorMuon, UNorMuon

@@ -19,9 +19,7 @@ def init_adamw_state(param: Tensor) -> dict:
     }
 
 
-def adamw_update(
-    grad: Tensor, state: dict, lr: float, betas: tuple[float, float], eps: float
-) -> tuple[Tensor, float]:
+def adamw_update(grad: Tensor, state: dict, lr: float, betas: tuple[float, float], eps: float) -> tuple[Tensor, float]:
     """Advance the moments in `state` by one gradient; return (direction, step size), the
     step being p ← p − step_size · direction."""
     beta1, beta2 = betas

@@ -199,8 +199,13 @@ class Aurora(MatrixOptimizer):
             )
             return U, state
         U, row_correction = aurora_polar_with_state(
-            X, state.get("row_correction"), group["pp_iterations"], group["pp_beta"], **polar_options,
-            row_floor=group["pp_row_floor"], leverage=group["pp_leverage"],
+            X,
+            state.get("row_correction"),
+            group["pp_iterations"],
+            group["pp_beta"],
+            **polar_options,
+            row_floor=group["pp_row_floor"],
+            leverage=group["pp_leverage"],
         )
         return U, ({"row_correction": row_correction} if "row_correction" in state else state)
 

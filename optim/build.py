@@ -74,7 +74,9 @@ def import_optimizer_class(path) -> type[Optimizer]:
     """The class at import path `path` (optim._target_), or ValueError naming what to fix."""
     module_name, _, attribute = str(path).rpartition(".")
     if not isinstance(path, str) or not module_name:
-        raise ValueError(f"optim._target_ must be an import path such as my_package.my_module.MyOptimizer, got {path!r}")
+        raise ValueError(
+            f"optim._target_ must be an import path such as my_package.my_module.MyOptimizer, got {path!r}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -117,7 +119,9 @@ def build_optimizer(cfg, model: nn.Module) -> Optimizer:
     object_options = {key: cfg[key] for key in OBJECT_OPTIONS if key in cfg}
     assigned = assign_groups(model)
     if not getattr(optimizer_class, "supports_fsdp2", True) and any(isinstance(p, DTensor) for p in model.parameters()):
-        raise ValueError(f"{target} does not support FSDP2 (its class sets supports_fsdp2 = False); use train.parallelism=ddp")
+        raise ValueError(
+            f"{target} does not support FSDP2 (its class sets supports_fsdp2 = False); use train.parallelism=ddp"
+        )
     if not issubclass(optimizer_class, MatrixOptimizer):
         return _build_foreign(optimizer_class, cfg, assigned, object_options)
     if "takes" in cfg:
@@ -150,7 +154,9 @@ def _check_plugin_name(name) -> None:
     if not (isinstance(name, str) and PLUGIN_NAME.match(name)):
         raise ValueError(f"optim.name must label a plug-in's runs: letters, digits, '_', '-' or '.', got {name!r}")
     if name in OPTIMIZERS:
-        raise ValueError(f"optim.name={name} is a built-in optimizer's name; give yours its own, so reports tell them apart")
+        raise ValueError(
+            f"optim.name={name} is a built-in optimizer's name; give yours its own, so reports tell them apart"
+        )
 
 
 def _build_foreign(optimizer_class: type[Optimizer], cfg: dict, assigned: dict, object_options: dict) -> Optimizer:

@@ -1,8 +1,8 @@
 """python -m optim.check OPTIMIZER [OPTIMIZER ...]: the conformance checks every optimizer passes.
 
 OPTIMIZER is an optim config's name (conf/optim/<name>.yaml, or in the folder --config-dir names)
-or an import path of an optimizer class (a plug-in: optim/build.py). Each check runs on a small real GPT on the CPU and prints one
-table row; the command exits 1 when any check fails, 2 on bad input.
+or an import path of an optimizer class (a plug-in: optim/build.py). Each check runs on a small real
+GPT on the CPU and prints one table row; the command exits 1 when any check fails, 2 on bad input.
 
     claims       every trainable parameter is in exactly one param group
     round trip   state_dict -> a fresh optimizer: the next steps are bitwise equal
@@ -68,7 +68,9 @@ def tiny_model(seed: int = 0) -> GPT:
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = torch.randint(0, CHECK_MODEL.vocab_size, (BATCH, SEQ_LEN + 1), generator=torch.Generator().manual_seed(step))
+    tokens = torch.randint(
+        0, CHECK_MODEL.vocab_size, (BATCH, SEQ_LEN + 1), generator=torch.Generator().manual_seed(step)
+    )
     return tokens[:, :-1], tokens[:, 1:]
 
 
@@ -106,7 +108,9 @@ def check_claims(cfg: dict) -> Outcome:
     twice = len(claimed) - len({id(p) for p in claimed})
     missing = len({id(p) for p in trainable} - {id(p) for p in claimed})
     detail = f"{len(trainable)} parameters in {len(optimizer.param_groups)} groups"
-    return Outcome(twice == 0 and missing == 0, detail if not (twice or missing) else f"{missing} unclaimed, {twice} twice")
+    return Outcome(
+        twice == 0 and missing == 0, detail if not (twice or missing) else f"{missing} unclaimed, {twice} twice"
+    )
 
 
 def check_round_trip(cfg: dict) -> Outcome:
@@ -147,7 +151,9 @@ def check_resume(cfg: dict) -> Outcome:
     first = next((step for step, (a, b) in enumerate(zip(curve, resumed_curve)) if a != b), None)
     if first is None:
         return Outcome(True, "loss curve bitwise equal")
-    return Outcome(False, f"step {first + 1}: loss {curve[first]:.6f} uninterrupted, {resumed_curve[first]:.6f} resumed")
+    return Outcome(
+        False, f"step {first + 1}: loss {curve[first]:.6f} uninterrupted, {resumed_curve[first]:.6f} resumed"
+    )
 
 
 def check_finite(cfg: dict) -> Outcome:
@@ -165,7 +171,9 @@ def check_finite(cfg: dict) -> Outcome:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     bad = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
-    return Outcome(not bad, "finite on zero gradients and on dead rows" if not bad else f"{bad[0]} not finite with dead rows")
+    return Outcome(
+        not bad, "finite on zero gradients and on dead rows" if not bad else f"{bad[0]} not finite with dead rows"
+    )
 
 
 def check_seed(cfg: dict) -> Outcome:
@@ -242,7 +250,7 @@ def _rank_worker(rank: int, cfgs: list[dict], directory: str) -> None:
         for mode, run_mesh in (("replicated", None), ("fsdp2", mesh)):
             try:
                 outcome[mode] = _ranks_run(cfg, run_mesh)
-            except Exception as err:  # noqa: BLE001 - the check reports any failure of a foreign optimizer
+            except Exception as err:  # the check reports any failure of a foreign optimizer
                 outcome[mode] = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         results.append(outcome)
     torch.save(results, f"{directory}/rank{rank}.pt")
@@ -268,9 +276,13 @@ def rank_outcome(single: dict, ranks: list, mode: str) -> Outcome:
     if failed is not None:
         if mode == "fsdp2" and failed.startswith("refused"):  # a ValueError when built on sharded parameters
             return Outcome(True, failed)
-        return Outcome(False, failed + ("" if mode != "fsdp2" else "; set supports_fsdp2 = False on the class to refuse it"))
+        return Outcome(
+            False, failed + ("" if mode != "fsdp2" else "; set supports_fsdp2 = False on the class to refuse it")
+        )
     worst = max((result[name] - single[name]).abs().max().item() for result in results for name in single)
-    return Outcome(worst <= RANK_TOLERANCE, f"largest difference from 1 process {worst:.1e} (at most {RANK_TOLERANCE:.0e})")
+    return Outcome(
+        worst <= RANK_TOLERANCE, f"largest difference from 1 process {worst:.1e} (at most {RANK_TOLERANCE:.0e})"
+    )
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -312,7 +324,7 @@ def run_checks(specs: list[str], config_dir: str | None = None) -> list[tuple[st
         for name, check in SINGLE_CHECKS:
             try:
                 rows.append((spec, name, check(cfg)))
-            except Exception as err:  # noqa: BLE001 - a foreign optimizer may fail any way; that is the finding
+            except Exception as err:  # a foreign optimizer may fail any way; that is the finding
                 rows.append((spec, name, Outcome(False, f"{type(err).__name__}: {str(err).splitlines()[0]}")))
         model = tiny_model()
         single = _single_process(cfg, model)

@@ -94,9 +94,7 @@ class Dion(MatrixOptimizer):
     ):
         for key in NOT_DION_OPTIONS:
             if key in kwargs:  # worded as Python's own, so that build_optimizer names the config key
-                raise TypeError(
-                    f"Dion() got an unexpected keyword argument '{key}' (optim/dion.py, NOT_DION_OPTIONS)"
-                )
+                raise TypeError(f"Dion() got an unexpected keyword argument '{key}' (optim/dion.py, NOT_DION_OPTIONS)")
         rule_options = {"mu": mu, "rank_fraction": rank_fraction, "power_iters": power_iters, "epsilon": epsilon}
         super().__init__(
             params,

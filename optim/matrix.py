@@ -307,6 +307,4 @@ class MatrixOptimizer(Optimizer):
     def _check_finite(what: str, tensors) -> None:
         for group, index, tensor in tensors:
             if not bool(torch.isfinite(whole(tensor)).all()):
-                raise RuntimeError(
-                    f"non-finite {what} for {_param_label(group, index)}; parameters left unchanged"
-                )
+                raise RuntimeError(f"non-finite {what} for {_param_label(group, index)}; parameters left unchanged")

@@ -40,7 +40,9 @@ class SplitOptimizer(Optimizer):
         for part in self.parts:
             own = part.state_dict()
             state.update({index + offset: value for index, value in own["state"].items()})
-            groups += [{**group, "params": [index + offset for index in group["params"]]} for group in own["param_groups"]]
+            groups += [
+                {**group, "params": [index + offset for index in group["params"]]} for group in own["param_groups"]
+            ]
             offset += sum(len(group["params"]) for group in part.param_groups)
         return {"state": state, "param_groups": groups}
 
@@ -54,9 +56,11 @@ class SplitOptimizer(Optimizer):
         for part in self.parts:
             own_groups = groups[first : first + len(part.param_groups)]
             keys = {key for group in own_groups for key in group["params"]}
-            part.load_state_dict({
-                "state": {key: value for key, value in state_dict["state"].items() if key in keys},
-                "param_groups": own_groups,
-            })
+            part.load_state_dict(
+                {
+                    "state": {key: value for key, value in state_dict["state"].items() if key in keys},
+                    "param_groups": own_groups,
+                }
+            )
             first += len(part.param_groups)
         self.state = ChainMap(*(part.state for part in self.parts))  # load_state_dict gave the parts new dicts

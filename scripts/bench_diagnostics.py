@@ -1,6 +1,6 @@
 """Cost of one neuron diagnostic against one training step (docs/neuron_death.md#cost).
 
-    python scripts/bench_diagnostics.py --steps 16 [hydra overrides]   # composes experiment=neuron_death
+python scripts/bench_diagnostics.py --steps 16 [hydra overrides]   # composes experiment=neuron_death
 """
 
 from __future__ import annotations
@@ -69,15 +69,19 @@ def benchmark_overhead(cfg: dict[str, Any], steps: int) -> dict[str, float]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Cost of one neuron diagnostic against one training step.")
-    parser.add_argument("--steps", type=int, default=12, help="timed steps (half with a diagnostic; the first is a warm-up)")
+    parser.add_argument(
+        "--steps", type=int, default=12, help="timed steps (half with a diagnostic; the first is a warm-up)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: experiment=neuron_death)")
     args = parser.parse_args(argv)
     cfg = compose_config(["experiment=neuron_death", *args.overrides])
     result = benchmark_overhead(cfg, args.steps)
     model = cfg["model"]
     print(
-        f"model {model['name']} (d_model {model['d_model']}, {model['n_layer']} layers, MLP x{model['mlp_expansion']}), "
-        f"optim {cfg['optim']['name']}, {cfg['train']['batch_tokens']} tokens/step, probe {cfg['diagnostics']['probe_tokens']} "
+        f"model {model['name']} (d_model {model['d_model']}, {model['n_layer']} layers, "
+        f"MLP x{model['mlp_expansion']}), "
+        f"optim {cfg['optim']['name']}, {cfg['train']['batch_tokens']} tokens/step, "
+        f"probe {cfg['diagnostics']['probe_tokens']} "
         f"tokens, torch {torch.__version__}, {torch.get_num_threads()} threads, medians over {args.steps} steps"
     )
     print(

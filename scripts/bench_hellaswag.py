@@ -10,6 +10,7 @@ spaced rows. A warm-up on 8 rows keeps imports and dataset caching out of the
 timing. Data: --data FILE, else the registry copy (prepared on first use).
 The GPU target is `--model gpt124m --examples 10042 --device cuda`: under 60 s.
 """
+
 import argparse
 import os
 import platform
@@ -53,7 +54,8 @@ def main() -> None:
     result = evaluate_hellaswag(lm, source, limit=args.examples)
     elapsed = time.perf_counter() - started
     print(
-        f"hellaswag: {result['n'] / elapsed:.1f} examples/s ({result['n']} examples, both scores, in {elapsed:.1f} s) | "
+        f"hellaswag: {result['n'] / elapsed:.1f} examples/s "
+        f"({result['n']} examples, both scores, in {elapsed:.1f} s) | "
         f"model {args.model} ({model.num_parameters():,} parameters, random weights) | batch {args.batch_size} | "
         f"{lm.device} {lm.precision} | torch {torch.__version__}, {torch.get_num_threads()} threads | "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"

@@ -5,6 +5,7 @@
 Prepares the built-in corpus first if needed ($AURORA_BENCH_DATA/shakespeare).
 Times next_batch() only: memory-mapped reads, the shuffled gather, int64 tensors.
 """
+
 import argparse
 import sys
 import time
@@ -12,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from train.corpus import ensure_builtin_corpus  # noqa: E402
-from train.data import TokenLoader  # noqa: E402
-from train.fetch import data_root  # noqa: E402
+from train.corpus import ensure_builtin_corpus
+from train.data import TokenLoader
+from train.fetch import data_root
 
 
 def main() -> None:
@@ -32,8 +33,10 @@ def main() -> None:
         loader.next_batch()
         batches += 1
     tokens = batches * args.micro_batch * args.seq_len
-    print(f"loader: {tokens / elapsed:,.0f} tokens/s  ({batches} batches of {args.micro_batch}x{args.seq_len} "
-          f"in {elapsed:.1f} s, {loader.epoch + 1} epoch(s) of {loader.n_windows} windows)")
+    print(
+        f"loader: {tokens / elapsed:,.0f} tokens/s  ({batches} batches of {args.micro_batch}x{args.seq_len} "
+        f"in {elapsed:.1f} s, {loader.epoch + 1} epoch(s) of {loader.n_windows} windows)"
+    )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
     python scripts/bench_optim.py --part quality   # only the quality table
     python scripts/bench_optim.py --repeats 5      # more timed steps per optimizer
     python scripts/bench_optim.py --part steps --cases "aurora tall K=2" "aurora recycling" --repeats 5 --cpu-warm-up
-    python scripts/bench_optim.py --part steps --shape tiny_x16 --cases "aurora tall K=2" "aurora recycling" --repeats 30 --cpu-warm-up
+    python scripts/bench_optim.py --part steps --shape tiny_x16 --cases "aurora tall K=2" "aurora recycling" \
+        --repeats 30 --cpu-warm-up
     python scripts/bench_optim.py --part steps --cases muon "aurora tall K=2" --ns-dtype bfloat16   # the polar in bf16
-    python scripts/bench_optim.py --part steps --shape tiny_x16 --cases muon "aurora tall K=2" dion --repeats 20 --cpu-warm-up
+    python scripts/bench_optim.py --part steps --shape tiny_x16 --cases muon "aurora tall K=2" dion \
+        --repeats 20 --cpu-warm-up
 
 Step time: one optimizer.step() over the optimization-track model's parameters (12 blocks of
 q, k, v, out 768×768, up 3072×768, down 768×3072, biases and gains; embedding and head
@@ -43,11 +45,11 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optim import build_optimizer  # noqa: E402
-from optim.aurora import aurora_polar, aurora_polar_with_state, riemannian_aurora_polar  # noqa: E402
-from optim.polar import NS_DTYPES, newton_schulz, ns_coefficients, polar  # noqa: E402
-from train.config import compose_config  # noqa: E402
-from train.rundir import describe_hardware, hardware  # noqa: E402
+from optim import build_optimizer
+from optim.aurora import aurora_polar, aurora_polar_with_state, riemannian_aurora_polar
+from optim.polar import NS_DTYPES, newton_schulz, ns_coefficients, polar
+from train.config import compose_config
+from train.rundir import describe_hardware, hardware
 
 SHAPES = {"gpt124m": {}, "tiny_x16": {"vocab": 320, "d": 128, "hidden": 2048, "layers": 4}}
 
@@ -195,8 +197,8 @@ def forms_table(G, device, repeats):
     print("|---|---|---|---|")
     for rows, cols in ((1024, 128), (2048, 128), (3072, 768)):
         stack = torch.randn(4, rows, cols, device=device)
-        direct = best_time(lambda: direct_polar(stack), device, max(repeats, 2))
-        gram = best_time(lambda: polar(stack, dtype=torch.float32), device, max(repeats, 2))
+        direct = best_time(lambda stack=stack: direct_polar(stack), device, max(repeats, 2))
+        gram = best_time(lambda stack=stack: polar(stack, dtype=torch.float32), device, max(repeats, 2))
         print(f"| 4 × {rows}×{cols} | {1000 * direct:.0f} | {1000 * gram:.0f} | {direct / gram:.2f} |", flush=True)
     exact = polar(G.double(), dtype=torch.float64)
     print(f"\nSpectral-norm distance from the float64 iteration, the {G.shape[0]}x{G.shape[1]} input above:\n")
@@ -233,7 +235,7 @@ def quality_table(device, repeats):
     print("|---|---|---|---|---|")
     for label, method in cases:
         U = method(G)  # also the warm-up
-        print_quality_row(label, G, U, best_time(lambda: method(G), device, repeats))
+        print_quality_row(label, G, U, best_time(lambda method=method: method(G), device, repeats))
     M, U = warm_started_aurora(G, row_scales)
     print_quality_row("aurora K=1 warm start, step 10 of a momentum run", M, U, None)
     print_quality_row("aurora K=1 cold, same momentum", M, aurora_polar(M, iterations=1), None)
@@ -320,14 +322,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("all", "steps", "quality", "leverage"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default: 1 on CPU, 10 on CUDA)")
-    parser.add_argument("--cpu-warm-up", action="store_true", help="an untimed step first on CPU too (CUDA always has one)")
-    parser.add_argument("--shape", choices=tuple(SHAPES), default="gpt124m", help="the parameter set the step-time part times")
-    parser.add_argument("--cases", nargs="+", help="only the step-time cases whose label starts with one of these (the first is the reference)")
+    parser.add_argument(
+        "--cpu-warm-up", action="store_true", help="an untimed step first on CPU too (CUDA always has one)"
+    )
+    parser.add_argument(
+        "--shape", choices=tuple(SHAPES), default="gpt124m", help="the parameter set the step-time part times"
+    )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        help="only the step-time cases whose label starts with one of these (the first is the reference)",
+    )
     parser.add_argument(
         "--ns-dtype", choices=NS_DTYPES, help="every matrix optimizer's polar dtype (default: the configs')"
     )
     parser.add_argument(
-        "--momenta", nargs="+", default=(), metavar="CHECKPOINT", help="leverage part: also these checkpoints' tall momenta"
+        "--momenta",
+        nargs="+",
+        default=(),
+        metavar="CHECKPOINT",
+        help="leverage part: also these checkpoints' tall momenta",
     )
     args = parser.parse_args(argv)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

@@ -43,8 +43,18 @@ def main() -> None:
         common = ["train.checkpoint_every=0", "train.val_every=0", *args.overrides]
         run([sys.executable, "-m", "train", *common, f"out_dir={single}", f"train.threads={args.nproc}"], args.nproc)
         run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-             "-m", "train", *common, f"out_dir={ranks}", "train.threads=1"],
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={args.nproc}",
+                "-m",
+                "train",
+                *common,
+                f"out_dir={ranks}",
+                "train.threads=1",
+            ],
             1,
         )
         one, many = median_rate(single), median_rate(ranks)

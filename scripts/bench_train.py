@@ -28,8 +28,14 @@ from train.tokenizer import get_tokenizer
 
 
 def time_steps(
-    model_name: str, data: str, optim_name: str, ns_dtype: str | None,
-    micro_batch: int, seq_len: int, steps: int, device: str,
+    model_name: str,
+    data: str,
+    optim_name: str,
+    ns_dtype: str | None,
+    micro_batch: int,
+    seq_len: int,
+    steps: int,
+    device: str,
 ) -> dict:
     overrides = [f"model={model_name}", f"data={data}", f"optim={optim_name}"]
     cfg = compose_config(overrides + ([f"optim.matrix.ns_dtype={ns_dtype}"] if ns_dtype else []))
@@ -39,7 +45,9 @@ def time_steps(
     n_vocab = get_tokenizer(cfg["data"]["tokenizer"]).n_vocab
     tokens = torch.randint(0, n_vocab, (micro_batch, seq_len + 1), device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     times = []
     for _ in range(steps + 1):  # the first step is warm-up
         if device == "cuda":
@@ -98,6 +106,7 @@ def main() -> None:
                 f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / first:.1f}x |",
                 flush=True,
             )
+
 
 if __name__ == "__main__":
     main()

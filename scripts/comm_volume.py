@@ -72,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.model}: {parameters:,} parameters; {matrices} matrices in the matrix group: "
         + ", ".join(f"{count} of {rows}x{cols}" for count, rows, cols in stacks)
     )
-    header = ["W", "optimizer all-gather (as built)", "unpadded ideal", "DDP gradient all-reduce", "busiest rank's polar work / mean"]
+    header = [
+        "W",
+        "optimizer all-gather (as built)",
+        "unpadded ideal",
+        "DDP gradient all-reduce",
+        "busiest rank's polar work / mean",
+    ]
     print("| " + " | ".join(header) + " |\n|" + "---:|" * len(header))
     for row in volume_rows(stacks, parameters, args.world_sizes):
         print("| " + " | ".join(row) + " |")

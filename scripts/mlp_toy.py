@@ -220,7 +220,14 @@ def plot(results: dict[tuple[str, int], list[dict]], depth: int, path: Path, tit
                 if points:
                     steps, values = zip(*points)
                     label = f"{name}{suffix}" if seed == min(s for _, s in results) else None
-                    ax.plot(steps, values, color=colors[name], linestyle=styles[layer % len(styles)], label=label, alpha=0.85)
+                    ax.plot(
+                        steps,
+                        values,
+                        color=colors[name],
+                        linestyle=styles[layer % len(styles)],
+                        label=label,
+                        alpha=0.85,
+                    )
         ax.set_title(panel_title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

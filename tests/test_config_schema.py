@@ -27,8 +27,11 @@ from train.schema import (
 
 def composed_configs() -> list[dict]:
     """The root config with every option of every group, and every recipe."""
-    return [compose_config([f"{group}={option}"]) for group in ("optim", "model", "data", "experiment")
-            for option in group_options(group)]
+    return [
+        compose_config([f"{group}={option}"])
+        for group in ("optim", "model", "data", "experiment")
+        for option in group_options(group)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,26 +54,82 @@ def test_every_key_of_the_schema_is_in_the_composed_config(composed_keys):
 # The hand-kept lists the schema replaced, as they were last (prefixes for str.startswith; "observers."
 # came with the observers).
 OLD_RESUMABLE_CHANGES = (
-    "out_dir", "train.log_every", "train.val_every", "train.val_every_late", "train.val_late_frac",
-    "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads", "train.compile",
-    "train.parallelism", "train.timeout_s", "train.max_skipped_steps", "data.dir", "data.verify_checksums",
-    "diagnostics.", "eval.", "wandb.", "observers.",
+    "out_dir",
+    "train.log_every",
+    "train.val_every",
+    "train.val_every_late",
+    "train.val_late_frac",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.device",
+    "train.threads",
+    "train.compile",
+    "train.parallelism",
+    "train.timeout_s",
+    "train.max_skipped_steps",
+    "data.dir",
+    "data.verify_checksums",
+    "diagnostics.",
+    "eval.",
+    "wandb.",
+    "observers.",
 )
 OLD_PROTOCOL_FREE = (
-    "seed", "out_dir", "optim.", "train.steps", "train.warmup_frac", "train.decay_frac", "train.micro_batch",
-    "train.device", "train.threads", "train.compile", "train.parallelism", "train.timeout_s", "train.log_every",
-    "train.checkpoint_every", "train.keep_checkpoints", "data.dir", "data.verify_checksums", "diagnostics.",
-    "eval.", "wandb.", "protocol.unofficial", "observers.",
+    "seed",
+    "out_dir",
+    "optim.",
+    "train.steps",
+    "train.warmup_frac",
+    "train.decay_frac",
+    "train.micro_batch",
+    "train.device",
+    "train.threads",
+    "train.compile",
+    "train.parallelism",
+    "train.timeout_s",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "data.dir",
+    "data.verify_checksums",
+    "diagnostics.",
+    "eval.",
+    "wandb.",
+    "protocol.unofficial",
+    "observers.",
 )
 OLD_NOT_SETTINGS = (
-    "out_dir", "seed", "wandb.", "eval.", "diagnostics.", "train.log_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.threads", "train.device", "train.compile", "train.timeout_s",
-    "data.verify_checksums", "data.dir", "optim.search", "optim.source", "protocol.", "recipe", "observers.",
+    "out_dir",
+    "seed",
+    "wandb.",
+    "eval.",
+    "diagnostics.",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.threads",
+    "train.device",
+    "train.compile",
+    "train.timeout_s",
+    "data.verify_checksums",
+    "data.dir",
+    "optim.search",
+    "optim.source",
+    "protocol.",
+    "recipe",
+    "observers.",
 )
 OLD_LEGACY_DEFAULTS = {
-    "data.tokenizer": "gpt2", "data.verify_checksums": True, "train.max_skipped_steps": 0, "diagnostics.trace_every": 0,
-    "train.val_every_late": 0, "train.val_late_frac": 0.1, "recipe": None, "protocol.name": None,
-    "protocol.target": None, "protocol.unofficial": False,
+    "data.tokenizer": "gpt2",
+    "data.verify_checksums": True,
+    "train.max_skipped_steps": 0,
+    "diagnostics.trace_every": 0,
+    "train.val_every_late": 0,
+    "train.val_late_frac": 0.1,
+    "recipe": None,
+    "protocol.name": None,
+    "protocol.target": None,
+    "protocol.unofficial": False,
 }
 # Reclassified deliberately, by role: optim.debug and optim.compile only change how the update is
 # executed (as train.compile), so a resumed run may change them; the validation cadence, the
@@ -78,14 +137,21 @@ OLD_LEGACY_DEFAULTS = {
 # runs as different settings in reports.
 NEWLY_RESUMABLE = {"optim.debug", "optim.compile"}
 NO_LONGER_SETTINGS = {
-    "optim.debug", "optim.compile", "train.parallelism", "train.val_every", "train.val_every_late",
-    "train.val_late_frac", "train.max_skipped_steps",
+    "optim.debug",
+    "optim.compile",
+    "train.parallelism",
+    "train.val_every",
+    "train.val_every_late",
+    "train.val_late_frac",
+    "train.max_skipped_steps",
 }
 
 
 def changed(keys: set[str], old: tuple[str, ...], new: tuple[str, ...]) -> dict[str, set[str]]:
-    return {"added": {k for k in keys if k.startswith(new) and not k.startswith(old)},
-            "removed": {k for k in keys if k.startswith(old) and not k.startswith(new)}}
+    return {
+        "added": {k for k in keys if k.startswith(new) and not k.startswith(old)},
+        "removed": {k for k in keys if k.startswith(old) and not k.startswith(new)},
+    }
 
 
 def test_derived_lists_are_the_old_hand_lists_but_for_the_keys_reclassified_deliberately(composed_keys):
@@ -112,8 +178,21 @@ def test_a_resumed_run_may_change_how_the_update_executes_but_not_its_numbers():
 
 def test_parallelism_and_validation_cadence_do_not_label_runs_as_different_settings():
     base = compose_config(["optim=muon"])
-    runs = [Run(path=None, config=base), Run(path=None, config=compose_config(
-        ["optim=muon", "train.parallelism=fsdp2", "train.val_every=10", "optim.debug=true", "optim.matrix.lr=0.03"]))]
+    runs = [
+        Run(path=None, config=base),
+        Run(
+            path=None,
+            config=compose_config(
+                [
+                    "optim=muon",
+                    "train.parallelism=fsdp2",
+                    "train.val_every=10",
+                    "optim.debug=true",
+                    "optim.matrix.lr=0.03",
+                ]
+            ),
+        ),
+    ]
     values = setting_values(runs, [flatten(run.config) for run in runs])
     assert [key for key, by_optimizer in values.items() if len(by_optimizer["muon"]) > 1] == ["optim.matrix.lr"]
 
@@ -135,8 +214,10 @@ def test_parallelism_and_validation_cadence_do_not_label_runs_as_different_setti
         ("eval.hellaswag_every=-2", "eval.hellaswag_every must be an integer >= 0 (0: never), got -2"),
         ("wandb.mode=x", "wandb.mode must be one of ('disabled', 'offline', 'online'), got 'x'"),
         ("protocol.unofficial=yes", "protocol.unofficial must be true or false, got 'yes'"),
-        ("diagnostics.every=5 diagnostics.probe_tokens=10",
-         "diagnostics.probe_tokens must be at least train.seq_len, got 10"),
+        (
+            "diagnostics.every=5 diagnostics.probe_tokens=10",
+            "diagnostics.probe_tokens must be at least train.seq_len, got 10",
+        ),
         ("train.decay_frac=0.8 train.warmup_frac=0.5", "train.warmup_frac + train.decay_frac must be at most 1"),
     ],
 )

@@ -1,4 +1,5 @@
 """Shards, loaders, corpus preparation and data configs, on small local data (offline)."""
+
 import errno
 import json
 import os
@@ -25,8 +26,9 @@ SHARD_SIZES = (1000, 1500, 700)
 @pytest.fixture
 def shards(tmp_path):
     """Three shards; shard k holds k*10000, k*10000+1, ... so a row shows where it came from."""
-    return [write_shard(tmp_path / f"t_train_{k + 1:06d}.bin", np.arange(n) + k * 10000)
-            for k, n in enumerate(SHARD_SIZES)]
+    return [
+        write_shard(tmp_path / f"t_train_{k + 1:06d}.bin", np.arange(n) + k * 10000) for k, n in enumerate(SHARD_SIZES)
+    ]
 
 
 def take(loader, n):
@@ -55,19 +57,22 @@ def test_shard_round_trip_is_llm_c_format(tmp_path):
 
 def set_header_int(path, index, value):
     raw = bytearray(path.read_bytes())
-    raw[4 * index:4 * index + 4] = np.int32(value).tobytes()
+    raw[4 * index : 4 * index + 4] = np.int32(value).tobytes()
     path.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("corrupt, expected", [
-    (lambda p: p.unlink(), "file not found"),
-    (lambda p: p.write_bytes(p.read_bytes()[:100]), "shorter than the 1024-byte header"),
-    (lambda p: set_header_int(p, 0, 12345), "bad magic number 12345"),
-    (lambda p: set_header_int(p, 1, 7), "unsupported version 7"),
-    (lambda p: p.write_bytes(p.read_bytes()[:-6]), "truncated"),
-    (lambda p: set_header_int(p, 2, 99), "token count mismatch, the header says 99 tokens"),
-    (lambda p: set_header_int(p, 2, 0) or p.write_bytes(p.read_bytes()[:HEADER_BYTES]), "holds no tokens"),
-])
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (lambda p: p.unlink(), "file not found"),
+        (lambda p: p.write_bytes(p.read_bytes()[:100]), "shorter than the 1024-byte header"),
+        (lambda p: set_header_int(p, 0, 12345), "bad magic number 12345"),
+        (lambda p: set_header_int(p, 1, 7), "unsupported version 7"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-6]), "truncated"),
+        (lambda p: set_header_int(p, 2, 99), "token count mismatch, the header says 99 tokens"),
+        (lambda p: set_header_int(p, 2, 0) or p.write_bytes(p.read_bytes()[:HEADER_BYTES]), "holds no tokens"),
+    ],
+)
 def test_bad_shard_is_one_clear_error(tmp_path, corrupt, expected):
     path = write_shard(tmp_path / "bad.bin", np.arange(100))
     corrupt(path)
@@ -137,7 +142,9 @@ def test_one_epoch_visits_every_window_once(shards):
 
 
 def test_same_seed_same_order_other_seed_other_order(shards):
-    run = lambda seed: first_tokens(take(TokenLoader(shards, 4, 15, seed=seed), 60))  # ~2 epochs
+    def run(seed):
+        return first_tokens(take(TokenLoader(shards, 4, 15, seed=seed), 60))  # ~2 epochs
+
     assert run(0) == run(0)
     assert run(0) != run(1)
 
@@ -180,8 +187,10 @@ def test_sequence_longer_than_the_data(shards):
 
 
 def test_validation_reads_the_stream_head_split_across_ranks(tmp_path):
-    val = [write_shard(tmp_path / "v_val_000000.bin", np.arange(50)),
-           write_shard(tmp_path / "v_val_000001.bin", np.arange(50, 300))]
+    val = [
+        write_shard(tmp_path / "v_val_000000.bin", np.arange(50)),
+        write_shard(tmp_path / "v_val_000001.bin", np.arange(50, 300)),
+    ]
     single = list(validation_batches(val, micro_batch=2, seq_len=8, tokens=70))  # rounded down to 64
     assert len(single) == 4
     stream = torch.cat([x.flatten() for x, _ in single])
@@ -291,7 +300,9 @@ def test_builtin_corpus_is_built_once_even_concurrently(tmp_path, small_builtin)
     assert corpus.ensure_builtin_corpus(data_dir) == data_dir
     assert len(small_builtin) == 1
     assert sorted(p.name for p in data_dir.iterdir()) == [
-        "manifest.json", "shakespeare_train_000001.bin", "shakespeare_val_000000.bin"
+        "manifest.json",
+        "shakespeare_train_000001.bin",
+        "shakespeare_val_000000.bin",
     ]
     assert read_shard_header(data_dir / "shakespeare_val_000000.bin") == corpus.DEFAULT_VAL_TOKENS["gpt2"]
     assert [p.name for p in data_dir.parent.iterdir() if p.name.endswith((".tmp", ".old"))] == []
@@ -330,7 +341,9 @@ def test_a_damaged_shard_is_caught_at_launch_by_its_checksum(tmp_path, small_bui
     raw = bytearray(val.read_bytes())
     raw[2000:2004] = b"\x01\x00\x01\x00"  # in-vocabulary ids: only the checksum sees it
     val.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=r"shakespeare_val_000000.bin is damaged.*rebuild: python -m train.prepare shakespeare"):
+    with pytest.raises(
+        DataError, match=r"shakespeare_val_000000.bin is damaged.*rebuild: python -m train.prepare shakespeare"
+    ):
         resolve_shards(cfg)
     assert resolve_shards({**cfg, "verify_checksums": False})  # the check can be switched off
 
@@ -347,8 +360,14 @@ def test_the_prepare_command_repairs_the_builtin_corpus(tmp_path, small_builtin,
     (out / "shakespeare_train_000001.bin").write_bytes(bytes(raw))
     assert exit_code(lambda: prepare.main(["shakespeare", "--out", str(out)])) == 0
     assert len(small_builtin) == 3 and resolve_shards(
-        {"name": "shakespeare", "tokenizer": "gpt2", "dir": str(out), "train_pattern": "shakespeare_train_*.bin",
-         "val_pattern": "shakespeare_val_*.bin", "verify_checksums": True}
+        {
+            "name": "shakespeare",
+            "tokenizer": "gpt2",
+            "dir": str(out),
+            "train_pattern": "shakespeare_train_*.bin",
+            "val_pattern": "shakespeare_val_*.bin",
+            "verify_checksums": True,
+        }
     )
 
 
@@ -373,8 +392,9 @@ def test_resolve_shards_prepares_the_builtin_corpus(tmp_path, small_builtin, mon
     assert resolve_shards(cfg) == (train, val) and len(small_builtin) == 1
 
 
-@pytest.mark.parametrize("name, command", [("local", "python -m train.prepare local"),
-                                           ("fineweb10b", "python -m train.prepare fineweb10b")])
+@pytest.mark.parametrize(
+    "name, command", [("local", "python -m train.prepare local"), ("fineweb10b", "python -m train.prepare fineweb10b")]
+)
 def test_resolve_shards_names_what_is_missing(tmp_path, monkeypatch, name, command):
     monkeypatch.setenv("AURORA_BENCH_DATA", str(tmp_path))
     cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")

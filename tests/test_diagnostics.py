@@ -13,8 +13,6 @@ from model import build_model
 from optim import build_optimizer
 from tests.conftest import compose_config, micro_overrides
 from tests.test_scripts import load_script
-from train.loop import train
-from train.metrics import read_metrics
 from train.diagnostics import (
     LEVERAGE_HIST_EDGES,
     NeuronDiagnostics,
@@ -26,6 +24,8 @@ from train.diagnostics import (
     stale_update_stats,
     update_leverage,
 )
+from train.loop import train
+from train.metrics import read_metrics
 
 MICRO_GPT = dict(vocab_size=512, n_layer=2, n_head=2, head_dim=16, d_model=32)  # MLP: 128 x 32
 
@@ -189,7 +189,9 @@ def stale_metrics_after_a_gradient_stops(optim_name: str) -> dict:
 
 def test_measure_logs_stale_updates_when_given_the_gradients_of_the_step():
     aurora, muon = (stale_metrics_after_a_gradient_stops(name) for name in ("aurora", "muon"))
-    assert aurora["diag/blocks.0.mlp.up/zero_grad_frac"] == 3 / 128 and aurora["diag/blocks.1.mlp.up/zero_grad_frac"] == 0
+    assert (
+        aurora["diag/blocks.0.mlp.up/zero_grad_frac"] == 3 / 128 and aurora["diag/blocks.1.mlp.up/zero_grad_frac"] == 0
+    )
     # Aurora's row scaling gives each stale row about an average row's share (1/128) of the update; Muon less
     assert aurora["diag/blocks.0.mlp.up/stale_update_frac"] > 0.5 * 3 / 128
     assert muon["diag/blocks.0.mlp.up/stale_update_frac"] < aurora["diag/blocks.0.mlp.up/stale_update_frac"]
@@ -204,7 +206,7 @@ def test_measure_returns_flat_json_ready_metrics_under_the_documented_names():
     optimizer = build_optimizer(compose_config("optim=muon")["optim"], model)
     diagnostics = NeuronDiagnostics.for_gpt(model, probe(), every=5, starvation_window=1, histogram_steps=[10])
     assert [step for step in range(1, 16) if diagnostics.wants(step)] == [5, 10, 15]
-    for step in (1, 2):  # the zero-initialised down projections pass no gradient to `up` on step 1
+    for _ in (1, 2):  # the zero-initialised down projections pass no gradient to `up` on step 1
         model(*probe().split(8, dim=1)).backward()
         optimizer.captured_updates = {}
         optimizer.step()
@@ -215,7 +217,14 @@ def test_measure_returns_flat_json_ready_metrics_under_the_documented_names():
         activations = ("act_dead_frac", "act_nearly_dead_frac", "act_mean_abs")
         assert {f"diag/{block}mlp.hidden/{key}" for key in activations} <= set(metrics)
         for matrix in ("mlp.up", "mlp.down", "attn.q", "attn.out"):
-            stats = ("leverage_cv", "leverage_rel_min", "leverage_rel_max", "leverage_low_frac", "starved_frac", "leverage_hist")
+            stats = (
+                "leverage_cv",
+                "leverage_rel_min",
+                "leverage_rel_max",
+                "leverage_low_frac",
+                "starved_frac",
+                "leverage_hist",
+            )
             assert {f"diag/{block}{matrix}/{key}" for key in stats} <= set(metrics)
     assert "diag/blocks.0.mlp.up/weight_row_norm_cv" in metrics
     assert "diag/mlp.up/leverage_hist" not in diagnostics.measure(5, optimizer.captured_updates)
@@ -264,7 +273,9 @@ def test_overhead_benchmark_times_a_step_and_a_diagnostic(micro_shards):
     cfg = compose_config("experiment=neuron_death", *micro_overrides(micro_shards), "diagnostics.probe_tokens=256")
     result = load_script("bench_diagnostics").benchmark_overhead(cfg, steps=3)
     assert result["train_step_s"] > 0 and result["diagnostic_s"] > 0
-    assert result["overhead_at_every"] == pytest.approx(result["diagnostic_per_step"] / 20)  # the experiment's every: 20
+    assert result["overhead_at_every"] == pytest.approx(
+        result["diagnostic_per_step"] / 20
+    )  # the experiment's every: 20
 
 
 def test_training_loop_gives_the_same_losses_with_diagnostics_on_and_off(micro_config):

@@ -28,7 +28,16 @@ RTOL = 5e-5
 
 
 def torchrun_command(*overrides: str, nproc: int = 2) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "train", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "train",
+        *overrides,
+    ]
 
 
 def torch_env() -> dict[str, str]:
@@ -36,7 +45,9 @@ def torch_env() -> dict[str, str]:
 
 
 def torchrun(*overrides: str) -> None:
-    done = subprocess.run(torchrun_command(*overrides), cwd=REPO, env=torch_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        torchrun_command(*overrides), cwd=REPO, env=torch_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 
@@ -71,11 +82,17 @@ def diagnostic_records(run_dir: Path) -> dict[int, dict]:
 
 
 @pytest.mark.parametrize("parallelism, optimizer", [("ddp", "aurora"), ("fsdp2", "muon")])
-def test_two_ranks_reproduce_the_single_process_loss_curve_and_neuron_diagnostics(micro_shards, tmp_path, parallelism, optimizer):
+def test_two_ranks_reproduce_the_single_process_loss_curve_and_neuron_diagnostics(
+    micro_shards, tmp_path, parallelism, optimizer
+):
     single = train(config(micro_shards, tmp_path / "single", f"optim={optimizer}", *DIAGNOSTICS))
     torchrun(
         *micro_overrides(
-            micro_shards, f"out_dir={tmp_path / 'ranks'}", f"optim={optimizer}", f"train.parallelism={parallelism}", *DIAGNOSTICS
+            micro_shards,
+            f"out_dir={tmp_path / 'ranks'}",
+            f"optim={optimizer}",
+            f"train.parallelism={parallelism}",
+            *DIAGNOSTICS,
         )
     )
     assert_same_curves(tmp_path / "ranks", single)
@@ -109,9 +126,16 @@ def environment(pid: str) -> dict[bytes, bytes]:
 
 
 def test_a_killed_rank_ends_the_job_with_an_error_naming_it(micro_shards, tmp_path):
-    overrides = micro_overrides(micro_shards, f"out_dir={tmp_path / 'run'}", "train.steps=100000", "train.checkpoint_every=0")
+    overrides = micro_overrides(
+        micro_shards, f"out_dir={tmp_path / 'run'}", "train.steps=100000", "train.checkpoint_every=0"
+    )
     job = subprocess.Popen(
-        torchrun_command(*overrides), cwd=REPO, env=torch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        torchrun_command(*overrides),
+        cwd=REPO,
+        env=torch_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120

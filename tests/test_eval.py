@@ -32,8 +32,8 @@ from eval.hellaswag import (
 )
 from eval.scoring import mean_and_stderr, predictions, score_continuations
 from model import GPT, GPTConfig
-from train.cli import exit_code
 from train.checkpoint import save_checkpoint
+from train.cli import exit_code
 from train.tokenizer import VOCAB_SIZE, get_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -345,9 +345,23 @@ def test_lm_eval_cli_runs_the_registered_model_on_the_local_task(random_run, lm,
     assert main(["task", f"out={tmp_path / 'tasks'}", f"data_path={SAMPLE}"]) == 0
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     command = [
-        sys.executable, "-m", "eval.lm_eval_cli", "--model", "aurora-bench", "--model_args", f"checkpoint={random_run}",
-        "--batch_size", "auto", "--tasks", "hellaswag_local", "--include_path", str(tmp_path / "tasks"), "--limit", "5",
-        "--output_path", str(tmp_path / "out"),
+        sys.executable,
+        "-m",
+        "eval.lm_eval_cli",
+        "--model",
+        "aurora-bench",
+        "--model_args",
+        f"checkpoint={random_run}",
+        "--batch_size",
+        "auto",
+        "--tasks",
+        "hellaswag_local",
+        "--include_path",
+        str(tmp_path / "tasks"),
+        "--limit",
+        "5",
+        "--output_path",
+        str(tmp_path / "out"),
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -356,7 +370,8 @@ def test_lm_eval_cli_runs_the_registered_model_on_the_local_task(random_run, lm,
     metrics = json.loads(results_file.read_text())["results"]["hellaswag_local"]
     expected = quick_score(lm.model, read_examples(SAMPLE)[:5], tokenizer="gpt2", max_length=lm.max_length)
     assert (metrics["acc,none"], metrics["acc_norm,none"]) == (
-        expected["hellaswag_lm_eval_acc"], expected["hellaswag_lm_eval_acc_norm"]
+        expected["hellaswag_lm_eval_acc"],
+        expected["hellaswag_lm_eval_acc_norm"],
     )
 
 
@@ -392,8 +407,19 @@ def test_two_gloo_ranks_give_the_one_rank_result(random_run, first_five_result, 
     run = copy_run(random_run, tmp_path / "run")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "eval.hellaswag", str(run), f"data_path={SAMPLE}", "limit=5", "batch_size=3", "device=cpu",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "eval.hellaswag",
+        str(run),
+        f"data_path={SAMPLE}",
+        "limit=5",
+        "batch_size=3",
+        "device=cpu",
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -535,8 +561,12 @@ def test_hub_source_offline_fails_within_seconds(random_run, capsys, monkeypatch
 
 @pytest.mark.parametrize(
     "option, message",
-    [("limit=0", "limit must be a positive integer"), ("colour=red", "unknown option 'colour=red'"),
-     ("wandb=loud", "wandb must be one of"), ("source=elsewhere", "source must be registry or hub")],
+    [
+        ("limit=0", "limit must be a positive integer"),
+        ("colour=red", "unknown option 'colour=red'"),
+        ("wandb=loud", "wandb must be one of"),
+        ("source=elsewhere", "source must be registry or hub"),
+    ],
 )
 def test_bad_options_are_named(random_run, capsys, option, message):
     code, err = run_cli(capsys, random_run, option)

@@ -28,12 +28,23 @@ def test_a_non_editable_install_trains_from_another_directory(micro_shards, tmp_
     elsewhere.mkdir()
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
-    where = subprocess.run([python, "-c", "import train.config as c; print(c.CONF_DIR)"], cwd=elsewhere, env=env,
-                           capture_output=True, text=True, check=True)
+    where = subprocess.run(
+        [python, "-c", "import train.config as c; print(c.CONF_DIR)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert Path(where.stdout.strip()).is_relative_to(venv)
 
     run = tmp_path / "run"
-    done = subprocess.run([python, "-m", "train", *micro_overrides(micro_shards, "train.steps=2", f"out_dir={run}")],
-                          cwd=elsewhere, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [python, "-m", "train", *micro_overrides(micro_shards, "train.steps=2", f"out_dir={run}")],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (run / "checkpoints" / "step_0000002").is_dir()

@@ -11,7 +11,10 @@ from train.fetch import hub_unreachable_reason
 def test_toy_trains_adam_muon_and_aurora_on_digits_and_reports_neuron_deaths(tmp_path, capsys):
     toy = load_script("mlp_toy")
     out = tmp_path / "toy"
-    assert toy.main(["--steps", "20", "--diag-every", "5", "--starvation-window", "2", "--width", "96", "--out", str(out)]) == 0
+    assert (
+        toy.main(["--steps", "20", "--diag-every", "5", "--starvation-window", "2", "--width", "96", "--out", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "digits 64→96→96→10" in printed and "20 steps of batch 128" in printed and "seeds [0]" in printed
     lines = [[cell.strip() for cell in line.split("|")[1:-1]] for line in printed.splitlines() if line.startswith("| ")]

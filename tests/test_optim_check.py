@@ -91,7 +91,10 @@ def test_the_command_prints_a_row_per_check_and_exits_1_on_a_failure(capsys):
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("no_such_module.Optimizer", "cannot import no_such_module"), ("no_such_config", "optim._target_ must be an import path")],
+    [
+        ("no_such_module.Optimizer", "cannot import no_such_module"),
+        ("no_such_config", "optim._target_ must be an import path"),
+    ],
 )
 def test_an_optimizer_that_cannot_be_built_is_one_error_line_and_exit_2(capsys, spec, message):
     assert main([spec]) == 2

@@ -137,12 +137,16 @@ def spawn_refusal():
 
 
 @pytest.mark.parametrize(
-    ("case", "mode"), RUNS, ids=[case[0] + ("+" + ",".join(case[1]) if case[1] else "") + "-" + mode for case, mode in RUNS]
+    ("case", "mode"),
+    RUNS,
+    ids=[case[0] + ("+" + ",".join(case[1]) if case[1] else "") + "-" + mode for case, mode in RUNS],
 )
 def test_two_rank_run_equals_one_process_run(two_rank_results, case, mode):
     expected = run(case)
     if case[1].get("recycle_after"):  # the silent units were recycled once, at step 2 of 3
-        assert [v.item() for k, v in expected["state"].items() if k.endswith("recycled_units")] == [SILENT_UNITS] * LAYERS
+        assert [v.item() for k, v in expected["state"].items() if k.endswith("recycled_units")] == [
+            SILENT_UNITS
+        ] * LAYERS
     for rank, results in enumerate(two_rank_results):
         got = results[(str(case), mode)]
         for kind in ("params", "state"):

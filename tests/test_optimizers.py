@@ -297,7 +297,10 @@ def test_lr_comes_from_the_param_group_so_lambdalr_schedules_it():
 
 def test_step_never_reads_tensor_values_on_the_host(monkeypatch):
     """No .item()/bool()/float() on a tensor inside step(): no host-device synchronisation."""
-    configs = {**{name: load_config(name) for name in NAMES}, "aurora_leverage": load_config("aurora", **EXACT_LEVERAGE)}
+    configs = {
+        **{name: load_config(name) for name in NAMES},
+        "aurora_leverage": load_config("aurora", **EXACT_LEVERAGE),
+    }
     models = {name: StandInGPT() for name in configs}
     optimizers = {name: build_optimizer(configs[name], models[name]) for name in configs}
 

@@ -101,7 +101,12 @@ def test_takes_matrix_gives_the_matrix_group_to_the_plugin_and_the_rest_to_adamw
         ("torch.optim.SGD", {"lr": 0.1}, {"name": "muon"}, r"optim.name=muon is a built-in optimizer's name"),
         ("torch.optim.SGD", {"lr": 0.1}, {"name": "my opt/1"}, r"optim.name must label a plug-in's runs"),
         ("torch.optim.SGD", {"lr": -1.0}, {}, r"torch.optim.SGD refused the options of optim.matrix/embed"),
-        ("torch.optim.SGD", {"lr": 0.1}, {"compile": True}, r"optim.compile and optim.debug apply to matrix optimizers"),
+        (
+            "torch.optim.SGD",
+            {"lr": 0.1},
+            {"compile": True},
+            r"optim.compile and optim.debug apply to matrix optimizers",
+        ),
     ],
 )
 def test_a_bad_plugin_config_is_one_error_naming_what_to_fix(target, matrix, top, match):
@@ -159,11 +164,15 @@ def test_a_searchpath_folder_adds_its_options_and_keys_to_the_checks(user_config
     searchpath = f"hydra.searchpath=[file://{user_config_dir}]"
     cfg = compose_config([searchpath, "optim=row_normalized", "optim.matrix.lr=0.03"])
     assert (cfg["optim"]["_target_"], cfg["optim"]["matrix"]["lr"], cfg["optim"]["embed"]["lr"]) == (
-        "my_rules.RowNormalized", 0.03, 0.7,  # the shared AdamW groups, as for a built-in
+        "my_rules.RowNormalized",
+        0.03,
+        0.7,  # the shared AdamW groups, as for a built-in
     )
     with pytest.raises(ConfigError, match=r"optim=row_normalized: no such option; optim options are adamw"):
         compose_config(["optim=row_normalized"])  # without the folder the option does not exist
-    with pytest.raises(ConfigError, match=rf"unknown config key 'optim.matrix.lrr' .*no file in conf/, {user_config_dir}"):
+    with pytest.raises(
+        ConfigError, match=rf"unknown config key 'optim.matrix.lrr' .*no file in conf/, {user_config_dir}"
+    ):
         compose_config([searchpath, "optim=row_normalized", "optim.matrix.lrr=0.1"])
     with pytest.raises(ConfigError, match=r"hydra.searchpath: 'file:///no/such/folder' is not a folder"):
         compose_config(["hydra.searchpath=[file:///no/such/folder]"])
@@ -174,7 +183,8 @@ def test_with_config_dir_adds_the_folder_to_the_searchpath():
 
     assert with_config_dir(["seed=1"], "/a") == ["seed=1", "hydra.searchpath=[file:///a]"]
     assert with_config_dir(["hydra.searchpath=[file:///b]", "seed=1"], "/a") == [
-        "seed=1", "hydra.searchpath=[file:///b,file:///a]",
+        "seed=1",
+        "hydra.searchpath=[file:///b,file:///a]",
     ]
 
 
@@ -187,7 +197,12 @@ def test_a_plugin_trains_from_the_command_line_with_no_edit_to_the_package(micro
 
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "train", "--config-dir", str(user_config_dir), "optim=row_normalized",
+        sys.executable,
+        "-m",
+        "train",
+        "--config-dir",
+        str(user_config_dir),
+        "optim=row_normalized",
         *micro_overrides(micro_shards, f"out_dir={out}", "train.steps=4"),
     ]
     env = {**os.environ, "PYTHONPATH": f"{user_config_dir.parent}:{REPO}"}  # the module as a user's would be

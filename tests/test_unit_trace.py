@@ -52,12 +52,14 @@ def test_tracing_is_refused_on_several_ranks():
 
 def test_a_unit_died_at_the_first_trace_from_which_it_stays_dead():
     alive, dead = 1.0, -1.0
-    pre_max = torch.tensor([
-        [alive, alive, alive, dead],  # unit 3 was dead from the start: it did not die
-        [alive, dead, alive, dead],  # unit 1 dies here for good
-        [dead, dead, alive, dead],  # unit 0 dies here for good
-        [dead, dead, dead, dead],  # unit 2 flickers: dead at the last trace only
-    ])[:, None, :]  # [steps, blocks = 1, units]
+    pre_max = torch.tensor(
+        [
+            [alive, alive, alive, dead],  # unit 3 was dead from the start: it did not die
+            [alive, dead, alive, dead],  # unit 1 dies here for good
+            [dead, dead, alive, dead],  # unit 0 dies here for good
+            [dead, dead, dead, dead],  # unit 2 flickers: dead at the last trace only
+        ]
+    )[:, None, :]  # [steps, blocks = 1, units]
     died, death_index = deaths({"pre_max": pre_max})
     assert died[0].tolist() == [True, True, True, False]
     assert death_index[0].tolist() == [2, 1, 3, -1]
@@ -78,7 +80,10 @@ def test_the_mechanism_splits_a_units_fall_into_its_own_weights_and_its_inputs_d
     trace["own"][:death, 0, 0], trace["drift"][:death, 0, 0] = -0.1, -0.3  # the approach: drift does 3/4
     trace["own"][death, 0, 0], trace["drift"][death, 0, 0] = -1.0, -2.0  # the interval in which it crosses zero
     trace["pre_max"][death:, 0, 0] = -1.0
-    torch.save({"steps": list(range(10, 10 * steps + 1, 10)), "blocks": ["blocks.0.mlp.up"], **trace}, tmp_path / "unit_trace.pt")
+    torch.save(
+        {"steps": list(range(10, 10 * steps + 1, 10)), "blocks": ["blocks.0.mlp.up"], **trace},
+        tmp_path / "unit_trace.pt",
+    )
 
     summary = analyse(tmp_path)["summary"]
     assert summary["died"] == 1 and summary["median_death_step"] == 10 * (death + 1)

@@ -23,9 +23,10 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -137,7 +138,9 @@ def set_aside(path: Path) -> Path:
 
 
 def _write_checksums(directory: Path) -> None:
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in sorted(directory.iterdir()) if p.is_file()}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in sorted(directory.iterdir()) if p.is_file()
+    }
     atomic_write(directory / CHECKSUMS, json.dumps({"files": files}, indent=1) + "\n")
 
 
@@ -182,7 +185,12 @@ def _free_space_problem(directory: Path) -> str | None:
 
 
 def save_checkpoint(
-    directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any], keep: int | None
+    directory: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    keep: int | None,
 ) -> Path:
     """Write a checkpoint from every rank, then keep only the `keep` newest (None keeps all).
 
@@ -226,7 +234,10 @@ def save_checkpoint(
             previous = [p.name for p in list_checkpoints(directory)]
             kept = f"; {previous[-1]} is intact" if previous else ""
             if _is_disk_full(err):
-                error = f"no space left on the device while writing checkpoint {path} (ENOSPC); removed the partial checkpoint{kept}; free space and run again to resume"
+                error = (
+                    f"no space left on the device while writing checkpoint {path} (ENOSPC); removed the partial "
+                    f"checkpoint{kept}; free space and run again to resume"
+                )
             else:
                 error = f"writing checkpoint {path} failed ({_first_line(err)}); removed the partial checkpoint{kept}"
         else:
@@ -277,7 +288,9 @@ def load_checkpoint(
         with _quiet_single_process():
             dcp.load(state, checkpoint_id=path)
     except (Exception, CheckpointException) as err:  # DCP's own types; their tracebacks name no file a user can act on
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded into this model and optimizer ({_first_line(err)})") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be loaded into this model and optimizer ({_first_line(err)})"
+        ) from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     return meta
 
@@ -309,7 +322,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint directory, or the newest checkpoint of a run directory."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{str(path)!r} does not exist; give a run directory or one of its checkpoints/step_XXXXXXX")
+        raise CheckpointError(
+            f"{str(path)!r} does not exist; give a run directory or one of its checkpoints/step_XXXXXXX"
+        )
     if (path / META).is_file():
         problem = checkpoint_problem(path)
         if problem is not None:
@@ -333,5 +348,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
             dcp.load(state, checkpoint_id=checkpoint)
         model.load_state_dict(state["model"])
     except (Exception, CheckpointException) as err:  # a model config this code cannot build, or DCP's own types
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not match this code's model ({_first_line(err)})") from None
+        raise CheckpointError(
+            f"checkpoint {str(checkpoint)!r} does not match this code's model ({_first_line(err)})"
+        ) from None
     return model.to(device).eval(), meta["config"]

@@ -15,7 +15,8 @@ import errno
 import logging
 import os
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from train.files import DISK_FULL
 
@@ -71,4 +72,3 @@ def leave_stopped() -> NoReturn:
     sys.stderr.flush()
     logging.shutdown()
     os._exit(STOPPED)
-

@@ -64,7 +64,9 @@ def _file_tree(path: Path, dirs: tuple[Path, ...]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for entry in tree.get("defaults", []):
         shared = SHARED_PART.match(entry) if isinstance(entry, str) else None
-        found = [d / f"{shared['path']}.yaml" for d in dirs if (d / f"{shared['path']}.yaml").is_file()] if shared else []
+        found = (
+            [d / f"{shared['path']}.yaml" for d in dirs if (d / f"{shared['path']}.yaml").is_file()] if shared else []
+        )
         if found:
             merged.update(_file_tree(found[0], dirs))
     return merged | {k: v for k, v in tree.items() if k not in ("defaults", "hydra")}
@@ -294,6 +296,7 @@ def check_protocol(cfg: Mapping[str, Any]) -> None:
     if changed and not protocol["unofficial"]:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
         raise ConfigError(
-            f"experiment={protocol['name']} fixes everything but the optimizer, its config, its lr schedule and the seed; "
+            f"experiment={protocol['name']} fixes everything but the optimizer, its config, its lr schedule "
+            "and the seed; "
             f"changed: {listed}; add protocol.unofficial=true to run it anyway (its record will say unofficial)"
         )

@@ -7,6 +7,7 @@ end mid-document), the rest `{prefix}_train_000001.bin`, ... of `shard_tokens` t
 (the last one shorter). manifest.json records the tokenizer and every shard's sha256. The
 command line is train/prepare.py.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -70,7 +71,7 @@ def _fixed_chunks(docs: Iterable[np.ndarray], first_size: int, size: int) -> Ite
     for doc in docs:
         while doc.size:
             take = min(buf.size - fill, doc.size)
-            buf[fill:fill + take] = doc[:take]
+            buf[fill : fill + take] = doc[:take]
             fill, doc = fill + take, doc[take:]
             if fill == buf.size:
                 yield buf
@@ -79,9 +80,15 @@ def _fixed_chunks(docs: Iterable[np.ndarray], first_size: int, size: int) -> Ite
         yield buf[:fill]
 
 
-def write_token_shards(docs: Iterable[np.ndarray], out_dir: Path, prefix: str, source: str,
-                       shard_tokens: int = DEFAULT_SHARD_TOKENS, val_tokens: int = DEFAULT_VAL_TOKENS["gpt2"],
-                       max_train_shards: int | None = None) -> list[Path]:
+def write_token_shards(
+    docs: Iterable[np.ndarray],
+    out_dir: Path,
+    prefix: str,
+    source: str,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    val_tokens: int = DEFAULT_VAL_TOKENS["gpt2"],
+    max_train_shards: int | None = None,
+) -> list[Path]:
     """Write the val shard, then train shards (at most max_train_shards) into out_dir."""
     if shard_tokens < 1 or val_tokens < 1:
         raise DataError(f"shard_tokens ({shard_tokens}) and val_tokens ({val_tokens}) must be positive")
@@ -101,16 +108,18 @@ def write_token_shards(docs: Iterable[np.ndarray], out_dir: Path, prefix: str, s
     return written
 
 
-def build_shard_dir(out_dir: str | os.PathLike, build: Callable[[Path], object], tokenizer: str, source: str,
-                    replace: bool = False) -> list[Path]:
+def build_shard_dir(
+    out_dir: str | os.PathLike, build: Callable[[Path], object], tokenizer: str, source: str, replace: bool = False
+) -> list[Path]:
     """Run build(staging_dir), write its manifest, and rename the result to out_dir, so out_dir
     appears complete or not at all. An existing non-empty out_dir is refused, unless `replace`
     (for the built-in corpus, which can always be rebuilt): then it is swapped out only once the
     new directory is complete."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not replace:
-        raise DataError(f"output directory {out_dir} already exists and is not empty; "
-                        "remove it or choose another output directory")
+        raise DataError(
+            f"output directory {out_dir} already exists and is not empty; remove it or choose another output directory"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.tmp")
     old = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.old")
@@ -196,8 +205,9 @@ def _builtin_problem(data_dir: Path, tokenizer: str, thorough: bool) -> str | No
 # --- (b) local text, jsonl or parquet ----------------------------------------
 
 
-def local_text_batches(files: Sequence[str | os.PathLike], text_field: str = "text",
-                       sample_by: str = "document", batch_size: int = 1000) -> Iterator[list[str]]:
+def local_text_batches(
+    files: Sequence[str | os.PathLike], text_field: str = "text", sample_by: str = "document", batch_size: int = 1000
+) -> Iterator[list[str]]:
     """Documents from local files through `datasets`, in batches.
 
     The format follows the extension (.txt/.text, .json/.jsonl, .parquet; all
@@ -225,10 +235,16 @@ def local_text_batches(files: Sequence[str | os.PathLike], text_field: str = "te
         yield from (batch[field] for batch in dataset.iter(batch_size=batch_size))
 
 
-def prepare_local(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike, prefix: str = "local",
-                  text_field: str = "text", sample_by: str = "document",
-                  shard_tokens: int = DEFAULT_SHARD_TOKENS, val_tokens: int | None = None,
-                  tokenizer: str = "gpt2") -> list[Path]:
+def prepare_local(
+    files: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    prefix: str = "local",
+    text_field: str = "text",
+    sample_by: str = "document",
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    val_tokens: int | None = None,
+    tokenizer: str = "gpt2",
+) -> list[Path]:
     """Shards of local files; val_tokens defaults to the tokenizer's DEFAULT_VAL_TOKENS."""
     get_tokenizer(tokenizer)  # an unknown name fails before any file is read
     docs = tokenize_documents(local_text_batches(files, text_field, sample_by), tokenizer)
@@ -242,8 +258,9 @@ def prepare_local(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike
 # --- (c) FineWeb10B ------------------------------------------------------------
 
 
-def prepare_fineweb10b(out_dir: str | os.PathLike, train_shards: int = FINEWEB_TRAIN_SHARDS,
-                       from_raw: bool = False) -> list[Path]:
+def prepare_fineweb10b(
+    out_dir: str | os.PathLike, train_shards: int = FINEWEB_TRAIN_SHARDS, from_raw: bool = False
+) -> list[Path]:
     """FineWeb10B shards: downloaded pre-tokenised (default) or tokenised from the raw text."""
     out_dir = Path(out_dir)
     require_hub(
@@ -258,8 +275,14 @@ def prepare_fineweb10b(out_dir: str | os.PathLike, train_shards: int = FINEWEB_T
         rows = load_dataset(name, name=config, split="train", streaming=True)
         docs = tokenize_documents(batch["text"] for batch in rows.iter(batch_size=1000))
         source = f"{name} {config}"
-        return build_shard_dir(out_dir, lambda tmp: write_token_shards(
-            docs, tmp, "fineweb", source, DEFAULT_SHARD_TOKENS, DEFAULT_SHARD_TOKENS, train_shards), "gpt2", source)
+        return build_shard_dir(
+            out_dir,
+            lambda tmp: write_token_shards(
+                docs, tmp, "fineweb", source, DEFAULT_SHARD_TOKENS, DEFAULT_SHARD_TOKENS, train_shards
+            ),
+            "gpt2",
+            source,
+        )
     from huggingface_hub import hf_hub_download
 
     # Downloaded file by file into out_dir: a rerun skips what is there and can add shards.

@@ -10,6 +10,7 @@ consumed per optimizer step do not depend on how they are split across ranks.
 An epoch ends when fewer than world_size * micro_batch windows remain (that
 remainder is skipped); the next epoch reshuffles everything.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,16 @@ def outside_vocabulary(path: Path, token_id: int, position: int, vocab_size: int
 class TokenLoader:
     """Seeded, rank-aware, resumable batches of (inputs, targets) from shards."""
 
-    def __init__(self, files: Sequence[str | os.PathLike], micro_batch: int, seq_len: int,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, vocab_size: int | None = None):
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike],
+        micro_batch: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        vocab_size: int | None = None,
+    ):
         if micro_batch < 1 or seq_len < 1:
             raise ValueError(f"micro_batch ({micro_batch}) and seq_len ({seq_len}) must be positive")
         if not 0 <= rank < world_size:
@@ -83,11 +92,11 @@ class TokenLoader:
         if self.position + global_batch > self.n_windows:
             self.epoch, self.position, self._order = self.epoch + 1, 0, None
         start = self.position + self.rank * self.micro_batch
-        windows = self._epoch_order()[start:start + self.micro_batch]
+        windows = self._epoch_order()[start : start + self.micro_batch]
         self.position += global_batch
         shard_ids = np.searchsorted(self.shard_starts, windows, side="right") - 1
         offsets = (windows - self.shard_starts[shard_ids]) * self.window
-        rows = np.stack([self.shards[s][o:o + self.window] for s, o in zip(shard_ids, offsets)])
+        rows = np.stack([self.shards[s][o : o + self.window] for s, o in zip(shard_ids, offsets)])
         if self.vocab_size is not None and rows.max() >= self.vocab_size:
             row = int(np.argmax(rows.max(axis=1)))
             raise outside_vocabulary(self.files[shard_ids[row]], int(rows[row].max()), offsets[row], self.vocab_size)
@@ -96,8 +105,13 @@ class TokenLoader:
 
     def state_dict(self) -> dict:
         """The global stream position (the same on every rank), JSON-serialisable."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "seq_len": self.seq_len, "n_windows": self.n_windows}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "n_windows": self.n_windows,
+        }
 
     def check_state(self, state: Mapping) -> None:
         """Refuse a saved position taken over another stream (seed, seq_len or shards)."""
@@ -117,8 +131,9 @@ class TokenLoader:
 # --- validation batches ------------------------------------------------------
 
 
-def validation_batches(files: Sequence[str | os.PathLike], micro_batch: int, seq_len: int, tokens: int,
-                       rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def validation_batches(
+    files: Sequence[str | os.PathLike], micro_batch: int, seq_len: int, tokens: int, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches covering the first `tokens` target tokens of the val shards, in order.
 
     The budget is rounded down to whole global batches (world_size * micro_batch
@@ -132,12 +147,18 @@ def validation_batches(files: Sequence[str | os.PathLike], micro_batch: int, seq
     stream = _stream_head(files, n_batches * world_size * per_rank + 1)
     for k in range(n_batches):
         start = (k * world_size + rank) * per_rank
-        span = torch.from_numpy(stream[start:start + per_rank + 1].astype(np.int64))
+        span = torch.from_numpy(stream[start : start + per_rank + 1].astype(np.int64))
         yield span[:-1].view(micro_batch, seq_len), span[1:].view(micro_batch, seq_len)
 
 
-def validation_batch_count(files: Sequence[str | os.PathLike], micro_batch: int, seq_len: int, tokens: int,
-                           world_size: int = 1, vocab_size: int | None = None) -> int:
+def validation_batch_count(
+    files: Sequence[str | os.PathLike],
+    micro_batch: int,
+    seq_len: int,
+    tokens: int,
+    world_size: int = 1,
+    vocab_size: int | None = None,
+) -> int:
     """How many global batches the validation budget gives; checks the val shards (headers, length,
     and with `vocab_size` every token id validation reads) so that a bad val shard stops a run
     before its first step, not at its first validation (where an id outside the vocabulary would
@@ -170,7 +191,7 @@ def _stream_parts(files: Sequence[str | os.PathLike], needed: int) -> Iterator[t
     for f in files:
         if have >= needed:
             break
-        part = load_shard(f)[:needed - have]
+        part = load_shard(f)[: needed - have]
         yield f, part
         have += len(part)
 

@@ -3,8 +3,9 @@
 Pure functions do the maths (tensors in, numbers out). Two small classes hold what must
 persist between diagnostics: `StarvationTracker` (each matrix's recent low-leverage rows) and
 `NeuronDiagnostics` (the probe batch, the cadence, the tracker), which turns one training step
-into flat metric names (train/metric_names.py). The updates come from the optimizer: set `optimizer.captured_updates = {}`
-before optimizer.step() and pass the filled dict to `measure` (optim/matrix.py).
+into flat metric names (train/metric_names.py). The updates come from the optimizer: set
+`optimizer.captured_updates = {}` before optimizer.step() and pass the filled dict to `measure`
+(optim/matrix.py).
 docs/neuron_death.md defines every quantity and metric name.
 
 Every matrix is read in its TALL orientation (a wide matrix is transposed), m ≥ n, so that the
@@ -230,7 +231,7 @@ class NeuronDiagnostics:
         self.starvation = StarvationTracker(starvation_window)
 
     @classmethod
-    def for_gpt(cls, model: nn.Module, probe_inputs: Tensor, every: int, **options) -> "NeuronDiagnostics":
+    def for_gpt(cls, model: nn.Module, probe_inputs: Tensor, every: int, **options) -> NeuronDiagnostics:
         """Diagnostics of a model/gpt.py GPT: every `blocks.{i}.mlp.hidden`, every matrix of the
         matrix group (optim/groups.py: the 2-D parameters under `blocks.`)."""
         hidden = [
@@ -243,7 +244,7 @@ class NeuronDiagnostics:
     @classmethod
     def from_config(
         cls, diag_cfg: Mapping[str, Any], model: nn.Module, val_files: Sequence[str | Path], seq_len: int
-    ) -> "NeuronDiagnostics | None":
+    ) -> NeuronDiagnostics | None:
         """From the `diagnostics` config section; None when diagnostics are off (every: 0)."""
         if not diag_cfg["every"]:
             return None
@@ -263,7 +264,11 @@ class NeuronDiagnostics:
     def gradient_rows(self) -> dict[str, Tensor]:
         """Each measured matrix's gradient row norms, read before the optimizer step (and before
         the gradients are zeroed): the `measure` of the same step compares the update with them."""
-        return {name: gradient_row_norms(whole(param.grad)) for name, param in self.weights.items() if param.grad is not None}
+        return {
+            name: gradient_row_norms(whole(param.grad))
+            for name, param in self.weights.items()
+            if param.grad is not None
+        }
 
     def measure(
         self, step: int, updates: Mapping[str, Tensor], gradient_rows: Mapping[str, Tensor] | None = None
@@ -356,7 +361,12 @@ class NeuronDiagnostics:
 
     @staticmethod
     def _add_leverage(
-        metrics: dict, name: str, relative: Tensor, starved: Tensor | None, grad_rows: Tensor | None, with_histogram: bool
+        metrics: dict,
+        name: str,
+        relative: Tensor,
+        starved: Tensor | None,
+        grad_rows: Tensor | None,
+        with_histogram: bool,
     ) -> None:
         metrics.update(_named(name, leverage_stats(relative)))
         if starved is not None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -64,7 +65,9 @@ def init_runtime(device: str, timeout_s: float = 300.0) -> Runtime:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend, timeout=timedelta(seconds=timeout_s), device_id=dev if dev.type == "cuda" else None
+        )
     return Runtime(rank, world_size, local_rank, dev)
 
 
@@ -82,7 +85,7 @@ class DeviceTimer:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def __enter__(self) -> "DeviceTimer":
+    def __enter__(self) -> DeviceTimer:
         if self.cuda:
             self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             self.start.record()
@@ -125,7 +128,9 @@ def parallelize(model: torch.nn.Module, runtime: Runtime, parallelism: str) -> t
     if parallelism == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+        return DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
     from torch.distributed.fsdp import fully_shard
 
     for block in model.blocks:

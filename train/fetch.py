@@ -47,8 +47,20 @@ def fetch_sdist(requirement: str, dest_dir: Path) -> Path:
     seconds rather than pip's default minutes of retries.
     """
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--timeout", "15", "--retries", "1", "--dest", str(dest_dir), requirement,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--timeout",
+        "15",
+        "--retries",
+        "1",
+        "--dest",
+        str(dest_dir),
+        requirement,
     ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     archives = sorted(dest_dir.glob("*.tar.gz"))

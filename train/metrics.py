@@ -73,7 +73,9 @@ class JsonlSink:
                 f"interrupted launch, in {DISCARDED}"
             )
         if torn is not None:
-            notes.append(f"repaired the torn last line of {self.path.name} (a crash mid-write); it is kept in {DISCARDED}")
+            notes.append(
+                f"repaired the torn last line of {self.path.name} (a crash mid-write); it is kept in {DISCARDED}"
+            )
         return notes
 
     def log(self, record: dict[str, Any]) -> None:
@@ -210,11 +212,11 @@ class Metrics:
         self.jsonl = jsonl
 
     @classmethod
-    def disabled(cls) -> "Metrics":
+    def disabled(cls) -> Metrics:
         return cls([], None)
 
     @classmethod
-    def for_run(cls, cfg: dict[str, Any], out_dir: Path, resume_step: int) -> "Metrics":
+    def for_run(cls, cfg: dict[str, Any], out_dir: Path, resume_step: int) -> Metrics:
         """The sinks of a launch that starts after `resume_step` (0: from the beginning)."""
         console = ConsoleSink(out_dir / "console.log", cfg["train"]["log_every"])
         jsonl = JsonlSink(out_dir / "metrics.jsonl", resume_step)

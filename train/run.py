@@ -46,7 +46,9 @@ class RunState:
         """The state a checkpoint holds; one written before RunState existed keeps its parts as
         top-level meta keys."""
         saved = meta.get("run_state") or {
-            "step": meta["step"], "elapsed_s": meta["elapsed_s"], "skipped_steps": meta.get("skipped_steps", 0)
+            "step": meta["step"],
+            "elapsed_s": meta["elapsed_s"],
+            "skipped_steps": meta.get("skipped_steps", 0),
         }
         return replace(cls(**saved), last_saved=checkpoint.name)
 
@@ -105,7 +107,15 @@ def build_run(cfg: dict[str, Any], make_optimizer: OptimizerBuilder = build_opti
     trained = parallelize(model, runtime, tcfg["parallelism"])
     optimizer = make_optimizer(cfg["optim"], model)
     run = Run(
-        cfg, runtime, model, trained, optimizer, build_scheduler(optimizer, tcfg), loader, val_files, accumulation,
+        cfg,
+        runtime,
+        model,
+        trained,
+        optimizer,
+        build_scheduler(optimizer, tcfg),
+        loader,
+        val_files,
+        accumulation,
         RunDir(cfg["out_dir"]),
     )
     observer_classes["recycled_units"] = RecycledUnits  # a hook of the optimizer's config, not an observer to name

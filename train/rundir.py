@@ -79,7 +79,11 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     flat_saved = flatten(saved)
     old, new = {**legacy_defaults(flat_saved), **flat_saved}, flatten(current)
     absent = "<absent>"
-    return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(old.keys() | new.keys()) if old.get(k, absent) != new.get(k, absent)}
+    return {
+        k: (old.get(k, absent), new.get(k, absent))
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k, absent) != new.get(k, absent)
+    }
 
 
 def refused_changes(changes: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
@@ -219,7 +223,9 @@ class RunDir:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             lock_file = open(self.path / LOCK, "a+")
         except OSError as err:
-            raise RunDirError(f"out_dir {str(self.path)!r} is not writable ({err.strerror}); choose another out_dir") from None
+            raise RunDirError(
+                f"out_dir {str(self.path)!r} is not writable ({err.strerror}); choose another out_dir"
+            ) from None
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -227,7 +233,8 @@ class RunDir:
             holder = lock_file.read().strip() or "another process"
             lock_file.close()
             raise RunDirError(
-                f"out_dir {str(self.path)!r} is in use by another launch ({holder}); wait for it to end, or use another out_dir"
+                f"out_dir {str(self.path)!r} is in use by another launch ({holder}); "
+                "wait for it to end, or use another out_dir"
             ) from None
         lock_file.seek(0)
         lock_file.truncate()
@@ -315,7 +322,9 @@ class RunDir:
             **({"torn_previous_record": torn} if torn is not None else {}),
             "git_commit": (git("rev-parse", "HEAD") or "").strip() or None,
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,  # code.diff is the first launch's
+            "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest()
+            if diff
+            else None,  # code.diff is the first launch's
             "python": sys.version,
             "torch": torch.__version__,
             "hardware": hardware(),

@@ -15,8 +15,9 @@ A key's role says what changing it does; every rule about config keys derives fr
 
 Sections are frozen dataclasses (like model.GPTConfig) whose fields carry a `Key` in their metadata:
 its role, the values it accepts (checked on construction, in one `error:`-style line naming the key),
-what a run made before the key existed had (its legacy default), and whether a protocol frees it. model.* change the numbers
-(GPTConfig checks them); optim.* change the numbers except OPTIMIZER_KEYS, and optim/ checks them.
+what a run made before the key existed had (its legacy default), and whether a protocol frees it.
+model.* change the numbers (GPTConfig checks them); optim.* change the numbers except
+OPTIMIZER_KEYS, and optim/ checks them.
 
 Derived here, for train/rundir.py, train/config.py and eval/runs.py, as prefixes for str.startswith
 (a whole section as "name." where all its keys share the answer):
@@ -253,8 +254,12 @@ class RootConfig:
     def from_dict(cls, cfg: Mapping[str, Any]) -> RootConfig:
         """The typed view of a composed config; ConfigError names an invalid, unknown or missing key."""
         _check_keys(cls, cfg, "config")
-        return cls(**{f.name: SECTIONS[f.name].from_mapping(cfg[f.name]) if f.name in SECTIONS else cfg[f.name]
-                      for f in fields(cls)})
+        return cls(
+            **{
+                f.name: SECTIONS[f.name].from_mapping(cfg[f.name]) if f.name in SECTIONS else cfg[f.name]
+                for f in fields(cls)
+            }
+        )
 
 
 SECTIONS: dict[str, type[Section]] = {

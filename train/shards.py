@@ -7,6 +7,7 @@ load there. A directory prepared here also holds manifest.json: its tokenizer an
 shard's token count and sha256, checked when training uses the shards. Shards and manifests
 are written atomically and durably (train/files.py `atomic_write`).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,11 +64,15 @@ def read_shard_header(path: str | os.PathLike) -> int:
         raise DataError(f"shard {path}: unsupported version {version} (expected {VERSION})")
     expected = HEADER_BYTES + TOKEN_DTYPE.itemsize * ntok
     if size < expected:
-        raise DataError(f"shard {path}: truncated, the header promises {ntok} tokens "
-                        f"({expected} bytes) but the file has {size} bytes")
+        raise DataError(
+            f"shard {path}: truncated, the header promises {ntok} tokens "
+            f"({expected} bytes) but the file has {size} bytes"
+        )
     if size > expected:
-        raise DataError(f"shard {path}: token count mismatch, the header says {ntok} tokens "
-                        f"({expected} bytes) but the file has {size} bytes")
+        raise DataError(
+            f"shard {path}: token count mismatch, the header says {ntok} tokens "
+            f"({expected} bytes) but the file has {size} bytes"
+        )
     if ntok == 0:
         raise DataError(f"shard {path}: holds no tokens")
     return ntok

@@ -50,7 +50,7 @@ class StopSignals:
         self.received_at = 0.0
         self.previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             self.previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self

@@ -14,6 +14,7 @@ identical encoding (same ranks, pattern and <|endoftext|>) from a ranks file tha
 we fetch once through the package registry and pin by sha256 (train/fetch.py): whisper's
 `gpt2.tiktoken`, byte-identical to tiktoken's r50k_base / gpt2 ranks.
 """
+
 from __future__ import annotations
 
 import base64
@@ -61,9 +62,7 @@ def _tiktoken_gpt2_is_cached() -> bool:
     if "TIKTOKEN_CACHE_DIR" in os.environ:
         tiktoken_cache = os.environ["TIKTOKEN_CACHE_DIR"]
     else:
-        tiktoken_cache = os.environ.get(
-            "DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache")
-        )
+        tiktoken_cache = os.environ.get("DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache"))
     if not tiktoken_cache:  # "" disables tiktoken's cache: it would always download
         return False
     keys = (hashlib.sha1(url.encode()).hexdigest() for url in _TIKTOKEN_GPT2_URLS)

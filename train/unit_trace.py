@@ -38,7 +38,17 @@ from torch import Tensor, nn
 from train.files import atomic_write
 
 QUANTITIES = (
-    "grad", "momentum", "update", "push", "push_decay", "push_top", "push_top_decay", "own", "drift", "pre_mean", "pre_max"
+    "grad",
+    "momentum",
+    "update",
+    "push",
+    "push_decay",
+    "push_top",
+    "push_top_decay",
+    "own",
+    "drift",
+    "pre_mean",
+    "pre_max",
 )
 TRACE_FILE = "unit_trace.pt"
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
@@ -48,7 +58,10 @@ class UnitTracer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, probe_inputs: Tensor, every: int):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"diagnostics.trace_every must be a positive integer, got {every!r}")
-        names = sorted((n for n, _ in model.named_modules() if re.fullmatch(r"blocks\.\d+\.mlp\.up", n)), key=lambda n: int(n.split(".")[1]))
+        names = sorted(
+            (n for n, _ in model.named_modules() if re.fullmatch(r"blocks\.\d+\.mlp\.up", n)),
+            key=lambda n: int(n.split(".")[1]),
+        )
         modules = dict(model.named_modules())
         self.model, self.optimizer, self.probe_inputs, self.every = model, optimizer, probe_inputs, every
         self.blocks = names
@@ -67,7 +80,10 @@ class UnitTracer:
     def before_step(self) -> None:
         """Read the weights and gradient rows the step starts from."""
         self._before = [up.weight.detach().float().clone() for up in self.ups]
-        self._grads = [up.weight.grad.float().norm(dim=1) if up.weight.grad is not None else torch.zeros(up.out_features) for up in self.ups]
+        self._grads = [
+            up.weight.grad.float().norm(dim=1) if up.weight.grad is not None else torch.zeros(up.out_features)
+            for up in self.ups
+        ]
 
     @torch.no_grad()
     def after_step(self, step: int, updates: Mapping[str, Tensor], decays: Mapping[str, float]) -> None:
@@ -86,7 +102,9 @@ class UnitTracer:
             momentum = next((state[k] for k in MOMENTUM_KEYS if k in state), None)
             decay = decays.get(f"{name}.weight", 0.0)
             rows["grad"].append(grad.cpu())
-            rows["momentum"].append(momentum.float().norm(dim=1).cpu() if momentum is not None else torch.zeros(up.out_features))
+            rows["momentum"].append(
+                momentum.float().norm(dim=1).cpu() if momentum is not None else torch.zeros(up.out_features)
+            )
             rows["update"].append((update_rows / update_rows.mean().clamp_min(1e-30)).cpu())
             rows["push"].append(((weight - before) @ x_bar).cpu())
             rows["push_decay"].append((-decay * (before @ x_bar)).cpu())
@@ -105,7 +123,9 @@ class UnitTracer:
         for name in QUANTITIES:
             self.records[name].append(torch.stack(rows[name]))
         self.steps.append(step)
-        self._previous = [(up.weight.detach().float().clone(), token, x) for up, token, x in zip(self.ups, top_tokens, tops)]
+        self._previous = [
+            (up.weight.detach().float().clone(), token, x) for up, token, x in zip(self.ups, top_tokens, tops)
+        ]
 
     def _probe(self) -> tuple[list[Tensor], ...]:
         """Per block: the mean MLP input, the input at each unit's largest pre-activation
@@ -162,7 +182,9 @@ class UnitTracer:
         self.steps = [saved["steps"][i] for i in keep]
         # a quantity an older trace lacks is NaN at its steps
         self.records = {
-            name: [saved[name][i] if name in saved else torch.full_like(saved["pre_max"][i], float("nan")) for i in keep]
+            name: [
+                saved[name][i] if name in saved else torch.full_like(saved["pre_max"][i], float("nan")) for i in keep
+            ]
             for name in QUANTITIES
         }
 
