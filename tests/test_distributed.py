@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,22 +21,14 @@ from tests.conftest import compose_config, micro_overrides
 from train.checkpoint import list_checkpoints
 from train.loop import train
 from train.metrics import read_metrics
+from train.sweep import train_argv
 
 REPO = Path(__file__).resolve().parent.parent
 RTOL = 5e-5
 
 
 def torchrun_command(*overrides: str, nproc: int = 2) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "train",
-        *overrides,
-    ]
+    return train_argv(overrides, nproc)
 
 
 def torch_env() -> dict[str, str]:

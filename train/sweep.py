@@ -166,18 +166,13 @@ def with_threads(overrides: Sequence[str], jobs: int) -> list[str]:
 
 
 def train_command(point: Point, nproc: int) -> list[str]:
-    if nproc > 1:
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "train",
-            *point.overrides,
-        ]
-    return [sys.executable, "-m", "train", *point.overrides]
+    return train_argv(point.overrides, nproc)
+
+
+def train_argv(overrides: Sequence[str], nproc: int = 1) -> list[str]:
+    """`python -m train OVERRIDES`, under torchrun on one machine when nproc > 1."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+    return [*(torchrun if nproc > 1 else [sys.executable, "-m"]), "train", *overrides]
 
 
 def _error_line(log: Path) -> str:
