@@ -184,6 +184,18 @@ def _free_space_problem(directory: Path) -> str | None:
     )
 
 
+def _write_failure(err: BaseException, path: Path) -> str:
+    """The one line for a checkpoint whose write failed (its partial directory already removed)."""
+    previous = [p.name for p in list_checkpoints(path.parent)]
+    kept = f"; {previous[-1]} is intact" if previous else ""
+    if _is_disk_full(err):
+        return (
+            f"no space left on the device while writing checkpoint {path} (ENOSPC); removed the partial "
+            f"checkpoint{kept}; free space and run again to resume"
+        )
+    return f"writing checkpoint {path} failed ({_first_line(err)}); removed the partial checkpoint{kept}"
+
+
 def save_checkpoint(
     directory: Path,
     step: int,
@@ -231,15 +243,7 @@ def save_checkpoint(
             fsync_dir(directory)
         except (Exception, CheckpointException) as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            previous = [p.name for p in list_checkpoints(directory)]
-            kept = f"; {previous[-1]} is intact" if previous else ""
-            if _is_disk_full(err):
-                error = (
-                    f"no space left on the device while writing checkpoint {path} (ENOSPC); removed the partial "
-                    f"checkpoint{kept}; free space and run again to resume"
-                )
-            else:
-                error = f"writing checkpoint {path} failed ({_first_line(err)}); removed the partial checkpoint{kept}"
+            error = _write_failure(err, path)
         else:
             if keep is not None:
                 for old in list_checkpoints(directory)[:-keep]:
