@@ -92,8 +92,12 @@ def config_dirs(overrides: Sequence[str]) -> tuple[Path, ...]:
     as an optimizer brought from outside: docs/optimizers.md); ConfigError for one that is not a folder."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    searched = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if o.key_or_group == SEARCHPATH]
-    entries = [str(entry) for o in searched for entry in (o.value() or [])]
+    return _config_dirs(OverridesParser.create().parse_overrides(list(overrides)))
+
+
+def _config_dirs(parsed: Sequence[Any]) -> tuple[Path, ...]:
+    """config_dirs of overrides Hydra's parser has parsed."""
+    entries = [str(entry) for o in parsed if o.key_or_group == SEARCHPATH for entry in (o.value() or [])]
     dirs = [Path(entry.removeprefix("file://")) for entry in entries]
     for entry, folder in zip(entries, dirs, strict=True):
         if entry.startswith("pkg://") or not folder.is_dir():
@@ -122,7 +126,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as err:
         raise ConfigError(_one_line(str(err))) from None
-    dirs = config_dirs(overrides)
+    dirs = _config_dirs(parsed)  # parsed once, above
     for override in parsed:
         key = override.key_or_group
         if key.startswith("hydra.") or key == "hydra" or override.is_delete():
