@@ -1,9 +1,11 @@
-"""The field's optimizers (optim/field.py, the `optimizers` extra): one update step of each
-against its paper's formula, written out here; the validation at Schedule-Free's evaluation point;
-the one-line error when the extra is missing; and the main job accepting them.
+"""The field's optimizers (optim/field.py, the `optimizers` extra, and optim/adam_mini.py): update steps
+of each against its paper's formula or a transcription of its authors' reference code, written out
+here; the validation at Schedule-Free's evaluation point; the one-line error when the extra is
+missing; and the main job accepting them.
 (Every conf/optim file also passes python -m optim.check: tests/test_optim_check.py.)"""
 
 import math
+import re
 import sys
 
 import pytest
@@ -11,7 +13,9 @@ import torch
 
 pytest.importorskip("pytorch_optimizer", reason="the optimizers extra: pip install -e '.[optimizers]'")
 
+from model import GPT, GPTConfig
 from optim import build_optimizer
+from optim.adam_mini import AdamMini
 from optim.field import MARS, AdEMAMix, Lion, ScheduleFreeAdamW
 from tests.conftest import micro_overrides
 from tests.test_scripts import load_script
@@ -173,3 +177,111 @@ def test_the_main_job_trains_and_reports_the_field_optimizers(micro_shards, tmp_
     assert compare.main([*argv, *overrides]) == 0
     rows = (tmp_path / "report.md").read_text().splitlines()
     assert all(any(row.startswith(f"| {name}") for row in rows) for name in names)
+
+
+# --- Adam-mini against its authors' code -------------------------------------------------------------
+
+# Every kind of parameter: biases, a gated MLP, Q/K of 2 heads; d_model = n_head x head_dim, as the
+# authors' head size (dim² / n_heads elements) assumes.
+ADAM_MINI_MODEL = GPTConfig(
+    vocab_size=32, n_layer=2, n_head=2, head_dim=8, d_model=16, mlp_expansion=2.0, activation="swiglu", bias=True
+)
+# Our parameter names -> the torchtitan Llama names the authors' code recognises (their examples/llama).
+LLAMA_NAMES = (
+    (r"^embed\.", "tok_embeddings."),
+    (r"^embed_norm\.", "input_norm."),
+    (r"^final_norm\.", "norm."),
+    (r"^lm_head\.", "output."),
+    (r"^blocks\.(\d+)\.attn_norm\.", r"layers.\1.attention_norm."),
+    (r"^blocks\.(\d+)\.mlp_norm\.", r"layers.\1.ffn_norm."),
+    (r"^blocks\.(\d+)\.attn\.(q|k|v)\.", r"layers.\1.attention.w\2."),
+    (r"^blocks\.(\d+)\.attn\.out\.", r"layers.\1.attention.wo."),
+    (r"^blocks\.(\d+)\.mlp\.gate\.", r"layers.\1.feed_forward.w1."),
+    (r"^blocks\.(\d+)\.mlp\.up\.", r"layers.\1.feed_forward.w3."),
+    (r"^blocks\.(\d+)\.mlp\.down\.", r"layers.\1.feed_forward.w2."),
+)
+
+
+def llama_name(name: str) -> str:
+    for pattern, replacement in LLAMA_NAMES:
+        if re.search(pattern, name):
+            return re.sub(pattern, replacement, name)
+    raise AssertionError(f"no Llama name for {name}")
+
+
+def reference_adam_mini(params, grads, lr, betas, eps, weight_decay, dim, n_heads, single_value):
+    """The authors' Adam_mini.step on one process (github.com/zyushun/Adam-mini, adam_mini/adam_mini.py,
+    version 1.1.1, commit 57b7d1e1305e7c001b560b42555af924248f569d), restated: its substring tests on the
+    Llama names choose each parameter's branch; single_value is the README's `wv_names = {}`.
+    params: {our name: tensor}, changed in place; grads: one {our name: gradient} per step."""
+    beta1, beta2 = betas
+    value_names = set() if single_value else {"v_proj", "wv", "value"}
+    per_row_names = {"embed", "embd", "wte", "lm_head", "output", "final_layer", "o_proj", "wo", "attn.proj"}
+    per_row_names |= {"feed_forward", "linear", "mlp"} | value_names
+    head_numel = dim * dim // n_heads
+    m = {name: torch.zeros_like(p) for name, p in params.items()}
+    v = dict.fromkeys(params, 0.0)
+    for step, step_grads in enumerate(grads, start=1):
+        for ours, p in params.items():
+            name, g = llama_name(ours).lower(), step_grads[ours]
+            decay = 0.0 if any(word in name for word in ("norm", "ln", "bias")) else weight_decay
+            per_head = any(word in name for word in ("k_proj", "q_proj", "wq", "wk", "query", "key"))
+            if "bias" in name:  # Adam
+                mean_square = g * g
+            elif per_head:
+                mean_square = (g * g).view(-1, head_numel).mean(dim=1, keepdim=True)
+            elif any(word in name for word in per_row_names):  # one per row: token or output neuron
+                mean_square = (g * g).mean(dim=1, keepdim=True)
+            else:  # one for the tensor
+                mean_square = (g * g).sum() / g.numel()
+            v[ours] = beta2 * v[ours] + (1 - beta2) * mean_square
+            p.mul_(1 - lr * decay)
+            m[ours].lerp_(g, 1 - beta1)
+            h = v[ours].sqrt() / math.sqrt(1 - beta2**step) + eps
+            update = (m[ours].view(-1, head_numel) / h).view_as(p) if per_head and "bias" not in name else m[ours] / h
+            p.sub_(lr / (1 - beta1**step) * update)
+    return params
+
+
+def scaled_gradients(model, steps):
+    """Per step, a gradient for each parameter whose rows differ in scale, so that the partition matters."""
+    generator = torch.Generator().manual_seed(2)
+    return [
+        {
+            name: torch.randn(p.shape, generator=generator)
+            * torch.randn(p.shape[0], generator=generator).exp().view(-1, *[1] * (p.ndim - 1))
+            for name, p in model.named_parameters()
+        }
+        for _ in range(steps)
+    ]
+
+
+@pytest.mark.parametrize("value_blocks", ["row", "matrix"])
+def test_adam_mini_is_its_authors_code_on_our_names(value_blocks):
+    lr, betas, eps, weight_decay = 0.01, (0.9, 0.95), 1e-8, 0.1
+    torch.manual_seed(0)
+    model = GPT(ADAM_MINI_MODEL)
+    named = dict(model.named_parameters())
+    reference = {name: p.detach().clone() for name, p in named.items()}
+    undecayed = [name for name, p in named.items() if p.ndim < 2]  # norms and biases (the scalar group)
+    groups = [
+        {"params": [named[n] for n in names], "param_names": names, "weight_decay": decay}
+        for names, decay in ((undecayed, 0.0), ([n for n in named if n not in undecayed], weight_decay))
+    ]
+    optimizer = AdamMini(groups, lr=lr, betas=betas, eps=eps, n_head=ADAM_MINI_MODEL.n_head, value_blocks=value_blocks)
+    grads = scaled_gradients(model, STEPS)
+    for step_grads in grads:
+        for name, p in named.items():
+            p.grad = step_grads[name].clone()
+        optimizer.step()
+    dim, n_heads = ADAM_MINI_MODEL.d_model, ADAM_MINI_MODEL.n_head
+    reference_adam_mini(reference, grads, lr, betas, eps, weight_decay, dim, n_heads, value_blocks == "matrix")
+    for name, p in named.items():
+        torch.testing.assert_close(p.detach(), reference[name], **FP32, msg=name)
+
+
+def test_adam_mini_refuses_a_parameter_it_has_no_block_rule_for():
+    model = torch.nn.Linear(4, 4)
+    group = {"params": [model.weight], "param_names": ["blocks.0.router.weight"]}
+    with pytest.raises(ValueError, match=r"no block rule for parameter 'blocks\.0\.router\.weight'"):
+        AdamMini([group], n_head=1)
