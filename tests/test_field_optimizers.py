@@ -16,7 +16,7 @@ pytest.importorskip("pytorch_optimizer", reason="the optimizers extra: pip insta
 from model import GPT, GPTConfig
 from optim import build_optimizer
 from optim.adam_mini import AdamMini
-from optim.field import MARS, AdEMAMix, Lion, ScheduleFreeAdamW
+from optim.field import MARS, SOAP, AdEMAMix, Lion, ScheduleFreeAdamW
 from tests.conftest import micro_overrides
 from tests.test_scripts import load_script
 from train import observers
@@ -177,6 +177,65 @@ def test_the_main_job_trains_and_reports_the_field_optimizers(micro_shards, tmp_
     assert compare.main([*argv, *overrides]) == 0
     rows = (tmp_path / "report.md").read_text().splitlines()
     assert all(any(row.startswith(f"| {name}") for row in rows) for name in names)
+
+
+# --- SOAP and PSGD-Kron against their authors' code ------------------------------------------------
+
+
+def reference_soap(theta, grads, lr, betas, eps, weight_decay, frequency):
+    """SOAP on one matrix as its authors' code runs it (github.com/nikhilvyas/SOAP, soap.py at commit
+    a1e553530fde97d0e6b307d7c82ac6d38b072340, which keeps the first moment in the eigenbasis), restated
+    for a 2-D parameter without merged dims, normalisation or a factor over max_precond_dim, shampoo
+    beta = beta2. The first gradient only starts the preconditioner: the parameter moves from the second.
+    Returns theta after the steps."""
+    beta1, beta2 = betas
+    rows, cols = theta.shape
+    left, right = torch.zeros(rows, rows), torch.zeros(cols, cols)
+    first, second = torch.zeros_like(theta), torch.zeros_like(theta)  # Adam's moments, in the eigenbasis
+
+    def project(x):  # into the eigenbasis
+        return q_left.T @ x @ q_right
+
+    def project_back(x):
+        return q_left @ x @ q_right.T
+
+    def eigenbasis(factor):  # eigenvectors by decreasing eigenvalue
+        return torch.linalg.eigh(factor + 1e-30 * torch.eye(factor.shape[0]))[1].flip(1)
+
+    q_left = q_right = None
+    step = 0
+    for g in grads:
+        if q_left is not None:
+            g_projected = project(g)
+            step += 1
+            first = beta1 * first + (1 - beta1) * g_projected
+            second = beta2 * second + (1 - beta2) * g_projected.square()
+            step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+            theta = theta - step_size * project_back(first / (second.sqrt() + eps))
+            theta = theta - lr * weight_decay * theta
+            first = project_back(first)
+        left = left.lerp(g @ g.T, 1 - beta2)
+        right = right.lerp(g.T @ g, 1 - beta2)
+        if q_left is None:
+            q_left, q_right = eigenbasis(left), eigenbasis(right)
+        elif step % frequency == 0:  # one power iteration and QR, the basis sorted by its estimated eigenvalues
+            bases = []
+            for dim, (factor, basis) in enumerate(((left, q_left), (right, q_right))):
+                order = torch.argsort(torch.diag(basis.T @ factor @ basis), descending=True)
+                second = second.index_select(dim, order)
+                bases.append(torch.linalg.qr(factor @ basis[:, order])[0])
+            q_left, q_right = bases
+        if step > 0:
+            first = project(first)
+    return theta
+
+
+def test_soap_is_its_authors_code_with_the_eigenbasis_refreshed_twice():
+    lr, betas, eps, weight_decay, frequency = 0.01, (0.95, 0.95), 1e-8, 0.01, 2
+    grads = gradients(6)  # 5 parameter steps; the basis refreshed by QR after steps 2 and 4
+    options = {"betas": betas, "eps": eps, "weight_decay": weight_decay, "precondition_frequency": frequency}
+    got = library_steps(SOAP, grads, lr=lr, **options)
+    torch.testing.assert_close(got, reference_soap(start(), grads, lr, betas, eps, weight_decay, frequency), **FP32)
 
 
 # --- Adam-mini against its authors' code -------------------------------------------------------------
