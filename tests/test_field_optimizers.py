@@ -16,7 +16,7 @@ pytest.importorskip("pytorch_optimizer", reason="the optimizers extra: pip insta
 from model import GPT, GPTConfig
 from optim import build_optimizer
 from optim.adam_mini import AdamMini
-from optim.field import MARS, SOAP, AdEMAMix, Lion, ScheduleFreeAdamW
+from optim.field import MARS, SOAP, AdEMAMix, Kron, Lion, ScheduleFreeAdamW
 from tests.conftest import micro_overrides
 from tests.test_scripts import load_script
 from train import observers
@@ -236,6 +236,62 @@ def test_soap_is_its_authors_code_with_the_eigenbasis_refreshed_twice():
     options = {"betas": betas, "eps": eps, "weight_decay": weight_decay, "precondition_frequency": frequency}
     got = library_steps(SOAP, grads, lr=lr, **options)
     torch.testing.assert_close(got, reference_soap(start(), grads, lr, betas, eps, weight_decay, frequency), **FP32)
+
+
+def lower_bound_of_spectral_norm(a):
+    """kron_torch's cheap lower bound of a symmetric matrix's spectral norm: the matrix scaled by its
+    largest entry, applied twice to its column of largest norm."""
+    largest = a.abs().max()
+    a = a / largest
+    x = a[:, torch.argmax((a * a).sum(dim=0))] @ a
+    return (a @ (x / x.norm())).norm() * largest
+
+
+def reference_kron(theta, grads, lr, momentum, weight_decay, update_probability, damping):
+    """PSGD-Kron on one matrix as github.com/evanatyourservice/kron_torch runs it (kron_torch/kron.py at
+    commit 884427c32bc45e8293e20c26c85e4ccc4f68c9d1), restated eagerly for a 2-D parameter with two
+    triangular factors (Q_L, Q_R), without balancing; the probe vector V of step t is torch.randn after
+    torch.manual_seed(t - 1), the draws optim/field.py's Kron makes. update_probability: a number, or
+    None for kron_torch's schedule. damping: kron_torch's momentum + sqrt(eps) mean|momentum| V before the
+    fit (since its commit 2afaa14), which then is also the momentum it preconditions. Returns theta."""
+    rows, cols = theta.shape
+    q_left, q_right = torch.eye(rows), torch.eye(cols)
+    buffer, counter, tiny = torch.zeros_like(theta), 0, torch.finfo(torch.float32).tiny
+    for t, g in enumerate(grads, start=1):
+        probability = update_probability
+        if probability is None:  # 1 for 500 steps, then exp(-0.001 (t - 1 - 500)), at least 0.03
+            probability = torch.tensor(-0.001 * (t - 1 - 500.0)).exp().clamp(0.03, 1.0)
+        counter += 1
+        update = counter >= 1 / probability
+        counter = 0 if update else counter
+        buffer = momentum * buffer + (1 - momentum) * g
+        debiased = buffer / (1 - momentum**t)
+        if update:
+            torch.manual_seed(t - 1)
+            v = torch.randn_like(debiased)
+            if damping:
+                debiased = debiased + math.sqrt(torch.finfo(torch.float32).eps) * debiased.abs().mean() * v
+            a = q_left @ debiased @ q_right.T
+            conj_b = torch.linalg.inv(q_left).T @ v @ torch.linalg.inv(q_right)
+            for q, term_a, term_b in ((q_left, a @ a.T, conj_b @ conj_b.T), (q_right, a.T @ a, conj_b.T @ conj_b)):
+                step = 0.1 * torch.triu(term_a - term_b) / lower_bound_of_spectral_norm(term_a + term_b).clamp(min=tiny)
+                q.sub_(step @ q)
+        preconditioned = q_left.T @ q_left @ debiased @ q_right.T @ q_right
+        preconditioned = preconditioned * torch.clamp(1.1 / (preconditioned.square().mean().sqrt() + 1e-12), max=1.0)
+        theta = theta - lr * (preconditioned + weight_decay * theta)
+    return theta
+
+
+# Balancing rescales Q_L by c and Q_R by 1/c, which leaves the preconditioner and the fit unchanged,
+# so the steps at which each implementation balances (its own coin) do not change the update: balancing
+# at every preconditioner update (balance_prob 1) matches the reference, which never balances.
+@pytest.mark.parametrize("update_probability, balance_prob", [(None, 0.0), (0.5, 0.0), (None, 1.0)])
+def test_kron_is_its_authors_code_without_its_damping(update_probability, balance_prob):
+    lr, momentum, weight_decay = 0.01, 0.9, 0.1
+    options = {"momentum": momentum, "weight_decay": weight_decay, "balance_prob": balance_prob}
+    got = library_steps(Kron, gradients(), lr=lr, pre_conditioner_update_probability=update_probability, **options)
+    expected = reference_kron(start(), gradients(), lr, momentum, weight_decay, update_probability, damping=False)
+    torch.testing.assert_close(got, expected, **FP32)
 
 
 # --- Adam-mini against its authors' code -------------------------------------------------------------
