@@ -168,10 +168,11 @@ def test_a_field_optimizer_without_its_extra_is_one_error_naming_the_extra(monke
 
 
 def test_the_main_job_trains_and_reports_the_field_optimizers(micro_shards, tmp_path, capsys):
-    # scripts/compare_optimizers.py --optimizers soap schedulefree_adamw (Schedule-Free validating at x each time).
-    # Neuron diagnostics off: they need captured_updates, which a plug-in does not provide (docs/optimizers.md).
+    # scripts/compare_optimizers.py --optimizers soap schedulefree_adamw adam_mini (Schedule-Free validating at x
+    # each time; Adam-mini with the overridden model's heads). Neuron diagnostics off: they need captured_updates,
+    # which a plug-in does not provide (docs/optimizers.md).
     compare = load_script("compare_optimizers")
-    names = ("soap", "schedulefree_adamw")
+    names = ("soap", "schedulefree_adamw", "adam_mini")
     argv = ["--optimizers", *names, "--seeds", "0", "--sample-tokens", "0", "--out", str(tmp_path)]
     overrides = micro_overrides(micro_shards, "train.steps=4", "train.val_every=2", "diagnostics.every=0")
     assert compare.main([*argv, *overrides]) == 0
