@@ -13,9 +13,10 @@ adam_mini/adam_mini.py, version 1.1.1), stated for our GPT's parameter names:
     every other 1-D parameter (RMSNorm)     tensor
 
 A parameter no rule names is refused, so a new kind of parameter gets a deliberate block.
-Written here rather than taken from pytorch-optimizer: its AdamMini is the authors' version 1.0
-partition (embedding and head per coordinate, every other matrix one block) found by other
-codebases' names, and takes a model instead of param groups (docs/optimizers.md, "Adam-mini").
+Written here rather than taken from pytorch-optimizer: its AdamMini has the authors' version 1.0
+partition (embedding and head per coordinate, Q and K per head, every other matrix one block), finds
+blocks by other codebases' names, and takes a model instead of param groups (docs/optimizers.md,
+"Adam-mini, native").
 """
 
 import math
