@@ -1,9 +1,11 @@
-"""The field's optimizers (optim/field.py, the `optimizers` extra): one update step of each
-against its paper's formula, written out here; the validation at Schedule-Free's evaluation point;
-the one-line error when the extra is missing; and the main job accepting them.
+"""The field's optimizers (optim/field.py, the `optimizers` extra, and optim/adam_mini.py): update steps
+of each against its paper's formula or a transcription of its authors' reference code, written out
+here; the validation at Schedule-Free's evaluation point; the one-line error when the extra is
+missing; and the main job accepting them.
 (Every conf/optim file also passes python -m optim.check: tests/test_optim_check.py.)"""
 
 import math
+import re
 import sys
 
 import pytest
@@ -11,8 +13,10 @@ import torch
 
 pytest.importorskip("pytorch_optimizer", reason="the optimizers extra: pip install -e '.[optimizers]'")
 
+from model import GPT, GPTConfig
 from optim import build_optimizer
-from optim.field import MARS, AdEMAMix, Lion, ScheduleFreeAdamW
+from optim.adam_mini import AdamMini
+from optim.field import MARS, SOAP, AdEMAMix, Kron, Lion, ScheduleFreeAdamW
 from tests.conftest import micro_overrides
 from tests.test_scripts import load_script
 from train import observers
@@ -164,12 +168,236 @@ def test_a_field_optimizer_without_its_extra_is_one_error_naming_the_extra(monke
 
 
 def test_the_main_job_trains_and_reports_the_field_optimizers(micro_shards, tmp_path, capsys):
-    # scripts/compare_optimizers.py --optimizers soap schedulefree_adamw (Schedule-Free validating at x each time).
-    # Neuron diagnostics off: they need captured_updates, which a plug-in does not provide (docs/optimizers.md).
+    # scripts/compare_optimizers.py --optimizers soap schedulefree_adamw adam_mini (Schedule-Free validating at x
+    # each time; Adam-mini with the overridden model's heads). Neuron diagnostics off: they need captured_updates,
+    # which a plug-in does not provide (docs/optimizers.md).
     compare = load_script("compare_optimizers")
-    names = ("soap", "schedulefree_adamw")
+    names = ("soap", "schedulefree_adamw", "adam_mini")
     argv = ["--optimizers", *names, "--seeds", "0", "--sample-tokens", "0", "--out", str(tmp_path)]
     overrides = micro_overrides(micro_shards, "train.steps=4", "train.val_every=2", "diagnostics.every=0")
     assert compare.main([*argv, *overrides]) == 0
     rows = (tmp_path / "report.md").read_text().splitlines()
     assert all(any(row.startswith(f"| {name}") for row in rows) for name in names)
+
+
+# --- SOAP and PSGD-Kron against their authors' code ------------------------------------------------
+
+
+def reference_soap(theta, grads, lr, betas, eps, weight_decay, frequency):
+    """SOAP on one matrix as its authors' code runs it (github.com/nikhilvyas/SOAP, soap.py at commit
+    a1e553530fde97d0e6b307d7c82ac6d38b072340, which keeps the first moment in the eigenbasis), restated
+    for a 2-D parameter without merged dims, normalisation or a factor over max_precond_dim, shampoo
+    beta = beta2. The first gradient only starts the preconditioner: the parameter moves from the second.
+    Returns theta after the steps."""
+    beta1, beta2 = betas
+    rows, cols = theta.shape
+    left, right = torch.zeros(rows, rows), torch.zeros(cols, cols)
+    first, second = torch.zeros_like(theta), torch.zeros_like(theta)  # Adam's moments, in the eigenbasis
+
+    def project(x):  # into the eigenbasis
+        return q_left.T @ x @ q_right
+
+    def project_back(x):
+        return q_left @ x @ q_right.T
+
+    def eigenbasis(factor):  # eigenvectors by decreasing eigenvalue
+        return torch.linalg.eigh(factor + 1e-30 * torch.eye(factor.shape[0]))[1].flip(1)
+
+    q_left = q_right = None
+    step = 0
+    for g in grads:
+        if q_left is not None:
+            g_projected = project(g)
+            step += 1
+            first = beta1 * first + (1 - beta1) * g_projected
+            second = beta2 * second + (1 - beta2) * g_projected.square()
+            step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+            theta = theta - step_size * project_back(first / (second.sqrt() + eps))
+            theta = theta - lr * weight_decay * theta
+            first = project_back(first)
+        left = left.lerp(g @ g.T, 1 - beta2)
+        right = right.lerp(g.T @ g, 1 - beta2)
+        if q_left is None:
+            q_left, q_right = eigenbasis(left), eigenbasis(right)
+        elif step % frequency == 0:  # one power iteration and QR, the basis sorted by its estimated eigenvalues
+            bases = []
+            for dim, (factor, basis) in enumerate(((left, q_left), (right, q_right))):
+                order = torch.argsort(torch.diag(basis.T @ factor @ basis), descending=True)
+                second = second.index_select(dim, order)
+                bases.append(torch.linalg.qr(factor @ basis[:, order])[0])
+            q_left, q_right = bases
+        if step > 0:
+            first = project(first)
+    return theta
+
+
+def test_soap_is_its_authors_code_with_the_eigenbasis_refreshed_twice():
+    lr, betas, eps, weight_decay, frequency = 0.01, (0.95, 0.95), 1e-8, 0.01, 2
+    grads = gradients(6)  # 5 parameter steps; the basis refreshed by QR after steps 2 and 4
+    options = {"betas": betas, "eps": eps, "weight_decay": weight_decay, "precondition_frequency": frequency}
+    got = library_steps(SOAP, grads, lr=lr, **options)
+    torch.testing.assert_close(got, reference_soap(start(), grads, lr, betas, eps, weight_decay, frequency), **FP32)
+
+
+def lower_bound_of_spectral_norm(a):
+    """kron_torch's cheap lower bound of a symmetric matrix's spectral norm: the matrix scaled by its
+    largest entry, applied twice to its column of largest norm."""
+    largest = a.abs().max()
+    a = a / largest
+    x = a[:, torch.argmax((a * a).sum(dim=0))] @ a
+    return (a @ (x / x.norm())).norm() * largest
+
+
+def reference_kron(theta, grads, lr, momentum, weight_decay, update_probability, damping):
+    """PSGD-Kron on one matrix as github.com/evanatyourservice/kron_torch runs it (kron_torch/kron.py at
+    commit 884427c32bc45e8293e20c26c85e4ccc4f68c9d1), restated eagerly for a 2-D parameter with two
+    triangular factors (Q_L, Q_R), without balancing; the probe vector V of step t is torch.randn after
+    torch.manual_seed(t - 1), the draws optim/field.py's Kron makes. update_probability: a number, or
+    None for kron_torch's schedule. damping: kron_torch's momentum + sqrt(eps) mean|momentum| V before the
+    fit (since its commit 2afaa14), which then is also the momentum it preconditions. Returns theta."""
+    rows, cols = theta.shape
+    q_left, q_right = torch.eye(rows), torch.eye(cols)
+    buffer, counter, tiny = torch.zeros_like(theta), 0, torch.finfo(torch.float32).tiny
+    for t, g in enumerate(grads, start=1):
+        probability = update_probability
+        if probability is None:  # 1 for 500 steps, then exp(-0.001 (t - 1 - 500)), at least 0.03
+            probability = torch.tensor(-0.001 * (t - 1 - 500.0)).exp().clamp(0.03, 1.0)
+        counter += 1
+        update = counter >= 1 / probability
+        counter = 0 if update else counter
+        buffer = momentum * buffer + (1 - momentum) * g
+        debiased = buffer / (1 - momentum**t)
+        if update:
+            torch.manual_seed(t - 1)
+            v = torch.randn_like(debiased)
+            if damping:
+                debiased = debiased + math.sqrt(torch.finfo(torch.float32).eps) * debiased.abs().mean() * v
+            a = q_left @ debiased @ q_right.T
+            conj_b = torch.linalg.inv(q_left).T @ v @ torch.linalg.inv(q_right)
+            for q, term_a, term_b in ((q_left, a @ a.T, conj_b @ conj_b.T), (q_right, a.T @ a, conj_b.T @ conj_b)):
+                step = 0.1 * torch.triu(term_a - term_b) / lower_bound_of_spectral_norm(term_a + term_b).clamp(min=tiny)
+                q.sub_(step @ q)
+        preconditioned = q_left.T @ q_left @ debiased @ q_right.T @ q_right
+        preconditioned = preconditioned * torch.clamp(1.1 / (preconditioned.square().mean().sqrt() + 1e-12), max=1.0)
+        theta = theta - lr * (preconditioned + weight_decay * theta)
+    return theta
+
+
+# Balancing rescales Q_L by c and Q_R by 1/c, which leaves the preconditioner and the fit unchanged,
+# so the steps at which each implementation balances (its own coin) do not change the update: balancing
+# at every preconditioner update (balance_prob 1) matches the reference, which never balances.
+@pytest.mark.parametrize("update_probability, balance_prob", [(None, 0.0), (0.5, 0.0), (None, 1.0)])
+def test_kron_is_its_authors_code_without_its_damping(update_probability, balance_prob):
+    lr, momentum, weight_decay = 0.01, 0.9, 0.1
+    options = {"momentum": momentum, "weight_decay": weight_decay, "balance_prob": balance_prob}
+    got = library_steps(Kron, gradients(), lr=lr, pre_conditioner_update_probability=update_probability, **options)
+    expected = reference_kron(start(), gradients(), lr, momentum, weight_decay, update_probability, damping=False)
+    torch.testing.assert_close(got, expected, **FP32)
+
+
+# --- Adam-mini against its authors' code -------------------------------------------------------------
+
+# Every kind of parameter: biases, a gated MLP, Q/K of 2 heads; d_model = n_head x head_dim, as the
+# authors' head size (dim² / n_heads elements) assumes.
+ADAM_MINI_MODEL = GPTConfig(
+    vocab_size=32, n_layer=2, n_head=2, head_dim=8, d_model=16, mlp_expansion=2.0, activation="swiglu", bias=True
+)
+# Our parameter names -> the torchtitan Llama names the authors' code recognises (their examples/llama).
+LLAMA_NAMES = (
+    (r"^embed\.", "tok_embeddings."),
+    (r"^embed_norm\.", "input_norm."),
+    (r"^final_norm\.", "norm."),
+    (r"^lm_head\.", "output."),
+    (r"^blocks\.(\d+)\.attn_norm\.", r"layers.\1.attention_norm."),
+    (r"^blocks\.(\d+)\.mlp_norm\.", r"layers.\1.ffn_norm."),
+    (r"^blocks\.(\d+)\.attn\.(q|k|v)\.", r"layers.\1.attention.w\2."),
+    (r"^blocks\.(\d+)\.attn\.out\.", r"layers.\1.attention.wo."),
+    (r"^blocks\.(\d+)\.mlp\.gate\.", r"layers.\1.feed_forward.w1."),
+    (r"^blocks\.(\d+)\.mlp\.up\.", r"layers.\1.feed_forward.w3."),
+    (r"^blocks\.(\d+)\.mlp\.down\.", r"layers.\1.feed_forward.w2."),
+)
+
+
+def llama_name(name: str) -> str:
+    for pattern, replacement in LLAMA_NAMES:
+        if re.search(pattern, name):
+            return re.sub(pattern, replacement, name)
+    raise AssertionError(f"no Llama name for {name}")
+
+
+def reference_adam_mini(params, grads, lr, betas, eps, weight_decay, dim, n_heads, single_value):
+    """The authors' Adam_mini.step on one process (github.com/zyushun/Adam-mini, adam_mini/adam_mini.py,
+    version 1.1.1, commit 57b7d1e1305e7c001b560b42555af924248f569d), restated: its substring tests on the
+    Llama names choose each parameter's branch; single_value is the README's `wv_names = {}`.
+    params: {our name: tensor}, changed in place; grads: one {our name: gradient} per step."""
+    beta1, beta2 = betas
+    value_names = set() if single_value else {"v_proj", "wv", "value"}
+    per_row_names = {"embed", "embd", "wte", "lm_head", "output", "final_layer", "o_proj", "wo", "attn.proj"}
+    per_row_names |= {"feed_forward", "linear", "mlp"} | value_names
+    head_numel = dim * dim // n_heads
+    m = {name: torch.zeros_like(p) for name, p in params.items()}
+    v = dict.fromkeys(params, 0.0)
+    for step, step_grads in enumerate(grads, start=1):
+        for ours, p in params.items():
+            name, g = llama_name(ours).lower(), step_grads[ours]
+            decay = 0.0 if any(word in name for word in ("norm", "ln", "bias")) else weight_decay
+            per_head = any(word in name for word in ("k_proj", "q_proj", "wq", "wk", "query", "key"))
+            if "bias" in name:  # Adam
+                mean_square = g * g
+            elif per_head:
+                mean_square = (g * g).view(-1, head_numel).mean(dim=1, keepdim=True)
+            elif any(word in name for word in per_row_names):  # one per row: token or output neuron
+                mean_square = (g * g).mean(dim=1, keepdim=True)
+            else:  # one for the tensor
+                mean_square = (g * g).sum() / g.numel()
+            v[ours] = beta2 * v[ours] + (1 - beta2) * mean_square
+            p.mul_(1 - lr * decay)
+            m[ours].lerp_(g, 1 - beta1)
+            h = v[ours].sqrt() / math.sqrt(1 - beta2**step) + eps
+            update = (m[ours].view(-1, head_numel) / h).view_as(p) if per_head and "bias" not in name else m[ours] / h
+            p.sub_(lr / (1 - beta1**step) * update)
+    return params
+
+
+def scaled_gradients(model, steps):
+    """Per step, a gradient for each parameter whose rows differ in scale, so that the partition matters."""
+    generator = torch.Generator().manual_seed(2)
+    return [
+        {
+            name: torch.randn(p.shape, generator=generator)
+            * torch.randn(p.shape[0], generator=generator).exp().view(-1, *[1] * (p.ndim - 1))
+            for name, p in model.named_parameters()
+        }
+        for _ in range(steps)
+    ]
+
+
+@pytest.mark.parametrize("value_blocks", ["row", "matrix"])
+def test_adam_mini_is_its_authors_code_on_our_names(value_blocks):
+    lr, betas, eps, weight_decay = 0.01, (0.9, 0.95), 1e-8, 0.1
+    torch.manual_seed(0)
+    model = GPT(ADAM_MINI_MODEL)
+    named = dict(model.named_parameters())
+    reference = {name: p.detach().clone() for name, p in named.items()}
+    undecayed = [name for name, p in named.items() if p.ndim < 2]  # norms and biases (the scalar group)
+    groups = [
+        {"params": [named[n] for n in names], "param_names": names, "weight_decay": decay}
+        for names, decay in ((undecayed, 0.0), ([n for n in named if n not in undecayed], weight_decay))
+    ]
+    optimizer = AdamMini(groups, lr=lr, betas=betas, eps=eps, n_head=ADAM_MINI_MODEL.n_head, value_blocks=value_blocks)
+    grads = scaled_gradients(model, STEPS)
+    for step_grads in grads:
+        for name, p in named.items():
+            p.grad = step_grads[name].clone()
+        optimizer.step()
+    dim, n_heads = ADAM_MINI_MODEL.d_model, ADAM_MINI_MODEL.n_head
+    reference_adam_mini(reference, grads, lr, betas, eps, weight_decay, dim, n_heads, value_blocks == "matrix")
+    for name, p in named.items():
+        torch.testing.assert_close(p.detach(), reference[name], **FP32, msg=name)
+
+
+def test_adam_mini_refuses_a_parameter_it_has_no_block_rule_for():
+    model = torch.nn.Linear(4, 4)
+    group = {"params": [model.weight], "param_names": ["blocks.0.router.weight"]}
+    with pytest.raises(ValueError, match=r"no block rule for parameter 'blocks\.0\.router\.weight'"):
+        AdamMini([group], n_head=1)

@@ -168,7 +168,7 @@ def test_a_searchpath_folder_adds_its_options_and_keys_to_the_checks(user_config
         0.03,
         0.7,  # the shared AdamW groups, as for a built-in
     )
-    with pytest.raises(ConfigError, match=r"optim=row_normalized: no such option; optim options are adamw"):
+    with pytest.raises(ConfigError, match=r"optim=row_normalized: no such option; optim options are adam_mini, adamw"):
         compose_config(["optim=row_normalized"])  # without the folder the option does not exist
     with pytest.raises(
         ConfigError, match=rf"unknown config key 'optim.matrix.lrr' .*no file in conf/, {user_config_dir}"
