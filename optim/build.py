@@ -13,7 +13,6 @@ The config names its class in one of two ways:
 docs/optimizers.md "Bring your own optimizer" has a worked example.
 """
 
-import importlib
 import inspect
 import re
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from torch.optim import Optimizer
 from .algorithms import AdamW, Aurora, Muon, NorMuon, UNorMuon
 from .dion import Dion
 from .groups import GROUP_NAMES, assign_groups
+from .imports import import_object
 from .matrix import ADAMW, MATRIX, MatrixOptimizer
 from .split import SplitOptimizer
 
@@ -47,8 +47,6 @@ DESCRIPTIVE_KEYS = ("source", "search")
 ADAMW_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
 # What a plug-in that is not a matrix rule receives: every group, or the matrix group alone.
 TAKES = ("all", MATRIX)
-# A package that an optional extra of pyproject.toml installs -> that extra: the advice when it is missing.
-EXTRA_OF_PACKAGE = {"pytorch_optimizer": "optimizers"}
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # it becomes part of out_dir
 
 
@@ -72,20 +70,7 @@ def _named(pairs) -> dict:
 
 def import_optimizer_class(path) -> type[Optimizer]:
     """The class at import path `path` (optim._target_), or ValueError naming what to fix."""
-    module_name, _, attribute = str(path).rpartition(".")
-    if not isinstance(path, str) or not module_name:
-        raise ValueError(
-            f"optim._target_ must be an import path such as my_package.my_module.MyOptimizer, got {path!r}"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        extra = EXTRA_OF_PACKAGE.get(err.name)
-        advice = f"pip install -e '.[{extra}]'" if extra else "put its folder on PYTHONPATH or pip install it"
-        raise ValueError(f"optim._target_={path}: cannot import {module_name} ({err}); {advice}") from None
-    found = getattr(module, attribute, None)
-    if found is None:
-        raise ValueError(f"optim._target_={path}: module {module_name} has no {attribute!r}")
+    found = import_object(path, f"optim.{TARGET}", "my_package.my_module.MyOptimizer")
     if not (isinstance(found, type) and issubclass(found, Optimizer)):
         raise ValueError(f"optim._target_={path} is not a torch.optim.Optimizer subclass (it is {found!r})")
     return found

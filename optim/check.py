@@ -26,15 +26,12 @@ import argparse
 import copy
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -43,7 +40,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from model import GPT, GPTConfig
 
 from .build import build_optimizer, import_optimizer_class
-from .distributed import whole
+from .distributed import run_on_gloo_ranks, whole
 from .groups import GROUP_NAMES
 from .matrix import MATRIX, MatrixOptimizer
 
@@ -240,9 +237,8 @@ def _ranks_run(cfg: dict, mesh) -> dict[str, torch.Tensor] | str:
     return parameters(model)
 
 
-def _rank_worker(rank: int, cfgs: list[dict], directory: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{directory}/init", rank=rank, world_size=WORLD_SIZE)
-    torch.set_num_threads(1)
+def _rank_results(cfgs: list[dict]) -> list[dict]:
+    """This rank's outcome of every config, replicated and FSDP2: [config][mode]."""
     mesh = init_device_mesh("cpu", (WORLD_SIZE,))
     results = []
     for cfg in cfgs:
@@ -253,21 +249,12 @@ def _rank_worker(rank: int, cfgs: list[dict], directory: str) -> None:
             except Exception as err:  # the check reports any failure of a foreign optimizer
                 outcome[mode] = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         results.append(outcome)
-    torch.save(results, f"{directory}/rank{rank}.pt")
-    dist.destroy_process_group()
+    return results
 
 
 def two_rank_results(cfgs: list[dict]) -> list[list[dict]]:
     """Every config on 2 gloo ranks, replicated and FSDP2, in one spawn: [rank][config][mode]."""
-    with tempfile.TemporaryDirectory() as directory:
-        context = mp.spawn(_rank_worker, args=(cfgs, directory), nprocs=WORLD_SIZE, join=False)
-        deadline = time.monotonic() + TIMEOUT_S
-        while not context.join(timeout=2):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                raise TimeoutError(f"the 2-rank checks did not finish in {TIMEOUT_S} s")
-        return [torch.load(f"{directory}/rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
+    return run_on_gloo_ranks(_rank_results, (cfgs,), WORLD_SIZE, TIMEOUT_S)
 
 
 def rank_outcome(single: dict, ranks: list, mode: str) -> Outcome:

@@ -3,16 +3,21 @@ orthogonalisation work, gather results.
 
 The rank helpers (world, is_main_process, barrier, mean_over_ranks, main_process_decides,
 gather_from_ranks) live here, below train/, because optim must not import train; each is a no-op on one process.
+run_on_gloo_ranks spawns CPU ranks for the 2-rank checks (optim/check.py) and tests.
 
 Assumptions: when a process group is initialised, every rank calls step() with the same
 gradients (DDP has averaged them, or FSDP2 holds them sharded as DTensors), so every rank
 can compute every momentum and only the expensive orthogonalisation needs splitting.
 """
 
+import tempfile
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import Tensor
 from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -61,6 +66,30 @@ def gather_from_ranks(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def run_on_gloo_ranks(fn: Callable[..., Any], args: tuple, world_size: int, timeout_s: float) -> list[Any]:
+    """[fn(*args) on rank r for r in range(world_size)]: fn run in `world_size` spawned CPU processes
+    that form one gloo process group, one thread each (how a check or a test runs several ranks
+    without a GPU). fn and its result must pickle (fn a module-level function). A rank's exception
+    is raised here (torch.multiprocessing.ProcessRaisedException); TimeoutError, with every rank
+    killed, when they have not all finished within timeout_s."""
+    with tempfile.TemporaryDirectory() as directory:
+        context = mp.spawn(_gloo_rank, args=(world_size, directory, fn, args), nprocs=world_size, join=False)
+        deadline = time.monotonic() + timeout_s
+        while not context.join(timeout=2):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                raise TimeoutError(f"{world_size} gloo ranks did not finish in {timeout_s} s")
+        return [torch.load(f"{directory}/rank{rank}.pt", weights_only=False) for rank in range(world_size)]
+
+
+def _gloo_rank(rank: int, world_size: int, directory: str, fn: Callable[..., Any], args: tuple) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{directory}/init", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    torch.save(fn(*args), f"{directory}/rank{rank}.pt")
+    dist.destroy_process_group()
 
 
 def whole(t: Tensor) -> Tensor:

@@ -92,7 +92,7 @@ def test_the_command_prints_a_row_per_check_and_exits_1_on_a_failure(capsys):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("no_such_module.Optimizer", "cannot import no_such_module"),
+        ("no_such_module.Optimizer", "cannot import 'no_such_module.Optimizer' (ModuleNotFoundError"),
         ("no_such_config", "optim._target_ must be an import path"),
     ],
 )

@@ -8,18 +8,22 @@ same spawn shares out stacks of mixed shapes and dtypes whose ranks carry unequa
 the work-sharing arithmetic is checked without a spawn.
 """
 
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from optim import OPTIMIZERS, build_optimizer
-from optim.distributed import assign_owners, map_balanced_across_ranks, owners_by_stack, rank_totals, whole
+from optim.distributed import (
+    assign_owners,
+    map_balanced_across_ranks,
+    owners_by_stack,
+    rank_totals,
+    run_on_gloo_ranks,
+    whole,
+)
 from tests.test_optimizers import StandInGPT, fake_gradients, load_config
 
 WORLD_SIZE = 2
@@ -91,29 +95,19 @@ def scaled_by_state(X, state):
     return X * state["scale"].to(X.dtype), {"scale": state["scale"] * 2 + 1}
 
 
-def _worker(rank, init_file, out_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-    torch.set_num_threads(1)
+def _rank_results():
+    """This rank's result of every run and of sharing out the uneven stacks."""
     mesh = init_device_mesh("cpu", (WORLD_SIZE,))
     results = {}
     for case, mode in RUNS:
         results[(str(case), mode)] = run(case, mesh if mode == "fsdp2" else None)
     results["uneven stacks"] = map_balanced_across_ranks(scaled_by_state, uneven_stacks())
-    torch.save(results, f"{out_file}.rank{rank}")
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")
-def two_rank_results(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("gloo")
-    context = mp.spawn(_worker, args=(directory / "init", directory / "results"), nprocs=WORLD_SIZE, join=False)
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-rank run did not finish in 300 s")
-    return [torch.load(directory / f"results.rank{rank}", weights_only=False) for rank in range(WORLD_SIZE)]
+def two_rank_results():
+    return run_on_gloo_ranks(_rank_results, (), WORLD_SIZE, timeout_s=300)
 
 
 def test_recycling_refuses_sharded_parameters():

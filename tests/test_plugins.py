@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from optim import AdamW, build_optimizer
+from optim.build import import_optimizer_class
 from optim.split import SplitOptimizer
 from tests.test_optimizers import StandInGPT, train
 
@@ -92,10 +93,17 @@ def test_takes_matrix_gives_the_matrix_group_to_the_plugin_and_the_rest_to_adamw
 @pytest.mark.parametrize(
     "target, matrix, top, match",
     [
-        ("no_such_module.Opt", {}, {}, r"optim._target_=no_such_module.Opt: cannot import no_such_module .*PYTHONPATH"),
+        (
+            "no_such_module.Opt",
+            {},
+            {},
+            r"optim._target_: cannot import 'no_such_module.Opt' \(ModuleNotFoundError: No module named "
+            r"'no_such_module'\); put its folder on PYTHONPATH",
+        ),
         ("torch.optim.NoSuchOptimizer", {}, {}, r"module torch.optim has no 'NoSuchOptimizer'"),
         ("collections.OrderedDict", {}, {}, r"collections.OrderedDict is not a torch.optim.Optimizer subclass"),
         ("SGD", {}, {}, r"optim._target_ must be an import path"),
+        (".relative.Opt", {}, {}, r"optim._target_ must be an import path such as my_package.my_module.MyOptimizer"),
         ("torch.optim.SGD", {"lr": 0.1, "betaz": 0.9}, {}, r"optim.matrix.betaz is not an argument of torch.optim.SGD"),
         ("torch.optim.SGD", {"lr": 0.1}, {"takes": "embed"}, r"optim.takes must be one of \('all', 'matrix'\)"),
         ("torch.optim.SGD", {"lr": 0.1}, {"name": "muon"}, r"optim.name=muon is a built-in optimizer's name"),
@@ -115,6 +123,20 @@ def test_a_bad_plugin_config_is_one_error_naming_what_to_fix(target, matrix, top
         cfg.update({section: {"lr": 0.1} for section in ("embed", "head", "scalar")})
     with pytest.raises(ValueError, match=match):
         build_optimizer(cfg, StandInGPT())
+
+
+@pytest.mark.parametrize("path", ["no_such_module.Thing", "torch.optim.NoSuchThing"])
+def test_an_optimizer_path_and_an_observer_path_are_refused_in_the_same_words(path):
+    # one resolver (optim/imports.py) for both kinds of plug-in: only the config key differs
+    from train.config import ConfigError
+    from train.observers import observer_class
+
+    with pytest.raises(ValueError) as optimizer:
+        import_optimizer_class(path)
+    with pytest.raises(ConfigError) as observer:
+        observer_class("mine", path)
+    assert str(optimizer.value).replace("optim._target_", "observers.mine") == str(observer.value)
+    assert len(str(observer.value).splitlines()) == 1
 
 
 @pytest.mark.parametrize(

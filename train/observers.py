@@ -29,7 +29,6 @@ that the loss curve is the same with any set of them (RESUMABLE_CHANGES lets `ob
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from optim.distributed import mean_over_ranks
+from optim.imports import import_object
 from optim.recycle import recycled_total
 from train.config import ConfigError
 from train.data import validation_batches
@@ -89,14 +89,10 @@ class Observer:
 def observer_class(name: str, path: Any) -> type:
     """The class `observers.<name>` names by import path; ConfigError when there is none, or it
     lacks a method of the protocol."""
-    module_name, _, class_name = str(path).rpartition(".")
     try:
-        found = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(
-            f"observers.{name}: cannot import {path!r} ({type(err).__name__}: {err}); give the import path "
-            "of an observer class, e.g. train.observers.Validation"
-        ) from None
+        found = import_object(path, f"observers.{name}", "train.observers.Validation")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     missing = [method for method in OBSERVER_METHODS if not callable(getattr(found, method, None))]
     if not isinstance(found, type) or missing:
         lacking = f"it lacks {', '.join(missing)}" if missing else "it is not a class"
