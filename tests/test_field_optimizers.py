@@ -183,7 +183,9 @@ def test_the_main_job_reports_loss_and_neuron_death_for_the_field_optimizers(mic
     diagnostics = ("diagnostics.every=2", "diagnostics.starvation_window=1", "diagnostics.probe_tokens=256")
     overrides = micro_overrides(micro_shards, "train.steps=4", "train.val_every=2", *diagnostics)
     assert compare.main([*argv, *overrides]) == 0
-    rows = table_rows((tmp_path / "report.md").read_text())
+    report = (tmp_path / "report.md").read_text()
+    assert "in each of the last 1 diagnostics" in report and "the parameter change of the step" in report
+    rows = table_rows(report)
     assert sorted(rows) == sorted(names)
     for name, row in rows.items():
         assert row["final val loss (mean ± 95% CI)"] != "-", name
