@@ -314,9 +314,9 @@ class NeuronDiagnostics:
         """All diagnostics of this step as flat `diag/...` metrics (docs/neuron_death.md).
 
         `updates` maps parameter names to this step's update (any scale, as `captured_updates`
-        gives it); matrices absent from it, or whose update is all
-        zero, get no leverage metrics and no starvation observation. `gradient_rows` (from
-        `gradient_rows()`) adds the stale-update metrics.
+        gives it); matrices absent from it, or whose update is all zero, get no leverage metrics
+        and no starvation observation. `gradient_rows` (from `gradient_rows()`) adds the
+        stale-update metrics.
         """
         metrics: dict[str, float | list[int]] = {}
         self._activation_metrics(metrics)
