@@ -124,8 +124,10 @@ def main_job_report(job: MainJob, points: list[Point]) -> tuple[str, Path | None
             "",
             "Final val loss: mean ± 95% CI (Student t) over the finished seeds, and the range. Exactly dead: zero "
             "activation on every probe token; nearly dead: mean |activation| below 1% of the layer's; starved: "
-            "update leverage below 0.1·n/m in each of the last 5 diagnostics (docs/neuron_death.md). Values at the "
-            "last step, mean (min–max) over seeds.",
+            "update leverage below 0.1·n/m in each of the last "
+            f"{points[0].config['diagnostics']['starvation_window']} diagnostics, the update being the direction a "
+            "matrix optimizer applies or, for any other optimizer, the parameter change of the step, weight decay "
+            "included (docs/neuron_death.md). Values at the last step, mean (min–max) over seeds.",
             "",
             "## What it found",
             "",

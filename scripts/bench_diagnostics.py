@@ -10,6 +10,7 @@ import math
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -18,14 +19,15 @@ from model import build_model
 from optim import build_optimizer
 from train.config import accumulation_steps, compose_config
 from train.data import TokenLoader, resolve_shards
-from train.diagnostics import NeuronDiagnostics
+from train.diagnostics import NeuronDiagnostics, captured_updates
 from train.dist import set_determinism
 
 
 def benchmark_overhead(cfg: dict[str, Any], steps: int) -> dict[str, float]:
     """Median seconds of a training step and of one diagnostic on `cfg`: `measure`, plus what
-    capturing the updates adds to a step. Steps with and without a diagnostic alternate, so that
-    load from other processes hits both alike."""
+    capturing the updates adds to a step (the optimizer's own direction, or the parameter change of
+    an optimizer that captures none: train/diagnostics.py captured_updates). Steps with and without
+    a diagnostic alternate, so that load from other processes hits both alike."""
     tcfg = cfg["train"]
     set_determinism(cfg["seed"], tcfg["deterministic"], tcfg["threads"])
     train_files, val_files = resolve_shards(cfg["data"])
@@ -42,13 +44,13 @@ def benchmark_overhead(cfg: dict[str, Any], steps: int) -> dict[str, float]:
         for _ in range(accum):
             inputs, targets = loader.next_batch()
             (model(inputs, targets) / accum).backward()
-        optimizer.captured_updates = {} if capture else None
-        optimizer.step()
+        with captured_updates(optimizer, diagnostics.weights) if capture else nullcontext() as updates:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         stepped = time.perf_counter()
         (capture_s if capture else step_s).append(stepped - started)
         if capture:
-            diagnostics.measure(step, optimizer.captured_updates)
+            diagnostics.measure(step, updates)
             diag_s.append(time.perf_counter() - stepped)
     warm_step_s = statistics.median(step_s[1:])  # step 1 warms up
     measure_s = statistics.median(diag_s)

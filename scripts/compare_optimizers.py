@@ -3,6 +3,7 @@
     python scripts/compare_optimizers.py                            # AdamW, Muon, Aurora x 2 seeds, ~9 min on 2 cores
     python scripts/compare_optimizers.py --optimizers muon aurora --seeds 0 1 2 -- model.mlp_expansion=16
     python scripts/compare_optimizers.py --experiment neuron_death --out runs/nd -- data=shakespeare
+    python scripts/compare_optimizers.py --optimizers soap kron dion aurora --out runs/field   # the optimizers extra
 
 Trains every optimizer with every seed on the experiment's setting (default `quickstart`: the tiny
 GPT at MLP x8 on the byte-level built-in corpus, 300 steps of 2,048 bytes, neuron diagnostics
@@ -11,8 +12,11 @@ every 20 steps), two runs at a time, printing progress with an ETA. Then it writ
 range over seeds, exactly-dead and nearly-dead units, starved up-projection rows, leverage CV,
 tokens/s; what it found and how sure; a generated sample per optimizer), comparison.png (val
 loss with a seed band next to the death and starvation panels), the runs' directories and
-sweep_index.json. Anything after `--` is a Hydra override for every run. Rerunning with the same
---out skips finished runs, resumes interrupted ones and rewrites the report.
+sweep_index.json. --optimizers takes any conf/optim name: the field's optimizers (soap, kron, lion,
+schedulefree_adamw, ademamix, mars) need `pip install -e '.[optimizers]'`, and their update
+diagnostics read the parameter change of each step (docs/neuron_death.md). Anything after `--`
+is a Hydra override for every run. Rerunning with the same --out skips finished runs, resumes
+interrupted ones and rewrites the report.
 """
 
 from __future__ import annotations

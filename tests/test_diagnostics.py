@@ -11,6 +11,7 @@ import torch
 
 from model import build_model
 from optim import build_optimizer
+from optim.split import SplitOptimizer
 from tests.conftest import compose_config, micro_overrides
 from tests.test_scripts import load_script
 from train.diagnostics import (
@@ -18,6 +19,7 @@ from train.diagnostics import (
     NeuronDiagnostics,
     StarvationTracker,
     activation_death,
+    captured_updates,
     leverage_histogram,
     leverage_stats,
     relative_leverage,
@@ -170,10 +172,11 @@ def test_stale_update_fraction_is_the_update_mass_on_rows_the_gradient_does_not_
     assert stale_update_stats(relative, torch.ones(4))["stale_update_frac"] == 0.0
 
 
-def stale_metrics_after_a_gradient_stops(optim_name: str) -> dict:
-    """Three steps; on the third, three `up` rows of block 0 get no gradient (their momentum remains)."""
+def stale_metrics_after_a_gradient_stops(optim_name: str, *overrides: str, wrap=lambda optimizer: optimizer) -> dict:
+    """Three steps; on the third, three `up` rows of block 0 get no gradient (their momentum remains).
+    `wrap` may hide the optimizer's own capture behind another optimizer object."""
     model = micro_gpt()
-    optimizer = build_optimizer(compose_config(f"optim={optim_name}")["optim"], model)
+    optimizer = wrap(build_optimizer(compose_config(f"optim={optim_name}", *overrides)["optim"], model))
     diagnostics = NeuronDiagnostics.for_gpt(model, probe(), every=1, starvation_window=1)
     for step in (1, 2, 3):
         model(*probe().split(8, dim=1)).backward()
@@ -181,10 +184,10 @@ def stale_metrics_after_a_gradient_stops(optim_name: str) -> dict:
             with torch.no_grad():
                 model.blocks[0].mlp.up.weight.grad[:3] = 0.0
         gradient_rows = diagnostics.gradient_rows()
-        optimizer.captured_updates = {}
-        optimizer.step()
+        with captured_updates(optimizer, diagnostics.weights) as updates:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return diagnostics.measure(3, optimizer.captured_updates, gradient_rows)
+    return diagnostics.measure(3, updates, gradient_rows)
 
 
 def test_measure_logs_stale_updates_when_given_the_gradients_of_the_step():
@@ -196,6 +199,41 @@ def test_measure_logs_stale_updates_when_given_the_gradients_of_the_step():
     assert aurora["diag/blocks.0.mlp.up/stale_update_frac"] > 0.5 * 3 / 128
     assert muon["diag/blocks.0.mlp.up/stale_update_frac"] < aurora["diag/blocks.0.mlp.up/stale_update_frac"]
     assert "diag/mlp.up/stale_update_frac" in aurora
+
+
+# --- the update of a step, for any optimizer ---
+
+
+def test_muons_parameter_change_without_weight_decay_gives_the_diagnostics_of_its_captured_direction():
+    no_decay = "optim.matrix.weight_decay=0"
+    direction = stale_metrics_after_a_gradient_stops("muon", no_decay)
+    # SplitOptimizer has no captured_updates of its own: its step's updates are the parameter change
+    change = stale_metrics_after_a_gradient_stops("muon", no_decay, wrap=lambda muon: SplitOptimizer([muon]))
+    assert direction["diag/blocks.0.mlp.up/zero_grad_frac"] == 3 / 128  # the case has stale rows
+    assert change.keys() == direction.keys()
+    for key, value in direction.items():
+        assert change[key] == (value if isinstance(value, list) else pytest.approx(value, rel=1e-4, abs=1e-7)), key
+
+
+def test_the_parameter_change_holds_the_weight_decay_and_only_the_matrices_asked_for():
+    weight, other = torch.nn.Parameter(torch.randn(6, 3)), torch.nn.Parameter(torch.randn(4, 2))
+    optimizer = torch.optim.SGD([weight, other], lr=0.1, weight_decay=0.5)  # decay added to the gradient
+    weight.grad, other.grad = torch.zeros(6, 3), torch.ones(4, 2)
+    weight.grad[0] = 1.0
+    before = weight.detach().clone()
+    with captured_updates(optimizer, {"w": weight}) as updates:
+        optimizer.step()
+    assert list(updates) == ["w"]
+    torch.testing.assert_close(updates["w"], -0.1 * (weight.grad + 0.5 * before))  # rows 1-5: the decay alone
+
+
+def test_an_optimizer_that_captures_its_direction_hands_it_over_and_stops_capturing_after():
+    model = micro_gpt()
+    muon = build_optimizer(compose_config("optim=muon")["optim"], model)
+    model(*probe().split(8, dim=1)).backward()
+    with captured_updates(muon, {}) as updates:
+        muon.step()
+    assert set(updates) == {name for name, _ in model.named_parameters()} and muon.captured_updates is None
 
 
 # --- the class: names, cadence, side effects ---
@@ -245,22 +283,34 @@ def test_histograms_come_at_the_first_diagnostic_at_or_after_each_histogram_step
     assert logged == [120, 510]
 
 
-@pytest.mark.parametrize("optim_name", ["muon", "adamw"])
-def test_diagnostics_on_or_off_give_a_bit_identical_loss_curve(optim_name):
+def built_in(name: str):
+    return lambda model: build_optimizer(compose_config(f"optim={name}")["optim"], model)
+
+
+def torch_adamw(model):  # a torch optimizer: its update is the parameter change, weight decay included
+    return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer", [built_in("muon"), built_in("adamw"), torch_adamw], ids=["muon", "adamw", "torch-adamw"]
+)
+def test_diagnostics_on_or_off_give_a_bit_identical_loss_curve(make_optimizer):
     def run(with_diagnostics: bool) -> tuple[list[float], dict]:
         model = micro_gpt()
-        optimizer = build_optimizer(compose_config(f"optim={optim_name}")["optim"], model)
+        optimizer = make_optimizer(model)
         diagnostics = NeuronDiagnostics.for_gpt(model, probe(), every=2, starvation_window=2, histogram_steps=[4])
         batches = torch.randint(0, 512, (4, 4, 17), generator=torch.Generator().manual_seed(2))
         curve = []
         for step, batch in enumerate(batches, start=1):
             loss = model(batch[:, :-1], batch[:, 1:])
             loss.backward()
-            optimizer.captured_updates = {} if with_diagnostics and diagnostics.wants(step) else None
-            optimizer.step()
+            if with_diagnostics and diagnostics.wants(step):
+                with captured_updates(optimizer, diagnostics.weights) as updates:
+                    optimizer.step()
+                assert "diag/mlp.up/leverage_cv" in diagnostics.measure(step, updates)
+            else:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if optimizer.captured_updates is not None:
-                diagnostics.measure(step, optimizer.captured_updates)
             curve.append(loss.item())
         return curve, model.state_dict()
 

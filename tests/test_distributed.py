@@ -8,6 +8,7 @@ The neuron diagnostics of the same runs agree too (tolerance at the comparison).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -55,14 +56,17 @@ def assert_same_curves(run_dir: Path, reference: Path) -> None:
         assert curve(run_dir, key) == pytest.approx(curve(reference, key), rel=RTOL), key
 
 
-# A float32 Newton-Schulz iteration: in bf16 the float32-level differences of the gradients
-# flip roundings, and the leverage of a nearly rank-deficient early update moves by 30%.
 DIAGNOSTICS = (
-    "optim.matrix.ns_dtype=float32",
     "diagnostics.every=4",
     "diagnostics.probe_tokens=256",
     "diagnostics.starvation_window=2",
     "diagnostics.histogram_steps=[8]",
+)
+# A float32 Newton-Schulz iteration: in bf16 the float32-level differences of the gradients
+# flip roundings, and the leverage of a nearly rank-deficient early update moves by 30%.
+NS_FP32 = "optim.matrix.ns_dtype=float32"
+NEEDS_FIELD = pytest.mark.skipif(
+    importlib.util.find_spec("pytorch_optimizer") is None, reason="the optimizers extra: pip install -e '.[optimizers]'"
 )
 
 
@@ -72,17 +76,26 @@ def diagnostic_records(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: {k: v for k, v in r.items() if k.startswith("diag/")} for r in records}
 
 
-@pytest.mark.parametrize("parallelism, optimizer", [("ddp", "aurora"), ("fsdp2", "muon")])
+@pytest.mark.parametrize(
+    "parallelism, optimizer, extra",
+    [
+        pytest.param("ddp", "aurora", (NS_FP32,), id="ddp-aurora"),
+        pytest.param("fsdp2", "muon", (NS_FP32,), id="fsdp2-muon"),
+        # a plug-in: its updates are the parameter changes, gathered whole from the shards
+        pytest.param("fsdp2", "schedulefree_adamw", (), marks=NEEDS_FIELD, id="fsdp2-schedulefree_adamw"),
+    ],
+)
 def test_two_ranks_reproduce_the_single_process_loss_curve_and_neuron_diagnostics(
-    micro_shards, tmp_path, parallelism, optimizer
+    micro_shards, tmp_path, parallelism, optimizer, extra
 ):
-    single = train(config(micro_shards, tmp_path / "single", f"optim={optimizer}", *DIAGNOSTICS))
+    single = train(config(micro_shards, tmp_path / "single", f"optim={optimizer}", *extra, *DIAGNOSTICS))
     torchrun(
         *micro_overrides(
             micro_shards,
             f"out_dir={tmp_path / 'ranks'}",
             f"optim={optimizer}",
             f"train.parallelism={parallelism}",
+            *extra,
             *DIAGNOSTICS,
         )
     )

@@ -13,6 +13,7 @@ import torch
 
 pytest.importorskip("pytorch_optimizer", reason="the optimizers extra: pip install -e '.[optimizers]'")
 
+from eval.main_job import MainJob
 from model import GPT, GPTConfig
 from optim import build_optimizer
 from optim.adam_mini import AdamMini
@@ -20,7 +21,9 @@ from optim.field import MARS, SOAP, AdEMAMix, Kron, Lion, ScheduleFreeAdamW
 from tests.conftest import micro_overrides
 from tests.test_scripts import load_script
 from train import observers
+from train.config import compose_sweep
 from train.observers import Validation, evaluation_point
+from train.run import build_run
 
 SHAPE, STEPS = (6, 5), 4
 FP32 = {"rtol": 1e-6, "atol": 1e-7}  # fp32 rounding: the library and the formula order operations differently
@@ -167,17 +170,32 @@ def test_a_field_optimizer_without_its_extra_is_one_error_naming_the_extra(monke
     assert len(str(caught.value).splitlines()) == 1
 
 
-def test_the_main_job_trains_and_reports_the_field_optimizers(micro_shards, tmp_path, capsys):
-    # scripts/compare_optimizers.py --optimizers soap schedulefree_adamw adam_mini (Schedule-Free validating at x
-    # each time; Adam-mini with the overridden model's heads). Neuron diagnostics off: they need captured_updates,
-    # which a plug-in does not provide (docs/optimizers.md).
+def table_rows(report: str) -> dict[str, dict[str, str]]:
+    """The report's comparison table: {group: {column: cell}}."""
+    lines = [line for line in report.splitlines() if line.startswith("| ")]
+    header, *rows = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines)
+    return {row[0]: dict(zip(header, row)) for row in rows if not set(row[0]) <= set("-: ")}
+
+
+def test_the_main_job_reports_loss_and_neuron_death_for_the_field_optimizers(micro_shards, tmp_path):
+    # scripts/compare_optimizers.py --optimizers soap schedulefree_adamw adam_mini, diagnostics on as in the main
+    # job: SOAP on the matrices beside AdamW (one SplitOptimizer), Schedule-Free on every group (validating at x
+    # each time), Adam-mini with the overridden model's heads; their updates are their parameter changes
+    # (train/diagnostics.py captured_updates).
     compare = load_script("compare_optimizers")
     names = ("soap", "schedulefree_adamw", "adam_mini")
     argv = ["--optimizers", *names, "--seeds", "0", "--sample-tokens", "0", "--out", str(tmp_path)]
-    overrides = micro_overrides(micro_shards, "train.steps=4", "train.val_every=2", "diagnostics.every=0")
+    diagnostics = ("diagnostics.every=2", "diagnostics.starvation_window=1", "diagnostics.probe_tokens=256")
+    overrides = micro_overrides(micro_shards, "train.steps=4", "train.val_every=2", *diagnostics)
     assert compare.main([*argv, *overrides]) == 0
-    rows = (tmp_path / "report.md").read_text().splitlines()
-    assert all(any(row.startswith(f"| {name}") for row in rows) for name in names)
+    report = (tmp_path / "report.md").read_text()
+    assert "in each of the last 1 diagnostics" in report and "the parameter change of the step" in report
+    rows = table_rows(report)
+    assert sorted(rows) == sorted(names)
+    for name, row in rows.items():
+        assert row["final val loss (mean ± 95% CI)"] != "-", name
+        for column in ("exactly dead", "starved up rows", "up leverage CV"):
+            assert row[column] not in ("", "-"), (name, column)
 
 
 # --- SOAP and PSGD-Kron against their authors' code ------------------------------------------------
@@ -401,3 +419,27 @@ def test_adam_mini_refuses_a_parameter_it_has_no_block_rule_for():
     group = {"params": [model.weight], "param_names": ["blocks.0.router.weight"]}
     with pytest.raises(ValueError, match=r"no block rule for parameter 'blocks\.0\.router\.weight'"):
         AdamMini([group], n_head=1)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["scripts/compare_optimizers.py", "--optimizers", "soap", "kron", "dion", "aurora"],
+        ["python -m train", "-m", "optim=soap,lion", "diagnostics.every=20"],
+    ],
+    ids=["main-job", "multirun"],
+)
+def test_the_main_job_and_a_multirun_build_every_run_of_the_field_optimizers_with_diagnostics(
+    micro_shards, tmp_path, command
+):
+    # What each run of the command builds before its first step (the composed config, the optimizer, the
+    # observers and what they need), in-process; the runs themselves are the test above.
+    if command[0] == "python -m train":
+        overrides = [*command[2:], "out_dir=" + str(tmp_path) + "/${optim.name}"]
+    else:
+        compare = load_script("compare_optimizers")
+        job = MainJob(**vars(compare.parse_args([*command[1:], "--out", str(tmp_path)])))
+        overrides = job.sweep_overrides()
+    for _, cfg in compose_sweep([*overrides, *micro_overrides(micro_shards)]):
+        run = build_run(cfg)
+        assert cfg["diagnostics"]["every"] and "neurons" in run.observers, cfg["optim"]["name"]

@@ -22,6 +22,7 @@ from train.checkpoint import CHECKSUMS, list_checkpoints, load_model
 from train.cli import exit_code
 from train.loop import train, train_run
 from train.metrics import read_metrics
+from train.observers import Observer
 from train.run import build_run
 from train.rundir import RunDirError, config_changes
 from train.schedule import lr_scale
@@ -352,21 +353,41 @@ def test_hellaswag_during_training_refuses_a_sequence_too_short_for_its_endings(
 # --- the run's seams: observers named by import path, checked when the run is built ------------
 
 
+def plain_sgd(optim_cfg, model):  # a torch optimizer: it captures no update of its own
+    return torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+class NeedsAnEma(Observer):
+    """An observer that reads an attribute only some optimizers have."""
+
+    needs = ("ema_weights",)
+
+    @classmethod
+    def from_run(cls, cfg, run):
+        return cls()
+
+    def wants(self, step):
+        return True
+
+
 def test_an_observer_the_optimizer_cannot_serve_is_refused_when_the_run_is_built(micro_config, capsys):
-    cfg = micro_config("diagnostics.every=2")
-
-    def plain_sgd(optim_cfg, model):  # a torch optimizer: no captured_updates
-        return torch.optim.SGD(model.parameters(), lr=0.1)
-
+    cfg = micro_config()
+    cfg["observers"]["ema"] = f"{__name__}.NeedsAnEma"
     assert exit_code(lambda: train_run(build_run(cfg, make_optimizer=plain_sgd))) == 2
     assert (
         capsys.readouterr()
         .err.strip()
-        .startswith(
-            "error: observers.neurons (NeuronDeath) needs the optimizer's captured_updates, which SGD does not provide"
-        )
+        .startswith("error: observers.ema (NeedsAnEma) needs the optimizer's ema_weights, which SGD does not provide")
     )
     assert not Path(cfg["out_dir"]).exists()
+
+
+def test_a_torch_optimizer_gets_the_update_diagnostics_from_its_parameter_change(micro_config):
+    run = build_run(micro_config("train.steps=4", "diagnostics.every=2", "diagnostics.starvation_window=1"), plain_sgd)
+    records = [r for r in read_metrics(train_run(run)) if "diag/mlp.hidden/act_dead_frac" in r]
+    assert [r["step"] for r in records] == [2, 4]
+    for statistic in ("leverage_cv", "starved_frac", "stale_update_frac"):
+        assert all(f"diag/mlp.up/{statistic}" in r for r in records), statistic
 
 
 def test_train_step_takes_a_fake_optimizer_the_observers_do_not_need(micro_config):

@@ -3,9 +3,8 @@
 Pure functions do the maths (tensors in, numbers out). Two small classes hold what must
 persist between diagnostics: `StarvationTracker` (each matrix's recent low-leverage rows) and
 `NeuronDiagnostics` (the probe batch, the cadence, the tracker), which turns one training step
-into flat metric names (train/metric_names.py). The updates come from the optimizer: set
-`optimizer.captured_updates = {}` before optimizer.step() and pass the filled dict to `measure`
-(optim/matrix.py).
+into flat metric names (train/metric_names.py). The updates come from `captured_updates` around
+optimizer.step(), for any optimizer; pass the dict it fills to `measure`.
 docs/neuron_death.md defines every quantity and metric name.
 
 Every matrix is read in its TALL orientation (a wide matrix is transposed), m ≥ n, so that the
@@ -16,7 +15,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ LEVERAGE_HIST_EDGES = (0.0, *(10 ** (k / 4) for k in range(-12, 7)), math.inf)
 # Activations whose "off" region is exactly zero; for any other, exact zeros never happen, and
 # an exactly-dead count of 0 would read as "healthy" where it only means "not measurable".
 RELU_FAMILY = ("relu2",)
+# The optimizer attribute through which an optimizer of optim/matrix.py's family hands over the
+# direction it applies (set to a dict before step()); also what an observer `needs` to get updates.
+CAPTURED_UPDATES = "captured_updates"
 
 
 # --- the maths ------------------------------------------------------------------------------
@@ -144,6 +147,41 @@ def weight_row_norm_stats(weight: Tensor) -> dict[str, float]:
     }
 
 
+# --- the update of a step -----------------------------------------------------------------------
+
+
+def measured_matrices(model: nn.Module) -> dict[str, Tensor]:
+    """The matrices whose updates and weights the diagnostics measure, by parameter name: the matrix
+    group of optim/groups.py (every 2-D parameter under `blocks.`)."""
+    return dict(assign_groups(model)["matrix"])
+
+
+@contextmanager
+def captured_updates(optimizer: torch.optim.Optimizer, matrices: Mapping[str, Tensor]) -> Iterator[dict[str, Tensor]]:
+    """Around one optimizer.step(): when the block ends, the dict it gave holds the update that step
+    applied to each matrix, whole (also under FSDP2), by parameter name, for any optimizer.
+
+    An optimizer with a CAPTURED_UPDATES attribute (optim/matrix.py's family) fills the dict itself
+    with the direction it applies to every parameter, before the lr, its per-shape scale and the
+    weight decay. Any other optimizer gets `matrices` read before the step and differenced after:
+    the parameter change W_after - W_before, which holds the decay -lr·wd·W and anything else the
+    step does to W (docs/neuron_death.md, "The update"). Under FSDP2 every rank must take part,
+    since the changes are gathered whole; the copy taken before the step is each rank's shard.
+    """
+    updates: dict[str, Tensor] = {}
+    if hasattr(optimizer, CAPTURED_UPDATES):
+        setattr(optimizer, CAPTURED_UPDATES, updates)
+        try:
+            yield updates
+        finally:
+            setattr(optimizer, CAPTURED_UPDATES, None)  # None: capturing costs nothing on other steps
+        return
+    before = {name: param.detach().clone() for name, param in matrices.items()}
+    yield updates
+    for name, param in matrices.items():
+        updates[name] = whole(param.detach().float() - before[name].float())
+
+
 # --- state --------------------------------------------------------------------------------
 
 
@@ -237,7 +275,7 @@ class NeuronDiagnostics:
         hidden = [
             name for name, _ in model.named_modules() if metric_names.pooled_name(name) == metric_names.MLP_HIDDEN
         ]
-        matrices = [name for name, _ in assign_groups(model)["matrix"]]
+        matrices = list(measured_matrices(model))
         relu_family = model.config.activation in RELU_FAMILY
         return cls(model, probe_inputs, hidden, matrices, relu_family, every, **options)
 
@@ -275,10 +313,10 @@ class NeuronDiagnostics:
     ) -> dict[str, float | list[int]]:
         """All diagnostics of this step as flat `diag/...` metrics (docs/neuron_death.md).
 
-        `updates` maps parameter names to this step's update direction (any scale, as
-        `optimizer.captured_updates` holds it); matrices absent from it, or whose update is all
-        zero, get no leverage metrics and no starvation observation. `gradient_rows` (from
-        `gradient_rows()`) adds the stale-update metrics.
+        `updates` maps parameter names to this step's update (any scale, as `captured_updates`
+        gives it); matrices absent from it, or whose update is all zero, get no leverage metrics
+        and no starvation observation. `gradient_rows` (from `gradient_rows()`) adds the
+        stale-update metrics.
         """
         metrics: dict[str, float | list[int]] = {}
         self._activation_metrics(metrics)

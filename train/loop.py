@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ from optim.distributed import mean_over_ranks
 from train import metric_names as names
 from train.checkpoint import checkpoint_path, rng_state, save_checkpoint
 from train.cli import Diverged, RunStopped
+from train.diagnostics import CAPTURED_UPDATES, captured_updates, measured_matrices
 from train.dist import DeviceTimer, autocast_context, gradient_sync
-from train.observers import CAPTURED_UPDATES
 from train.run import Run, build_run, resume
 from train.schedule import lr_scale
 
@@ -77,7 +79,8 @@ def train_step(run: Run, step: int) -> bool:
         skip_update(run, step, train_loss, norm)
         observers = [observer for observer in observers if CAPTURED_UPDATES not in observer.needs]  # no update
     capture = any(CAPTURED_UPDATES in observer.needs for observer in observers)
-    optimizer_timer = apply_update(run.optimizer, run.runtime.device, capture) if applied else None
+    matrices = measured_matrices(run.model) if capture else None
+    optimizer_timer, updates = apply_update(run.optimizer, run.runtime.device, matrices) if applied else (None, None)
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
     if run.runtime.device.type == "cuda":
@@ -85,11 +88,8 @@ def train_step(run: Run, step: int) -> bool:
     step_time = time.perf_counter() - started
     run.state.step, run.state.elapsed_s = step, run.state.elapsed_s + step_time
     record = step_record(run, train_loss, norm, step_time, optimizer_timer.ms() if optimizer_timer else 0.0)
-    updates = run.optimizer.captured_updates if capture else None
     for observer in observers:
         observer.after_step(step, record, updates)
-    if capture:
-        run.optimizer.captured_updates = None
     run.metrics.log(record)
     return stopping
 
@@ -109,14 +109,17 @@ def accumulate_gradients(run: Run) -> torch.Tensor:
     return loss_sum
 
 
-def apply_update(optimizer: torch.optim.Optimizer, device: torch.device, capture: bool) -> DeviceTimer:
-    """optimizer.step(), timed on the device; with `capture` the optimizer keeps the update
-    directions it applies, by parameter name, in optimizer.captured_updates."""
-    if capture:
-        optimizer.captured_updates = {}
-    with DeviceTimer(device) as timer:
-        optimizer.step()
-    return timer
+def apply_update(
+    optimizer: torch.optim.Optimizer, device: torch.device, matrices: Mapping[str, torch.Tensor] | None
+) -> tuple[DeviceTimer, dict[str, torch.Tensor] | None]:
+    """optimizer.step(), timed on the device, and with `matrices` (an observer of the step needs
+    CAPTURED_UPDATES) the updates it applied, by parameter name (train/diagnostics.py
+    captured_updates), else None."""
+    capture = captured_updates(optimizer, matrices) if matrices is not None else nullcontext()
+    with capture as updates:
+        with DeviceTimer(device) as timer:
+            optimizer.step()
+    return timer, updates
 
 
 def skip_update(run: Run, step: int, train_loss: float, norm: float) -> None:

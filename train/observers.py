@@ -11,14 +11,15 @@ or on the command line `+observers.mine=my_package.MyObserver` (its module on PY
 `~observers.NAME` removes one.
 
 The run builds each with `cls.from_run(cfg, run)` (None: its own settings turn it off, or this
-rank takes no part) before anything is written, and refuses one that needs what the optimizer
-does not provide. Every step, each observer that `wants(step)` gets:
+rank takes no part) before anything is written, and refuses one that needs an optimizer attribute
+the optimizer lacks. Every step, each observer that `wants(step)` gets:
 
     before_step(step)                   the gradients are in place, the update is not applied yet
     after_step(step, record, updates)   after the update and zero_grad: add metrics to `record`
                                         (the step's line of metrics.jsonl); `updates` are the
-                                        applied update directions by parameter name when an
+                                        updates the step applied, by parameter name, when an
                                         observer of the step needs CAPTURED_UPDATES, else None
+                                        (train/diagnostics.py captured_updates: any optimizer)
 
 An observer that needs the updates misses a step whose update was skipped (there is none). At
 each checkpoint the run stores `state_dict()` in the checkpoint and calls `save()` (write your
@@ -41,7 +42,7 @@ from optim.imports import import_object
 from optim.recycle import recycled_total
 from train.config import ConfigError
 from train.data import validation_batches
-from train.diagnostics import NeuronDiagnostics, probe_batch
+from train.diagnostics import CAPTURED_UPDATES, NeuronDiagnostics, probe_batch
 from train.dist import Runtime, autocast_context
 from train.metric_names import RECYCLED_UNITS, VAL_LOSS
 from train.schedule import validation_due
@@ -50,9 +51,6 @@ from train.unit_trace import UnitTracer
 if TYPE_CHECKING:
     from train.run import Run
 
-# What an observer may need from the optimizer, by attribute: the update directions it applied,
-# by parameter name (optim/matrix.py fills the dict when it is set to one before step()).
-CAPTURED_UPDATES = "captured_updates"
 OBSERVER_METHODS = ("from_run", "wants", "before_step", "after_step", "state_dict", "resume", "save")
 
 
@@ -60,7 +58,9 @@ class Observer:
     """The protocol (see the module docstring), with hooks that do nothing: a subclass overrides
     `from_run`, `wants` and the hooks it uses. A class need not subclass it to be an observer."""
 
-    needs: tuple[str, ...] = ()  # optimizer attributes it reads (CAPTURED_UPDATES)
+    # CAPTURED_UPDATES: the step's updates, which the loop captures for any optimizer; any other
+    # entry names an attribute of the optimizer that it reads (check_needs)
+    needs: tuple[str, ...] = ()
 
     @classmethod
     def from_run(cls, cfg: dict[str, Any], run: Run) -> Observer | None:
@@ -101,14 +101,15 @@ def observer_class(name: str, path: Any) -> type:
 
 
 def check_needs(observers: Mapping[str, Observer], optimizer: torch.optim.Optimizer) -> None:
-    """Refuse an observer that needs an attribute the optimizer lacks, before the first step."""
+    """Refuse an observer that needs an attribute the optimizer lacks, before the first step
+    (CAPTURED_UPDATES is no attribute to check: the loop captures the updates of any optimizer)."""
     for name, observer in observers.items():
-        missing = [need for need in observer.needs if not hasattr(optimizer, need)]
+        missing = [need for need in observer.needs if need != CAPTURED_UPDATES and not hasattr(optimizer, need)]
         if missing:
             raise ConfigError(
                 f"observers.{name} ({type(observer).__name__}) needs the optimizer's {', '.join(missing)}, which "
                 f"{type(optimizer).__name__} does not provide; turn it off (its settings, or ~observers.{name}) "
-                "or use an optimizer that provides it (optim/matrix.py)"
+                "or use an optimizer that has it"
             )
 
 
