@@ -42,7 +42,10 @@ WORKER = "worker"  # a trial's user attribute: host:pid of the worker that last 
 def open_storage(url: str):
     """The study storage `url` names: `journal:PATH`, a journal file (created when absent), or an
     RDB URL, which Optuna opens (a database the workers share)."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise ValueError("--storage needs Optuna, of the cluster extra: pip install -e '.[cluster]'") from None
 
     if url.startswith(JOURNAL):
         path = Path(url.removeprefix(JOURNAL)).resolve()
@@ -85,14 +88,15 @@ class OptunaStudy:
         self.storage = open_storage(storage)
 
     def describe(self, tuning: Tuning) -> str:
-        sampler = "Optuna's TPESampler" if tuning.sampler == "tpe" else "planned, enqueued"
-        return f"Optuna studies {self.name}-<optimizer> in {self.storage_url} ({tuning.sampler}: {sampler})"
+        return f"the workers of Optuna studies {self.name}-<optimizer> in {self.storage_url}"
 
     def _study(self, tuning: Tuning, optimizer: str, space: dict[str, Any]):
         """The optimizer's study with its --trials trials planned: created and planned by the
         first worker, under an OS lock; a study planned with other options is refused."""
         import optuna
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # sobol and grid enqueue every trial's settings; only tpe samples
         sampler = optuna.samplers.TPESampler(seed=tuning.sampler_seed) if tuning.sampler == "tpe" else None
         name = f"{self.name}-{optimizer}"
         options = {k: v for k, v in plan_header(tuning).items() if k != "optimizers"}
@@ -107,15 +111,13 @@ class OptunaStudy:
                     "give the same options, or another --study"
                 )
             study.set_user_attr("options", options)
-            study.set_user_attr("optimizer", optimizer)
             taken = {trial.user_attrs[PLAN_INDEX] for trial in study.get_trials(deepcopy=False)}
             for index, settings in enumerate(planned_settings(tuning, space)):
                 if index not in taken:
                     study.enqueue_trial(settings, user_attrs={PLAN_INDEX: index})
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         return study
 
-    def _run_trial(self, tuning: Tuning, study, space: dict, frozen, command: list[str]) -> None:
+    def _run_trial(self, tuning: Tuning, study, optimizer: str, space: dict, frozen, command: list[str]) -> None:
         """Take the trial (its claim is held), run or resume it, tell the study its result."""
         import optuna
         from optuna.trial import TrialState
@@ -127,23 +129,16 @@ class OptunaStudy:
             self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
         self.storage.set_trial_user_attr(trial_id, WORKER, f"{socket.gethostname()}:{os.getpid()}")
         trial = optuna.Trial(study, trial_id)
-        settings = {
-            key: trial.suggest_float(key, s["low"], s["high"], log=bool(s.get("log"))) for key, s in space.items()
-        }
-        point = self._point(tuning, study, settings, frozen.user_attrs[PLAN_INDEX])
+        settings = {k: trial.suggest_float(k, s["low"], s["high"], log=bool(s.get("log"))) for k, s in space.items()}
+        point = tuning.trial(optimizer, settings, frozen.user_attrs[PLAN_INDEX])
         _wait_for_run_directory(point)
         run_points([point], command, nproc=tuning.nproc, directory=tuning.out)
         loss = final_loss(point)
         study.tell(trial, loss) if math.isfinite(loss) else study.tell(trial, state=TrialState.FAIL)
 
-    @staticmethod
-    def _point(tuning: Tuning, study, settings: dict[str, float], index: int) -> Point:
-        optimizer = study.user_attrs["optimizer"]
-        return tuning.points(optimizer, "trials", settings, [tuning.trial_seed], index)[0]
-
-    def _take_trials(self, tuning: Tuning, optimizer: str, command: list[str]) -> dict[str, Any]:
+    def _take_trials(self, tuning: Tuning, optimizer: str, command: list[str]) -> tuple[dict[str, Any], list]:
         """Run the optimizer's trials that no live worker holds, wait for the others; returns its
-        PLAN entry (space, trials) once every trial is told."""
+        search space and its trials, all told, in plan order."""
         from optuna.trial import TrialState
 
         space = search_space(optimizer, tuning.run_overrides)
@@ -152,27 +147,28 @@ class OptunaStudy:
         _each_claimed(
             study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)),
             lambda frozen: tuning.out / "trials" / f".{optimizer}-t{frozen.user_attrs[PLAN_INDEX]}.claim",
-            lambda frozen: self._run_trial(tuning, study, space, frozen, command),
+            lambda frozen: self._run_trial(tuning, study, optimizer, space, frozen, command),
         )
-        told = sorted(study.get_trials(deepcopy=False), key=lambda trial: trial.user_attrs[PLAN_INDEX])
-        rows = []
-        for trial in told:
-            point = self._point(tuning, study, trial.params, trial.user_attrs[PLAN_INDEX])
-            point.status = "done" if trial.state == TrialState.COMPLETE else "failed"
-            rows.append({"settings": trial.params, "run": point, "worker": trial.user_attrs.get(WORKER)})
-        return {"space": space, "trials": rows}
+        return space, sorted(study.get_trials(deepcopy=False), key=lambda trial: trial.user_attrs[PLAN_INDEX])
 
     def run_trials(self, tuning: Tuning, command: list[str]) -> tuple[dict[str, Any], Trials]:
         """Every optimizer's trials, run by this worker or another; the plan and the trials once
-        all are told."""
+        all are told (PLAN names the worker, host:pid, that ran each)."""
+        from optuna.trial import TrialState
+
         plan, trials = plan_header(tuning), {}
-        plan["backend"] = self.describe(tuning)
         for optimizer in tuning.optimizers:
-            entry = self._take_trials(tuning, optimizer, command)
-            trials[optimizer] = [(row["settings"], row["run"]) for row in entry["trials"]]
-            for row in entry["trials"]:
-                row["run"] = str(row["run"].out_dir)
-            plan["optimizers"][optimizer] = entry
+            space, told = self._take_trials(tuning, optimizer, command)
+            trials[optimizer] = []
+            for trial in told:
+                point = tuning.trial(optimizer, trial.params, trial.user_attrs[PLAN_INDEX])
+                point.status = "done" if trial.state == TrialState.COMPLETE else "failed"
+                trials[optimizer].append((trial.params, point))
+            rows = [
+                {"settings": settings, "run": str(point.out_dir), "worker": trial.user_attrs[WORKER]}
+                for trial, (settings, point) in zip(told, trials[optimizer])
+            ]
+            plan["optimizers"][optimizer] = {"space": space, "trials": rows}
         return plan, trials
 
     def run_finals(self, tuning: Tuning, finals: list[Point], command: list[str]) -> None:

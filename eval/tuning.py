@@ -78,6 +78,10 @@ class Tuning:
         seed = f"seed={','.join(map(str, seeds))}"
         return [Point(p, c) for p, c in compose_sweep([*self.run_overrides, *fixed, seed, out_dir])]
 
+    def trial(self, optimizer: str, settings: dict[str, float], index: int) -> Point:
+        """Trial `index` of an optimizer: its settings, on the trial seed, in out/trials/."""
+        return self.points(optimizer, "trials", settings, [self.trial_seed], index)[0]
+
 
 Trials = dict[str, list[tuple[dict[str, float], Point]]]  # {optimizer: [(settings, its trial run)]}
 
@@ -179,7 +183,7 @@ def plan_trials(tuning: Tuning) -> tuple[dict[str, Any], Trials]:
     for optimizer in tuning.optimizers:
         space = search_space(optimizer, tuning.run_overrides)
         trials[optimizer] = [
-            (settings, tuning.points(optimizer, "trials", settings, [tuning.trial_seed], index)[0])
+            (settings, tuning.trial(optimizer, settings, index))
             for index, settings in enumerate(planned_settings(tuning, space))
         ]
         plan["optimizers"][optimizer] = {
@@ -271,6 +275,7 @@ def tune(tuning: Tuning, command: list[str], backend: Backend | None = None) -> 
         flush=True,
     )
     plan, trials = backend.run_trials(tuning, command)
+    plan["runner"] = backend.describe(tuning)
     finals = winners(tuning, plan, trials)
     tuning.out.mkdir(parents=True, exist_ok=True)
     atomic_write(tuning.out / PLAN, json.dumps(plan, indent=1, default=str) + "\n")
