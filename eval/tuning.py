@@ -31,6 +31,7 @@ from train.sweep import INDEX, Point, run_points, with_threads
 
 PLAN = "tune.json"  # the plan and the winners, in the tuning's folder (eval/comparison.py plots it)
 REPORT = "tuning.md"
+FIGURE = "tuning.png"
 # The samplers, as the report names them. sobol is the default: a fixed, quasi-random plan gives
 # every optimizer the same kind of search (AlgoPerf's external tuning does the same); tpe adapts to
 # the trials finished so far, so it needs a study that holds them (scripts/tune.py --storage).
@@ -40,7 +41,6 @@ SAMPLERS = {
     "tpe": "Optuna's TPE: adaptive",
 }
 ADAPTIVE = ("tpe",)
-FIGURE = "tuning.png"
 
 
 @dataclass(frozen=True)
