@@ -4,8 +4,11 @@ loss only, and its best setting is re-run on fresh seeds.
 
     search_space, unit_points, trial_settings   the samplers: a scrambled Sobol sequence or a grid
                                                 in [0, 1]^dims, mapped into each optimizer's space
-    tune(tuning, command)                       the trials, the winners on fresh seeds, PLAN,
+    tune(tuning, command, backend)              the trials, the winners on fresh seeds, PLAN,
                                                 tuning.md and tuning.png, in tuning.out
+    LocalRuns                                   the default backend: the runs as processes of this
+                                                one; eval/study.py's OptunaStudy shares them out
+                                                to many workers through an Optuna storage
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -29,6 +32,15 @@ from train.sweep import INDEX, Point, run_points, with_threads
 PLAN = "tune.json"  # the plan and the winners, in the tuning's folder (eval/comparison.py plots it)
 REPORT = "tuning.md"
 FIGURE = "tuning.png"
+# The samplers, as the report names them. sobol is the default: a fixed, quasi-random plan gives
+# every optimizer the same kind of search (AlgoPerf's external tuning does the same); tpe adapts to
+# the trials finished so far, so it needs a study that holds them (scripts/tune.py --storage).
+SAMPLERS = {
+    "sobol": "quasi-random: scrambled Sobol",
+    "grid": "grid",
+    "tpe": "Optuna's TPE: adaptive",
+}
+ADAPTIVE = ("tpe",)
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,10 @@ class Tuning:
         out_dir = f"out_dir={self.out / kind / name}" + ("-seed${seed}" if kind == "final" else "")
         seed = f"seed={','.join(map(str, seeds))}"
         return [Point(p, c) for p, c in compose_sweep([*self.run_overrides, *fixed, seed, out_dir])]
+
+    def trial(self, optimizer: str, settings: dict[str, float], index: int) -> Point:
+        """Trial `index` of an optimizer: its settings, on the trial seed, in out/trials/."""
+        return self.points(optimizer, "trials", settings, [self.trial_seed], index)[0]
 
 
 Trials = dict[str, list[tuple[dict[str, float], Point]]]  # {optimizer: [(settings, its trial run)]}
@@ -138,10 +154,9 @@ def trial_table(optimizer: str, trials: list[tuple[dict, Point]], winner: int) -
     return "\n".join(lines)
 
 
-def plan_trials(tuning: Tuning) -> tuple[dict[str, Any], Trials]:
-    """The plan (PLAN's content before the winners) and every optimizer's trial runs, all composed
-    and checked before any runs."""
-    plan: dict[str, Any] = {
+def plan_header(tuning: Tuning) -> dict[str, Any]:
+    """PLAN's options, before each optimizer's entry (its space, trials and winner)."""
+    return {
         "optimizers": {},
         "trials": tuning.trials,
         "seeds": tuning.seeds,
@@ -150,19 +165,58 @@ def plan_trials(tuning: Tuning) -> tuple[dict[str, Any], Trials]:
         "trial_seed": tuning.trial_seed,
         "overrides": tuning.overrides,
     }
+
+
+def planned_settings(tuning: Tuning, space: dict[str, Any]) -> list[dict[str, float]]:
+    """Each trial's settings as planned before any runs: the sampler's points in `space`; for an
+    adaptive sampler (tpe), no settings yet (its study samples them as trials are taken)."""
+    if tuning.sampler in ADAPTIVE:
+        return [{} for _ in range(tuning.trials)]
+    return trial_settings(space, unit_points(tuning.trials, len(space), tuning.sampler, tuning.sampler_seed))
+
+
+def plan_trials(tuning: Tuning) -> tuple[dict[str, Any], Trials]:
+    """The plan (PLAN's content before the winners) and every optimizer's trial runs, all composed
+    and checked before any runs."""
+    plan = plan_header(tuning)
     trials: Trials = {}
     for optimizer in tuning.optimizers:
         space = search_space(optimizer, tuning.run_overrides)
-        points = unit_points(tuning.trials, len(space), tuning.sampler, tuning.sampler_seed)
         trials[optimizer] = [
-            (settings, tuning.points(optimizer, "trials", settings, [tuning.trial_seed], index)[0])
-            for index, settings in enumerate(trial_settings(space, points))
+            (settings, tuning.trial(optimizer, settings, index))
+            for index, settings in enumerate(planned_settings(tuning, space))
         ]
         plan["optimizers"][optimizer] = {
             "space": space,
             "trials": [{"settings": s, "run": str(p.out_dir)} for s, p in trials[optimizer]],
         }
     return plan, trials
+
+
+class LocalRuns:
+    """The trials and the winners' runs as processes of this one (`run_points`, --jobs at a time)."""
+
+    def describe(self, tuning: Tuning) -> str:
+        return f"this process, {tuning.jobs} run(s) at a time"
+
+    def run_trials(self, tuning: Tuning, command: list[str]) -> tuple[dict[str, Any], Trials]:
+        plan, trials = plan_trials(tuning)
+        every_trial = [point for rows in trials.values() for _, point in rows]
+        run_points(every_trial, command, nproc=tuning.nproc, jobs=tuning.jobs, directory=tuning.out)
+        return plan, trials
+
+    def run_finals(self, tuning: Tuning, finals: list[Point], command: list[str]) -> None:
+        run_points(finals, command, nproc=tuning.nproc, jobs=tuning.jobs, directory=tuning.out)
+
+
+class Backend(Protocol):
+    """Where the trials and the winners' runs run: LocalRuns, or eval/study.py's OptunaStudy."""
+
+    def describe(self, tuning: Tuning) -> str: ...
+
+    def run_trials(self, tuning: Tuning, command: list[str]) -> tuple[dict[str, Any], Trials]: ...
+
+    def run_finals(self, tuning: Tuning, finals: list[Point], command: list[str]) -> None: ...
 
 
 def winners(tuning: Tuning, plan: dict[str, Any], trials: Trials) -> list[Point]:
@@ -184,21 +238,22 @@ def winners(tuning: Tuning, plan: dict[str, Any], trials: Trials) -> list[Point]
     return finals
 
 
-def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: list[Point]) -> str:
+def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: list[Point], runner: str) -> str:
     """tuning.md: the budget, every trial per optimizer with the winner marked, the winners on
     fresh seeds, and what that comparison found."""
     groups = groups_of(group_runs([load_run(point.out_dir) for point in finals]))
     cfg = next(iter(trials.values()))[0][1].config
     budget = (
         f"{tuning.trials} trials x {cfg['train']['steps']} steps of {cfg['train']['batch_tokens']:,} tokens per "
-        f"optimizer ({tuning.sampler}, sampler seed {tuning.sampler_seed}, trial seed {tuning.trial_seed}), then "
+        f"optimizer ({SAMPLERS[tuning.sampler]}, sampler seed {tuning.sampler_seed}, "
+        f"trial seed {tuning.trial_seed}), then "
         f"{tuning.seeds} fresh seeds ({', '.join(map(str, tuning.final_seeds))}) for the winner"
     )
     overrides = " ".join(tuning.overrides) or "(none)"
     return "\n\n".join(
         [
             "# Equal-budget tuning",
-            f"Budget: {budget}. Judged on final val loss only. Overrides: `{overrides}`.",
+            f"Budget: {budget}. Judged on final val loss only. Overrides: `{overrides}`. Trials run by {runner}.",
             "## Trials",
             *[trial_table(o, rows, plan["optimizers"][o]["winner"]["trial"]) for o, rows in trials.items()],
             "## The winners on fresh seeds",
@@ -209,25 +264,24 @@ def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: 
     )
 
 
-def tune(tuning: Tuning, command: list[str]) -> tuple[str, list[Path | None]]:
-    """Run every trial, then each winner on the fresh seeds (a rerun resumes), and write PLAN,
-    REPORT and FIGURE into tuning.out; returns the report and what it wrote (None: no figure),
-    the sweep index last. `command` goes into the sweep index."""
-    plan, trials = plan_trials(tuning)
-    every_trial = [point for rows in trials.values() for _, point in rows]
+def tune(tuning: Tuning, command: list[str], backend: Backend | None = None) -> tuple[str, list[Path | None]]:
+    """Run every trial, then each winner on the fresh seeds (a rerun resumes), through `backend`
+    (LocalRuns by default), and write PLAN, REPORT and FIGURE into tuning.out; returns the report
+    and what it wrote (None: no figure), the sweep index last. `command` goes into the sweep index."""
+    backend = backend or LocalRuns()
     print(
-        f"tuning {len(tuning.optimizers)} optimizers x {tuning.trials} trials ({len(every_trial)} runs), then the "
-        f"winners on {tuning.seeds} fresh seeds each",
+        f"tuning {len(tuning.optimizers)} optimizers x {tuning.trials} trials, then the winners on {tuning.seeds} "
+        f"fresh seeds each; trials run by {backend.describe(tuning)}",
         flush=True,
     )
-    launch = dict(nproc=tuning.nproc, jobs=tuning.jobs, directory=tuning.out)
-    run_points(every_trial, command, **launch)
+    plan, trials = backend.run_trials(tuning, command)
+    plan["runner"] = backend.describe(tuning)
     finals = winners(tuning, plan, trials)
     tuning.out.mkdir(parents=True, exist_ok=True)
     atomic_write(tuning.out / PLAN, json.dumps(plan, indent=1, default=str) + "\n")
     if finals:
-        run_points(finals, command, **launch)
+        backend.run_finals(tuning, finals, command)
     figure = plot_tuning(plan, tuning.out / FIGURE)
-    report = tuning_report(tuning, plan, trials, finals)
+    report = tuning_report(tuning, plan, trials, finals, backend.describe(tuning))
     atomic_write(tuning.out / REPORT, report + "\n")
     return report, [tuning.out / REPORT, figure, tuning.out / PLAN, tuning.out / INDEX]

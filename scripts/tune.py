@@ -14,6 +14,16 @@ Search spaces: `search:` in conf/optim/<name>.yaml, e.g. `matrix.lr: {low: 0.005
 plan and the winners), tuning.md (every trial per optimizer with the winner marked, then the
 K-seed result) and tuning.png (final val loss against each searched key, one line per optimizer).
 Rerunning resumes. Compare further with scripts/report.py --out DIR runs/tune.
+
+Many workers (docs/cluster.md): with --storage, the trials live in Optuna studies (one per
+optimizer, --study-<optimizer>) in a storage every worker shares, `journal:PATH` (a file on a shared
+file system) or an RDB URL; start the same command on each worker, with the same --out on a shared
+file system. Each worker takes planned trials one at a time (--jobs then only shares a machine's
+cores between the workers on it), a trial killed with its worker is resumed by the next one, and
+every worker that finishes writes the report. --sampler tpe (Optuna's TPE, adaptive) needs --storage.
+
+    python scripts/tune.py --optimizers adamw muon --trials 8 --storage journal:runs/tune/optuna.log \\
+        --jobs 2 -- experiment=speedrun_tiny            # in two shells: two workers, one study
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from eval.tuning import Tuning, tune
+from eval.study import OptunaStudy
+from eval.tuning import ADAPTIVE, SAMPLERS, Tuning, tune
 from train.cli import exit_code
 
 
@@ -32,16 +43,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trials", type=int, default=8, help="trials per optimizer, the same for every one")
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds the winner is re-run on (K)")
     parser.add_argument("--trial-seed", type=int, default=0)
-    parser.add_argument("--sampler", choices=("sobol", "grid"), default="sobol")
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="sobol", help="sobol (default), grid, tpe")
     parser.add_argument("--sampler-seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (CPU: 2 on 2 cores)")
     parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun)")
     parser.add_argument("--out", type=Path, default=Path("runs/tune"))
+    parser.add_argument("--storage", help="journal:PATH or an RDB URL: trials pulled by many workers (Optuna)")
+    parser.add_argument("--study", default="tune", help="the Optuna studies' name, before -<optimizer>")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args(argv)
     if args.trials < 1 or args.seeds < 1 or args.jobs < 1:
         raise ValueError("--trials, --seeds and --jobs must be at least 1")
-    report, (table, figure, plan, index) = tune(Tuning(**vars(args)), ["scripts/tune.py", *argv])
+    if args.sampler in ADAPTIVE and not args.storage:
+        raise ValueError(f"--sampler {args.sampler} samples from the trials told so far: give --storage")
+    backend = OptunaStudy(args.storage, args.study) if args.storage else None  # needs the cluster extra
+    options = {k: v for k, v in vars(args).items() if k not in ("storage", "study")}
+    report, (table, figure, plan, index) = tune(Tuning(**options), ["scripts/tune.py", *argv], backend)
     print("\n" + report)
     print(f"outputs:\n  {table}\n  {figure or '(no tuning figure)'}\n  {plan}\n  {index}")
     return 0

@@ -16,7 +16,8 @@ from train.signals import stop_at_once_on_signals
 
 stop_at_once_on_signals()  # before the imports below, which take seconds: a signal then still gives exit 75
 
-from train.cli import STOPPED, exit_code, leave_stopped, message  # noqa: E402
+from train.cli import STOPPED, RunStopped, exit_code, leave_stopped, message  # noqa: E402
+from train.cluster import launcher_job  # noqa: E402
 from train.config import (  # noqa: E402
     CONF_DIR,
     check_config,
@@ -76,19 +77,24 @@ def main() -> None:
             return
         number = HydraConfig.get().job.num
         point = Multirun.points[number]
-        rank0 = Multirun.index is not None
-        if rank0:
-            print(header(number + 1, len(Multirun.points), point), flush=True)
-            point.status = "running"
-            Multirun.index.update(point)
-        try:
-            train(config)
-            point.status = "done"
-        except (ValueError, OSError) as err:  # the run's one-line error; the sweep goes on
-            point.status, point.error = "failed", message(err).splitlines()[0]
-            print(f"error: {point.error}", file=sys.stderr, flush=True)
-        if rank0:
-            Multirun.index.update(point)
+        with launcher_job(os.environ):  # in a submitit job: its ranks, a requeue when stopped (train/cluster.py)
+            index = Multirun.index if placement_from_env().rank == 0 else None
+            if index:
+                print(header(number + 1, len(Multirun.points), point), flush=True)
+                point.status = "running"
+                index.update(point)
+            try:
+                train(config)
+                point.status = "done"
+            except (ValueError, OSError) as err:  # the run's one-line error; the sweep goes on
+                point.status, point.error = "failed", message(err).splitlines()[0]
+                print(f"error: {point.error}", file=sys.stderr, flush=True)
+            except RunStopped as err:
+                point.status, point.error = "stopped", message(err)
+                raise
+            finally:
+                if index:
+                    index.update(point)
 
     code = exit_code(lambda: preflight(sys.argv[1:]))
     if code:
@@ -96,6 +102,7 @@ def main() -> None:
     register_resolvers()
     run()
     if Multirun.points and Multirun.index is not None:
+        Multirun.index.refresh(Multirun.points)  # a launcher's jobs ran the points in other processes
         print(summary(Multirun.points, Multirun.index), flush=True)
     if any(point.status == "failed" for point in Multirun.points):
         sys.exit(1)

@@ -129,7 +129,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
     dirs = _config_dirs(parsed)  # parsed once, above
     for override in parsed:
         key = override.key_or_group
-        if key.startswith("hydra.") or key == "hydra" or override.is_delete():
+        if key.startswith(("hydra.", "hydra/")) or key == "hydra" or override.is_delete():
             continue
         if key.startswith("observers."):  # names the user chooses; the run checks each import path
             continue

@@ -3,13 +3,15 @@
 A sweep's points come from `train.config.compose_sweep` (every point composed and checked before
 the first run starts). Its directory is the deepest folder holding every point's out_dir, and
 `sweep_index.json` there lists each run: its run directory, overrides and status (pending,
-running, done, failed, with the error line). Relaunching the same sweep skips the runs that are
-done and resumes the rest from their checkpoints; several sweeps into one folder share its index
-(keyed by run directory).
+running, done, failed with the error line, or stopped: exit 75, a signal stopped it at a step
+boundary). Relaunching the same sweep skips the runs that are done and resumes the rest from their
+checkpoints; several sweeps into one folder, or the jobs of a Hydra launcher, share its index
+(keyed by run directory, updated under an OS lock).
 
 Two ways to run one, both printing a header per point and a summary at the end:
-- `python -m train -m ...`: Hydra's multirun, one point after another in this process
-  (`SweepIndex` is updated by train/__main__.py);
+- `python -m train -m ...`: Hydra's multirun, one point after another in this process, or one
+  job per point with a Hydra launcher (`hydra/launcher=submitit_slurm`: train/cluster.py);
+  `SweepIndex` is updated by train/__main__.py;
 - `run_points`: one process per point (`python -m train`, or torchrun with nproc > 1), up to
   `jobs` at a time, with a progress line and an ETA read from the runs' metrics.jsonl
   (scripts/sweep.py, eval/main_job.py, eval/tuning.py, scripts/speedrun.py); `with_threads` shares
@@ -18,17 +20,20 @@ Two ways to run one, both printing a header per point and a summary at the end:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from train.cli import STOPPED
 from train.files import atomic_write, read_jsonl_tail
 from train.metric_names import STEP, TRAIN_LOSS, VAL_LOSS
 from train.metrics import SWEEP_ENV, read_metrics
@@ -95,35 +100,61 @@ def is_done(point: Point) -> bool:
     return logged_steps(point.out_dir) >= point.total_steps and final.is_dir()
 
 
+@contextmanager
+def held_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An OS lock (flock) on `path` for the block: yields True when taken, False when another
+    process holds it and `wait` is false. The OS releases it when its holder dies, so a killed
+    process never leaves a stale lock (on a shared file system too, where it supports flock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # closing the file releases the lock
+
+
 class SweepIndex:
     """sweep_index.json: {"launches": [...], "runs": {run dir: {overrides, status, ...}}},
-    rewritten atomically at every change of status."""
+    rewritten atomically at every change of status. Each change is read, merged and written under
+    an OS lock on sweep_index.json.lock, so that the jobs of a Hydra launcher (processes, or nodes
+    sharing the file system) each update their own run's entry without losing another's."""
 
     def __init__(self, points: Sequence[Point], argv: Sequence[str], directory: Path | None = None):
         self.directory = (directory or sweep_directory(points)).resolve()
         self.path = self.directory / INDEX
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"launches": [], "runs": {}}
-        self.data["launches"].append(
-            {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv), "points": len(points)}
-        )
-        for point in points:
-            entry = self.data["runs"].setdefault(self.key(point), {})
-            entry.update(overrides=point.overrides, total_steps=point.total_steps)
-            entry.setdefault("status", "pending")
-        self.write()
+        launch = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv), "points": len(points)}
+        with self._merged() as data:
+            data["launches"].append(launch)
+            for point in points:
+                entry = data["runs"].setdefault(self.key(point), {})
+                entry.update(overrides=point.overrides, total_steps=point.total_steps)
+                entry.setdefault("status", "pending")
+
+    @contextmanager
+    def _merged(self) -> Iterator[dict[str, Any]]:
+        """The index as on disk, for the block to change, then written back, all under the lock."""
+        with held_lock(self.path.with_name(INDEX + ".lock")):
+            data = json.loads(self.path.read_text()) if self.path.is_file() else {"launches": [], "runs": {}}
+            yield data
+            atomic_write(self.path, json.dumps(data, indent=1) + "\n")
 
     def key(self, point: Point) -> str:
         return os.path.relpath(point.out_dir.resolve(), self.directory)
 
     def update(self, point: Point, **values: Any) -> None:
-        entry = self.data["runs"][self.key(point)]
-        entry.update(status=point.status, error=point.error, logged_steps=logged_steps(point.out_dir), **values)
-        entry["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.write()
+        with self._merged() as data:
+            entry = data["runs"][self.key(point)]
+            entry.update(status=point.status, error=point.error, logged_steps=logged_steps(point.out_dir), **values)
+            entry["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
-    def write(self) -> None:
-        atomic_write(self.path, json.dumps(self.data, indent=1) + "\n")
+    def refresh(self, points: Sequence[Point]) -> None:
+        """Each point's status and error as the index holds them: what the jobs of a launcher that
+        ran them in other processes recorded."""
+        runs = json.loads(self.path.read_text())["runs"]  # written whole by a rename: never torn
+        for point in points:
+            point.status, point.error = runs[self.key(point)]["status"], runs[self.key(point)].get("error")
 
 
 def header(number: int, total: int, point: Point) -> str:
@@ -150,8 +181,9 @@ def summary(points: Sequence[Point], index: SweepIndex | None) -> str:
             point.error if point.status == "failed" else (f"val loss {vals[-1]:.4f}" if vals else "no val loss yet")
         )
         lines.append(f"  {point.status:8s} {steps:>6}/{point.total_steps:<6} {result}  {point.out_dir}")
-    failed = sum(point.status == "failed" for point in points)
-    lines.append(f"{len(points) - failed} of {len(points)} runs done" + (f", {failed} failed" if failed else ""))
+    counts = {status: sum(point.status == status for point in points) for status in ("done", "failed", "stopped")}
+    others = [f", {count} {status}" for status, count in counts.items() if count and status != "done"]
+    lines.append(f"{counts['done']} of {len(points)} runs done" + "".join(others))
     if index is not None:
         lines.append(f"index: {index.path}")
     return "\n".join(lines)
@@ -192,7 +224,7 @@ def progress_line(points: Sequence[Point], jobs: int, started: float) -> str:
 
     The ETA assumes the steps still to run cost what the steps run so far in this launch cost
     (points differ in cost, so it is an estimate that improves as the sweep goes)."""
-    done = sum(point.status in ("done", "failed") for point in points)
+    done = sum(point.status in ("done", "failed", "stopped") for point in points)
     running, steps_now = [], 0
     for point in points:
         if point.status != "running":
@@ -206,7 +238,7 @@ def progress_line(points: Sequence[Point], jobs: int, started: float) -> str:
     for point in points:
         logged = min(logged_steps(point.out_dir), point.total_steps)
         steps_now += logged - point.steps_at_launch
-        remaining += 0 if point.status == "failed" else point.total_steps - logged
+        remaining += 0 if point.status in ("failed", "stopped") else point.total_steps - logged
     elapsed = time.monotonic() - started
     eta = f"ETA {format_duration(remaining * elapsed / steps_now)}" if steps_now > 0 else "ETA -"
     return f"[{done}/{len(points)} done | {elapsed / 60:.1f} min | {eta}] " + "; ".join(running)
@@ -232,7 +264,7 @@ def _launch(point: Point, nproc: int, env: dict[str, str] | None, index: SweepIn
 
 
 def _record_exit(point: Point, code: int, index: SweepIndex) -> None:
-    point.status = "done" if code == 0 else "failed"
+    point.status = "done" if code == 0 else "stopped" if code == STOPPED else "failed"
     point.error = None if code == 0 else f"exit {code}: {_error_line(point.log)}"
     index.update(point, exit_code=code)
     print(f"--- {point.name}: {point.status}" + (f" ({point.error})" if point.error else ""), flush=True)
