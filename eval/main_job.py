@@ -44,7 +44,7 @@ class MainJob:
                 f"experiment={self.experiment}",
                 f"optim={','.join(self.optimizers)}",
                 f"seed={','.join(map(str, self.seeds))}",
-                f"out_dir={self.out}/" + "${optim.name}-seed${seed}",
+                f"out_dir={self.out}/" + "${hydra:runtime.choices.optim}-seed${seed}",
                 *self.overrides,
             ],
             self.jobs,

@@ -200,6 +200,16 @@ def test_a_searchpath_folder_adds_its_options_and_keys_to_the_checks(user_config
         compose_config(["hydra.searchpath=[file:///no/such/folder]"])
 
 
+def test_a_users_own_optim_option_gets_its_own_run_directory_by_its_file_name(user_config_dir):
+    from train.config import compose_config, with_config_dir
+
+    variant = "defaults:\n  - row_normalized\n  - _self_\nmatrix:\n  lr: 0.05\n"  # keeps name row_normalized
+    (user_config_dir / "optim" / "row_normalized_fast.yaml").write_text(variant)
+    for option in ("row_normalized", "row_normalized_fast"):
+        cfg = compose_config(with_config_dir([f"optim={option}"], str(user_config_dir)))  # as --config-dir
+        assert (cfg["optim"]["name"], cfg["out_dir"]) == ("row_normalized", f"runs/tiny-{option}-seed0")
+
+
 def test_with_config_dir_adds_the_folder_to_the_searchpath():
     from train.config import with_config_dir
 

@@ -84,6 +84,22 @@ def test_sweep_refuses_points_that_share_an_out_dir(capsys):
     assert "share out_dir 'runs/same'" in capsys.readouterr().err
 
 
+def test_the_main_job_tuning_and_a_sweep_give_two_configs_of_one_optimizer_a_run_directory_each(tmp_path, capsys):
+    from eval.main_job import MainJob
+    from eval.tuning import Tuning
+    from train.config import compose_sweep
+
+    job = MainJob(["aurora", "aurora_wide"], [0], "quickstart", tmp_path, jobs=1, sample_tokens=0, overrides=[])
+    configs = [cfg for _, cfg in compose_sweep(job.sweep_overrides())]
+    assert [cfg["out_dir"] for cfg in configs] == [f"{tmp_path}/aurora-seed0", f"{tmp_path}/aurora_wide-seed0"]
+    assert [cfg["optim"]["name"] for cfg in configs] == ["aurora", "aurora"]  # one class, two configs
+    tuning = Tuning(["aurora", "aurora_wide"], 1, 1, 0, "sobol", 0, jobs=1, nproc=1, out=tmp_path, overrides=[])
+    finals = [tuning.points(option, "final", {}, [1])[0].out_dir for option in ("aurora", "aurora_wide")]
+    assert finals == [tmp_path / "final" / "aurora-seed1", tmp_path / "final" / "aurora_wide-seed1"]
+    sweep = load_script("sweep")
+    assert exit_code(lambda: sweep.main(["--dry-run", "optim=aurora,aurora_wide"])) == 0, capsys.readouterr().err
+
+
 def test_sweep_dry_run_checks_every_point_value_included(capsys):
     sweep = load_script("sweep")
     assert exit_code(lambda: sweep.main(["--dry-run", "optim=muon", "optim.matrix.ns_method=quintic,bogus"])) == 2

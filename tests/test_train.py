@@ -289,6 +289,63 @@ def test_multirun_prints_a_header_per_point_and_a_summary_and_writes_the_index(m
     assert {name: run["status"] for name, run in index["runs"].items()} == {"seed0": "done", "seed1": "done"}
 
 
+# Each recipe's run directory for an optim option: the option given names it (aurora_leverage and
+# aurora_wide build optim.name aurora), and a base option keeps the directory it always had.
+RUN_DIRECTORIES = {
+    None: "runs/tiny-{}-seed0",
+    "quickstart": "runs/tiny-{}-seed0",
+    "neuron_death": "runs/neuron_death/{}-x4.0-seed0",
+    "neuron_death_bytes": "runs/neuron_death_bytes/{}-x4.0-seed0",
+    "speedrun_tiny": "runs/speedrun_tiny/{}-250-seed0",
+    "speedrun_track3": "runs/speedrun_track3/{}-3250-seed0",
+}
+
+
+def test_every_recipe_covers_the_run_directories_checked():
+    assert set(RUN_DIRECTORIES) - {None} == {path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("recipe", RUN_DIRECTORIES)
+def test_each_optim_option_has_its_own_run_directory_named_by_the_option(recipe):
+    from tests.conftest import compose_config
+
+    experiment = [f"experiment={recipe}"] if recipe else []
+    for option in ("aurora", "aurora_leverage", "aurora_wide"):
+        assert compose_config(*experiment, f"optim={option}")["out_dir"] == RUN_DIRECTORIES[recipe].format(option)
+
+
+def test_composing_inside_a_hydra_job_names_the_run_by_its_own_option_and_leaves_the_jobs_config(monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from tests.conftest import CONF_DIR, compose_config
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # put back after the test
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        HydraConfig.instance().set_config(compose("config", ["optim=muon"], return_hydra_config=True))  # the job's
+        assert compose_config("optim=aurora_wide")["out_dir"] == "runs/tiny-aurora_wide-seed0"
+        assert HydraConfig.get().runtime.choices.optim == "muon"
+
+
+def test_a_multirun_over_optim_options_trains_each_in_the_run_directory_its_preflight_named(micro_shards, tmp_path):
+    from tests.conftest import micro_overrides
+
+    overrides = micro_overrides(micro_shards, "optim=aurora,aurora_leverage", "train.steps=1")
+    done = subprocess.run(
+        [sys.executable, "-m", "train", "-m", *overrides],
+        cwd=tmp_path,  # the default out_dir, runs/..., is relative
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    index = json.loads((tmp_path / "runs" / "sweep_index.json").read_text())  # the preflight's directories
+    assert sorted(index["runs"]) == ["tiny-aurora-seed0", "tiny-aurora_leverage-seed0"]
+    for name in index["runs"]:  # where Hydra's jobs trained
+        assert [record["step"] for record in read_metrics(tmp_path / "runs" / name)] == [1]
+
+
 def test_a_tokenizer_that_disagrees_with_the_checkpoint_is_refused_naming_both(micro_config):
     from model import build_model
     from optim import build_optimizer

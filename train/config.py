@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,9 @@ def _one_line(message: str) -> str:
 # --- composing ------------------------------------------------------------------------
 
 
-def _compose(overrides: Sequence[str], with_hydra: bool):
+def _compose(overrides: Sequence[str]):
+    """The composed config for `overrides`, unresolved, with its `hydra` node (the composition's
+    record: which option of each group it chose, hydra.runtime.choices)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -165,9 +168,9 @@ def _compose(overrides: Sequence[str], with_hydra: bool):
     register_resolvers()
     try:
         if GlobalHydra.instance().is_initialized():  # inside `python -m train`: Hydra already reads conf/
-            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+            return compose("config", overrides=list(overrides), return_hydra_config=True)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+            return compose("config", overrides=list(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_composition_error(str(err))) from None
 
@@ -183,10 +186,31 @@ def _composition_error(message: str) -> str:
 
 
 def compose_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The resolved config for `overrides`, as a plain dict."""
-    from omegaconf import OmegaConf
+    """The resolved config for `overrides`, as a plain dict. `${hydra:...}` resolves against this
+    composition, as it does in the run Hydra starts: `${hydra:runtime.choices.optim}`, the optim
+    option given (aurora_wide, where optim.name is aurora), names run directories."""
+    from omegaconf import OmegaConf, open_dict
 
-    return OmegaConf.to_container(_compose(overrides, with_hydra=False), resolve=True)
+    cfg = _compose(overrides)
+    with _hydra_config_of(cfg):
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return OmegaConf.to_container(cfg, resolve=True)
+
+
+@contextmanager
+def _hydra_config_of(cfg):
+    """Hydra's global HydraConfig (what `${hydra:...}` reads) set to composed `cfg`'s hydra node,
+    then put back: compose() leaves it unset, and inside a running Hydra job it is that job's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    holder = HydraConfig.instance()
+    previous = holder.cfg
+    holder.set_config(cfg)
+    try:
+        yield
+    finally:
+        holder.cfg = previous
 
 
 def model_preset(name: str, data: str = "shakespeare") -> dict[str, Any]:
@@ -199,7 +223,7 @@ def recipe_sweep(overrides: Sequence[str]) -> dict[str, str]:
     """`hydra.sweeper.params` of the composed config: the sweep a recipe declares."""
     from omegaconf import OmegaConf
 
-    params = _compose(overrides, with_hydra=True).hydra.sweeper.params
+    params = _compose(overrides).hydra.sweeper.params
     return OmegaConf.to_container(params, resolve=False) if params else {}
 
 
@@ -235,7 +259,7 @@ def compose_sweep(overrides: Sequence[str], world_size: int = 1) -> list[tuple[l
         if cfg["out_dir"] in out_dirs:
             raise ConfigError(
                 f"sweep points {out_dirs[cfg['out_dir']]} and {point} share out_dir {cfg['out_dir']!r}; "
-                "put the swept keys into out_dir, e.g. 'out_dir=runs/sweep/${optim.name}-seed${seed}'"
+                "put the swept keys into out_dir, e.g. 'out_dir=runs/sweep/${hydra:runtime.choices.optim}-seed${seed}'"
             )
         out_dirs[cfg["out_dir"]] = point
         composed.append((point, cfg))
