@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from eval.tuning import Trials, Tuning, final_loss, plan_header, planned_settings, search_space
+from train.files import held_lock
 from train.rundir import LOCK
-from train.sweep import Point, held_lock, is_done, run_points
+from train.sweep import Point, is_done, run_points
 
 JOURNAL = "journal:"
 PLAN_INDEX = "plan_index"  # a trial's user attribute: its place in the optimizer's budget

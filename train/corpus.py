@@ -10,7 +10,6 @@ command line is train/prepare.py.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from train.fetch import cached_from_registry, require_hub
-from train.files import fsync_dir
+from train.files import fsync_dir, held_lock
 from train.shards import (
     DataError,
     check_manifest_files,
@@ -163,8 +162,7 @@ def ensure_builtin_corpus(data_dir: str | os.PathLike, tokenizer: str = "gpt2", 
     if _builtin_problem(data_dir, tokenizer, repair) is None:
         return data_dir
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(data_dir.parent / f".{data_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with held_lock(data_dir.parent / f".{data_dir.name}.lock"):
         problem = _builtin_problem(data_dir, tokenizer, repair)
         if problem is not None:
             if data_dir.exists():

@@ -1,5 +1,6 @@
 """Durable file writes: a file appears whole or not at all, and survives a power loss once written;
-a file's sha256; and the one reader of JSON-lines files.
+a file's sha256; an OS lock that processes (and nodes sharing a file system) take in turn
+(`held_lock`); and the one reader of JSON-lines files.
 
 A rename is atomic but not durable until its directory is fsynced, and a file's data is not
 durable until the file is; every writer of run state (run directory, checkpoints, metrics, shards
@@ -19,6 +20,7 @@ reads only a file's end under the same policy.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -53,6 +55,21 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         if err.filename is None:
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+@contextmanager
+def held_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An OS lock (flock) on `path` for the block: yields True when taken, False when another
+    process holds it and `wait` is false. The OS releases it when its holder dies, so a killed
+    process never leaves a stale lock (on a shared file system too, where it supports flock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # closing the file releases the lock
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

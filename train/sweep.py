@@ -20,7 +20,6 @@ Two ways to run one, both printing a header per point and a summary at the end:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from train.cli import STOPPED
-from train.files import atomic_write, read_jsonl_tail
+from train.files import atomic_write, held_lock, read_jsonl_tail
 from train.metric_names import STEP, TRAIN_LOSS, VAL_LOSS
 from train.metrics import SWEEP_ENV, read_metrics
 
@@ -98,21 +97,6 @@ def is_done(point: Point) -> bool:
     """Finished: its last logged step is the last step and its final checkpoint exists."""
     final = point.out_dir / "checkpoints" / f"step_{point.total_steps:07d}"
     return logged_steps(point.out_dir) >= point.total_steps and final.is_dir()
-
-
-@contextmanager
-def held_lock(path: Path, wait: bool = True) -> Iterator[bool]:
-    """An OS lock (flock) on `path` for the block: yields True when taken, False when another
-    process holds it and `wait` is false. The OS releases it when its holder dies, so a killed
-    process never leaves a stale lock (on a shared file system too, where it supports flock)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True  # closing the file releases the lock
 
 
 class SweepIndex:
