@@ -124,9 +124,10 @@ class OptunaStudy:
         from optuna.trial import TrialState
 
         trial_id = frozen._trial_id
-        if self.storage.get_trial(trial_id).state.is_finished():
+        state = self.storage.get_trial(trial_id).state
+        if state.is_finished():
             return  # told by the worker that held the claim before
-        if self.storage.get_trial(trial_id).state == TrialState.WAITING:
+        if state == TrialState.WAITING:
             self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
         self.storage.set_trial_user_attr(trial_id, WORKER, f"{socket.gethostname()}:{os.getpid()}")
         trial = optuna.Trial(study, trial_id)
