@@ -31,7 +31,7 @@ from typing import Any
 from eval import stats
 from eval.report import PROBLEMS_HEADING, UNDEFINED
 from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
-from train.config import compose_sweep, protocol_changes
+from train.config import chosen_options, compose_sweep, protocol_changes
 from train.metric_names import ELAPSED_S, VAL_LOSS
 from train.rundir import describe_hardware, read_launches
 from train.sweep import Point
@@ -278,9 +278,11 @@ def attempt_points(overrides: list[str], seeds: list[int], nproc: int) -> list[P
     return points
 
 
-def default_record_dir(cfg: dict[str, Any]) -> Path:
-    """runs/records/<recipe>-<optimizer>-<steps>."""
-    return Path("runs/records") / f"{cfg['protocol']['name']}-{cfg['optim']['name']}-{cfg['train']['steps']}"
+def default_record_dir(point: Point) -> Path:
+    """runs/records/<recipe>-<optim option>-<steps>, named by the option given (aurora_wide), as
+    run directories are, not by optim.name (the class it builds: aurora)."""
+    option = chosen_options(point.overrides)["optim"]
+    return Path("runs/records") / f"{point.config['protocol']['name']}-{option}-{point.config['train']['steps']}"
 
 
 def verdict_line(cfg: dict[str, Any], verdict: dict[str, Any], record_dir: Path) -> str:

@@ -57,6 +57,12 @@ class Tuning:
     nproc: int
     out: Path
     overrides: list[str]
+    trial_steps: int | None = None  # None: the trials run as many steps as the winners
+
+    @property
+    def trial_overrides(self) -> list[str]:
+        """What a trial adds to every run's overrides: the shorter horizon, when one is set."""
+        return [f"train.steps={self.trial_steps}"] if self.trial_steps else []
 
     @property
     def run_overrides(self) -> list[str]:
@@ -69,18 +75,24 @@ class Tuning:
         return [self.trial_seed + 1 + k for k in range(self.seeds)]
 
     def points(
-        self, optimizer: str, kind: str, settings: dict[str, float], seeds: list[int], index: int | None = None
+        self,
+        optimizer: str,
+        kind: str,
+        settings: dict[str, float],
+        seeds: list[int],
+        index: int | None = None,
+        extra: list[str] = (),
     ) -> list[Point]:
         """The composed runs of one setting of an optimizer, a run per seed, in out/<kind>/."""
         name = f"{optimizer}-t{index}" if index is not None else optimizer
         fixed = [f"optim={optimizer}", *(f"optim.{k}={v}" for k, v in settings.items())]
         out_dir = f"out_dir={self.out / kind / name}" + ("-seed${seed}" if kind == "final" else "")
         seed = f"seed={','.join(map(str, seeds))}"
-        return [Point(p, c) for p, c in compose_sweep([*self.run_overrides, *fixed, seed, out_dir])]
+        return [Point(p, c) for p, c in compose_sweep([*self.run_overrides, *extra, *fixed, seed, out_dir])]
 
     def trial(self, optimizer: str, settings: dict[str, float], index: int) -> Point:
-        """Trial `index` of an optimizer: its settings, on the trial seed, in out/trials/."""
-        return self.points(optimizer, "trials", settings, [self.trial_seed], index)[0]
+        """Trial `index` of an optimizer: its settings, on the trial seed (and horizon), in out/trials/."""
+        return self.points(optimizer, "trials", settings, [self.trial_seed], index, self.trial_overrides)[0]
 
 
 Trials = dict[str, list[tuple[dict[str, float], Point]]]  # {optimizer: [(settings, its trial run)]}
@@ -163,6 +175,7 @@ def plan_header(tuning: Tuning) -> dict[str, Any]:
         "sampler": tuning.sampler,
         "sampler_seed": tuning.sampler_seed,
         "trial_seed": tuning.trial_seed,
+        "trial_steps": tuning.trial_steps,
         "overrides": tuning.overrides,
     }
 
@@ -242,13 +255,20 @@ def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: 
     """tuning.md: the budget, every trial per optimizer with the winner marked, the winners on
     fresh seeds, and what that comparison found."""
     groups = groups_of(group_runs([load_run(point.out_dir) for point in finals]))
-    cfg = next(iter(trials.values()))[0][1].config
+    trial_cfg = next(iter(trials.values()))[0][1].config["train"]
+    final_steps = compose_config(tuning.run_overrides)["train"]["steps"]
     budget = (
-        f"{tuning.trials} trials x {cfg['train']['steps']} steps of {cfg['train']['batch_tokens']:,} tokens per "
+        f"{tuning.trials} trials x {trial_cfg['steps']} steps of {trial_cfg['batch_tokens']:,} tokens per "
         f"optimizer ({SAMPLERS[tuning.sampler]}, sampler seed {tuning.sampler_seed}, "
         f"trial seed {tuning.trial_seed}), then "
-        f"{tuning.seeds} fresh seeds ({', '.join(map(str, tuning.final_seeds))}) for the winner"
+        f"{tuning.seeds} fresh seeds ({', '.join(map(str, tuning.final_seeds))}) for the winner, "
+        f"{final_steps} steps each"
     )
+    if final_steps != trial_cfg["steps"]:
+        budget += (
+            f" (the trials' horizon is {trial_cfg['steps'] / final_steps:.2g}x the winners': the schedule's "
+            "warmup and decay fractions are the same, but an lr best at the short horizon may not be best at the long one)"
+        )
     overrides = " ".join(tuning.overrides) or "(none)"
     return "\n\n".join(
         [

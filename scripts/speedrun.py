@@ -8,7 +8,7 @@ The recipe is experiment=speedrun_track3 unless the overrides name another proto
 (speedrun_tiny). Only the optimizer, its config, its lr schedule and the seed may differ from
 it; anything else is refused unless protocol.unofficial=true, and the record then says
 unofficial. Each seed is one run (one torchrun of --nproc processes), run one after another and
-resumed if interrupted; then the record folder (default runs/records/<recipe>-<optimizer>-<steps>)
+resumed if interrupted; then the record folder (default runs/records/<recipe>-<optim option>-<steps>)
 gets a README with every seed's loss, the mean, std, the rule's statistic at each validated step,
 the first step that passes, the verdict, wall time and hardware, and a copy of each run's logs,
 config and code version. Every seed counts: one that diverged makes the verdict FAIL, one that has
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
         ]
     )
     runs = [load_run(point.out_dir) for point in points]
-    record, verdict = write_record(runs, args.record or default_record_dir(cfg), command)
+    record, verdict = write_record(runs, args.record or default_record_dir(points[0]), command)
     print(verdict_line(cfg, verdict, record))
     return 0 if verdict["finished"] == verdict["launched"] else 1
 

@@ -9,7 +9,9 @@ Search spaces: `search:` in conf/optim/<name>.yaml, e.g. `matrix.lr: {low: 0.005
 --sampler-seed (the same positions in every optimizer's space), or a grid of --trials points
 (a whole power of the number of dimensions). Each trial runs with seed --trial-seed; the winner
 (lowest final val loss; failed or diverged trials lose) is re-run on the seeds after it
-(--seeds of them: fresh seeds, so the reported result is not the one selected on). Writes into
+(--seeds of them: fresh seeds, so the reported result is not the one selected on). --trial-steps
+runs the trials on a shorter horizon than the winners (the same schedule fractions; the report says
+so, as the best lr can move with the horizon). Writes into
 --out (default runs/tune): trials/ and final/ run directories, sweep_index.json, tune.json (the
 plan and the winners), tuning.md (every trial per optimizer with the winner marked, then the
 K-seed result) and tuning.png (final val loss against each searched key, one line per optimizer).
@@ -43,6 +45,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trials", type=int, default=8, help="trials per optimizer, the same for every one")
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds the winner is re-run on (K)")
     parser.add_argument("--trial-seed", type=int, default=0)
+    parser.add_argument(
+        "--trial-steps", type=int, help="steps of each trial, when shorter than the winners' runs (train.steps)"
+    )
     parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="sobol", help="sobol (default), grid, tpe")
     parser.add_argument("--sampler-seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (CPU: 2 on 2 cores)")
@@ -52,8 +57,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--study", default="tune", help="the Optuna studies' name, before -<optimizer>")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args(argv)
-    if args.trials < 1 or args.seeds < 1 or args.jobs < 1:
-        raise ValueError("--trials, --seeds and --jobs must be at least 1")
+    if args.trials < 1 or args.seeds < 1 or args.jobs < 1 or (args.trial_steps is not None and args.trial_steps < 1):
+        raise ValueError("--trials, --seeds, --jobs and --trial-steps must be at least 1")
     if args.sampler in ADAPTIVE and not args.storage:
         raise ValueError(f"--sampler {args.sampler} samples from the trials told so far: give --storage")
     backend = OptunaStudy(args.storage, args.study) if args.storage else None  # needs the cluster extra

@@ -18,6 +18,7 @@ from tests.conftest import compose_config, micro_overrides
 from tests.test_scripts import load_script
 from train.config import ConfigError, check_config
 from train.loop import train
+from train.sweep import logged_steps
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG"
@@ -129,6 +130,14 @@ def test_a_two_seed_speedrun_tiny_writes_its_record(tmp_path, capsys):
     assert (tmp_path / "record.2" / "README.md").is_file() and (tmp_path / "record" / "README.md").read_text() == readme
 
 
+def test_a_record_is_named_by_the_optim_option_given_not_by_the_class_it_builds():
+    from eval.record import attempt_points, default_record_dir
+
+    for option in ("aurora", "aurora_wide"):  # both build optim.name aurora
+        point = attempt_points(["experiment=speedrun_tiny", f"optim={option}", "train.steps=12"], [0], nproc=1)[0]
+        assert default_record_dir(point) == Path(f"runs/records/speedrun_tiny-{option}-12")
+
+
 def test_a_record_passes_at_the_first_validated_step_where_the_rule_holds(tmp_path):
     from eval.record import first_passing_step
     from eval.runs import Run
@@ -141,7 +150,7 @@ def test_a_record_passes_at_the_first_validated_step_where_the_rule_holds(tmp_pa
     assert first_passing_step(runs, 3.28) == (110, [3.277, 3.277])  # (3.28 - 3.277) * sqrt(2) = 0.0042
 
 
-def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_the_winner(
+def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_the_winner_on_the_full_horizon(
     micro_shards, tmp_path, capsys
 ):
     tune = load_script("tune")
@@ -156,6 +165,8 @@ def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_th
         "1",
         "--sampler",
         "grid",
+        "--trial-steps",
+        "2",
         "--jobs",
         "2",
         "--out",
@@ -173,9 +184,11 @@ def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_th
         assert math.log(lrs[1]) - math.log(lrs[0]) == pytest.approx(
             (math.log(space["high"]) - math.log(space["low"])) / 2, rel=1e-3
         )
-        assert (out / "final" / f"{optimizer}-seed1" / "metrics.jsonl").is_file()  # the winner, on a fresh seed
+        assert [logged_steps(Path(trial["run"])) for trial in entry["trials"]] == [2, 2]  # the trials' horizon
+        assert logged_steps(out / "final" / f"{optimizer}-seed1") == 4  # the winner, on a fresh seed, full horizon
     report = (out / "tuning.md").read_text()
     assert report.count("**(winner)**") == 2 and "## The winners on fresh seeds" in report
+    assert "2 trials x 2 steps" in report and "1 fresh seeds (1) for the winner, 4 steps each" in report
     assert (out / "tuning.png").read_bytes()[:4] == PNG
     comparison_report([out], tmp_path / "report")
     assert (tmp_path / "report" / "tuning.png").read_bytes()[:4] == PNG

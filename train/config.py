@@ -198,6 +198,12 @@ def compose_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=True)
 
 
+def chosen_options(overrides: Sequence[str] = ()) -> dict[str, str]:
+    """Which option of each config group the composition of `overrides` chose (Hydra's
+    runtime.choices): {"optim": "aurora_wide", ...} where optim.name is aurora."""
+    return dict(_compose(overrides)["hydra"]["runtime"]["choices"])
+
+
 @contextmanager
 def _hydra_config_of(cfg):
     """Hydra's global HydraConfig (what `${hydra:...}` reads) set to composed `cfg`'s hydra node,
