@@ -148,8 +148,20 @@ def final_loss(point: Point) -> float:
     return run.final_val_loss if run.outcome == FINISHED else math.inf
 
 
+def winner_at_edge(settings: list[dict[str, float]], winner: int) -> dict[str, str]:
+    """{key: "lowest" | "highest"} for each searched key whose winning value is the lowest or the
+    highest of the values tried (of three or more): the best setting may lie outside the space."""
+    edges = {}
+    for key in settings[winner] if settings else ():
+        tried = sorted({s[key] for s in settings})
+        if len(tried) >= 3 and settings[winner][key] in (tried[0], tried[-1]):
+            edges[key] = "lowest" if settings[winner][key] == tried[0] else "highest"
+    return edges
+
+
 def trial_table(optimizer: str, trials: list[tuple[dict, Point]], winner: int) -> str:
-    """Markdown: every trial of one optimizer with its settings and loss, the winner marked."""
+    """Markdown: every trial of one optimizer with its settings and loss, the winner marked, and a
+    warning when the winner sits at an edge of what was tried."""
     keys = list(trials[0][0])
     lines = [
         f"### {optimizer}",
@@ -163,6 +175,12 @@ def trial_table(optimizer: str, trials: list[tuple[dict, Point]], winner: int) -
         shown = "-" if math.isinf(loss) else f"{loss:.4f}"
         cells = " | ".join(f"{settings[k]:g}" for k in keys)
         lines.append(f"| {i}{mark} | {cells} | {shown} | {point.status} |")
+    if math.isfinite(final_loss(trials[winner][1])):
+        for key, edge in winner_at_edge([settings for settings, _ in trials], winner).items():
+            lines.append(
+                f"\nThe winner has the {edge} {key} tried: the best may lie outside the searched space "
+                f"(widen optim.search.{key} in conf/optim/{optimizer}.yaml to know)."
+            )
     return "\n".join(lines)
 
 
@@ -267,7 +285,8 @@ def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: 
     if final_steps != trial_cfg["steps"]:
         budget += (
             f" (the trials' horizon is {trial_cfg['steps'] / final_steps:.2g}x the winners': the schedule's "
-            "warmup and decay fractions are the same, but an lr best at the short horizon may not be best at the long one)"
+            "warmup and decay fractions are the same, but the lr best at the short horizon may not be best "
+            "at the long one)"
         )
     overrides = " ".join(tuning.overrides) or "(none)"
     return "\n\n".join(

@@ -150,6 +150,27 @@ def test_a_record_passes_at_the_first_validated_step_where_the_rule_holds(tmp_pa
     assert first_passing_step(runs, 3.28) == (110, [3.277, 3.277])  # (3.28 - 3.277) * sqrt(2) = 0.0042
 
 
+def test_a_tuning_warns_when_its_winner_is_the_lowest_or_highest_value_tried():
+    from eval.tuning import winner_at_edge
+
+    lrs = [{"matrix.lr": lr, "matrix.weight_decay": wd} for lr, wd in [(0.01, 0.1), (0.001, 0.2), (0.1, 0.3)]]
+    assert winner_at_edge(lrs, 0) == {"matrix.weight_decay": "lowest"}  # lr in the middle
+    assert winner_at_edge(lrs, 1) == {"matrix.lr": "lowest"}
+    assert winner_at_edge(lrs, 2) == {"matrix.lr": "highest", "matrix.weight_decay": "highest"}
+    assert winner_at_edge(lrs[:2], 0) == {}  # two values: each is an edge, which says nothing
+
+
+def test_the_tuning_report_says_when_an_optimizers_winner_sits_at_an_edge(monkeypatch):
+    from eval import tuning
+    from train.sweep import Point
+
+    losses = {"t0": 2.0, "t1": 2.1, "t2": 2.2}
+    monkeypatch.setattr(tuning, "final_loss", lambda point: losses[point.name])
+    rows = [({"matrix.lr": lr}, Point([], {"out_dir": f"runs/{t}"})) for t, lr in zip(losses, (0.001, 0.01, 0.1))]
+    assert "The winner has the lowest matrix.lr tried" in tuning.trial_table("adamw", rows, 0)
+    assert "The winner has" not in tuning.trial_table("adamw", rows, 1)  # 0.01, between 0.001 and 0.1
+
+
 def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_the_winner_on_the_full_horizon(
     micro_shards, tmp_path, capsys
 ):
