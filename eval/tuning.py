@@ -70,6 +70,11 @@ class Tuning:
         return with_threads(self.overrides, self.jobs)
 
     @property
+    def final_steps(self) -> int:
+        """The winners' horizon: train.steps of every run's overrides."""
+        return compose_config(self.run_overrides)["train"]["steps"]
+
+    @property
     def final_seeds(self) -> list[int]:
         """The fresh seeds the winners are re-run on: the ones after the trial seed."""
         return [self.trial_seed + 1 + k for k in range(self.seeds)]
@@ -274,7 +279,7 @@ def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: 
     fresh seeds, and what that comparison found."""
     groups = groups_of(group_runs([load_run(point.out_dir) for point in finals]))
     trial_cfg = next(iter(trials.values()))[0][1].config["train"]
-    final_steps = compose_config(tuning.run_overrides)["train"]["steps"]
+    final_steps = tuning.final_steps
     budget = (
         f"{tuning.trials} trials x {trial_cfg['steps']} steps of {trial_cfg['batch_tokens']:,} tokens per "
         f"optimizer ({SAMPLERS[tuning.sampler]}, sampler seed {tuning.sampler_seed}, "
@@ -307,6 +312,11 @@ def tune(tuning: Tuning, command: list[str], backend: Backend | None = None) -> 
     """Run every trial, then each winner on the fresh seeds (a rerun resumes), through `backend`
     (LocalRuns by default), and write PLAN, REPORT and FIGURE into tuning.out; returns the report
     and what it wrote (None: no figure), the sweep index last. `command` goes into the sweep index."""
+    if tuning.trial_steps and tuning.trial_steps > tuning.final_steps:
+        raise ValueError(
+            f"--trial-steps {tuning.trial_steps} is longer than the winners' runs (train.steps={tuning.final_steps}): "
+            "give fewer, or leave it out to run the trials as long as the winners"
+        )
     backend = backend or LocalRuns()
     print(
         f"tuning {len(tuning.optimizers)} optimizers x {tuning.trials} trials, then the winners on {tuning.seeds} "

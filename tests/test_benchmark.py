@@ -16,6 +16,7 @@ import yaml
 from eval.comparison import comparison_report
 from tests.conftest import compose_config, micro_overrides
 from tests.test_scripts import load_script
+from train.cli import exit_code
 from train.config import ConfigError, check_config
 from train.loop import train
 from train.sweep import logged_steps
@@ -195,6 +196,9 @@ def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_th
         "--",
         *micro_overrides(micro_shards, "train.steps=4", "train.val_every=2"),
     ]
+    too_long = [*argv[: argv.index("--trial-steps") + 1], "5", *argv[argv.index("--trial-steps") + 2 :]]
+    assert exit_code(lambda: tune.main(too_long)) == 2 and not out.exists()
+    assert "--trial-steps 5 is longer than the winners' runs (train.steps=4)" in capsys.readouterr().err
     assert tune.main(argv) == 0
     plan = json.loads((out / "tune.json").read_text())
     for optimizer in ("adamw", "muon"):
