@@ -274,10 +274,12 @@ def winners(tuning: Tuning, plan: dict[str, Any], trials: Trials) -> list[Point]
     return finals
 
 
-def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: list[Point], runner: str) -> str:
+def tuning_report(
+    tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: list[Point], runner: str, finals_ran: bool = True
+) -> str:
     """tuning.md: the budget, every trial per optimizer with the winner marked, the winners on
-    fresh seeds, and what that comparison found."""
-    groups = groups_of(group_runs([load_run(point.out_dir) for point in finals]))
+    fresh seeds, and what that comparison found; before the winners have run (finals_ran False),
+    the trials and where the winners' runs will be."""
     trial_cfg = next(iter(trials.values()))[0][1].config["train"]
     final_steps = tuning.final_steps
     budget = (
@@ -294,6 +296,15 @@ def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: 
             "at the long one)"
         )
     overrides = " ".join(tuning.overrides) or "(none)"
+    if finals_ran:
+        groups = groups_of(group_runs([load_run(point.out_dir) for point in finals]))
+        results = [
+            comparison_table(groups) if groups else "(no winner finished)",
+            "## What it found",
+            "\n".join(findings_bullets(groups)),
+        ]
+    else:
+        results = [f"Running: {len(finals)} runs in {tuning.out / 'final'}; this file is rewritten when they finish."]
     return "\n\n".join(
         [
             "# Equal-budget tuning",
@@ -301,16 +312,15 @@ def tuning_report(tuning: Tuning, plan: dict[str, Any], trials: Trials, finals: 
             "## Trials",
             *[trial_table(o, rows, plan["optimizers"][o]["winner"]["trial"]) for o, rows in trials.items()],
             "## The winners on fresh seeds",
-            comparison_table(groups) if groups else "(no winner finished)",
-            "## What it found",
-            "\n".join(findings_bullets(groups)),
+            *results,
         ]
     )
 
 
 def tune(tuning: Tuning, command: list[str], backend: Backend | None = None) -> tuple[str, list[Path | None]]:
     """Run every trial, then each winner on the fresh seeds (a rerun resumes), through `backend`
-    (LocalRuns by default), and write PLAN, REPORT and FIGURE into tuning.out; returns the report
+    (LocalRuns by default), and write PLAN, REPORT and FIGURE into tuning.out (PLAN, FIGURE and a
+    first REPORT as soon as the trials are done); returns the report
     and what it wrote (None: no figure), the sweep index last. `command` goes into the sweep index."""
     if tuning.trial_steps and tuning.trial_steps > tuning.final_steps:
         raise ValueError(
@@ -328,9 +338,11 @@ def tune(tuning: Tuning, command: list[str], backend: Backend | None = None) -> 
     finals = winners(tuning, plan, trials)
     tuning.out.mkdir(parents=True, exist_ok=True)
     atomic_write(tuning.out / PLAN, json.dumps(plan, indent=1, default=str) + "\n")
-    if finals:
-        backend.run_finals(tuning, finals, command)
     figure = plot_tuning(plan, tuning.out / FIGURE)
+    if finals:  # the trials' report first: the winners' runs may take as long again
+        interim = tuning_report(tuning, plan, trials, finals, backend.describe(tuning), finals_ran=False)
+        atomic_write(tuning.out / REPORT, interim + "\n")
+        backend.run_finals(tuning, finals, command)
     report = tuning_report(tuning, plan, trials, finals, backend.describe(tuning))
     atomic_write(tuning.out / REPORT, report + "\n")
     return report, [tuning.out / REPORT, figure, tuning.out / PLAN, tuning.out / INDEX]

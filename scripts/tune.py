@@ -14,8 +14,8 @@ runs the trials on a shorter horizon than the winners (the same schedule fractio
 so, as the best lr can move with the horizon). Writes into
 --out (default runs/tune): trials/ and final/ run directories, sweep_index.json, tune.json (the
 plan and the winners), tuning.md (every trial per optimizer with the winner marked, then the
-K-seed result) and tuning.png (final val loss against each searched key, one line per optimizer).
-Rerunning resumes. Compare further with scripts/report.py --out DIR runs/tune.
+K-seed result; first written when the trials are done) and tuning.png (final val loss against each
+searched key, one line per optimizer). Rerunning resumes. Compare further with scripts/report.py --out DIR runs/tune.
 
 Many workers (docs/cluster.md): with --storage, the trials live in Optuna studies (one per
 optimizer, --study-<optimizer>) in a storage every worker shares, `journal:PATH` (a file on a shared

@@ -173,7 +173,7 @@ def test_the_tuning_report_says_when_an_optimizers_winner_sits_at_an_edge(monkey
 
 
 def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_the_winner_on_the_full_horizon(
-    micro_shards, tmp_path, capsys
+    micro_shards, tmp_path, capsys, monkeypatch
 ):
     tune = load_script("tune")
     out = tmp_path / "tune"
@@ -196,6 +196,16 @@ def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_th
         "--",
         *micro_overrides(micro_shards, "train.steps=4", "train.val_every=2"),
     ]
+    from eval.tuning import LocalRuns
+
+    interim = []
+    run_finals = LocalRuns.run_finals
+
+    def reading_the_report_first(self, tuning, finals, command):
+        interim.append((out / "tuning.md").read_text())
+        run_finals(self, tuning, finals, command)
+
+    monkeypatch.setattr(LocalRuns, "run_finals", reading_the_report_first)
     too_long = [*argv[: argv.index("--trial-steps") + 1], "5", *argv[argv.index("--trial-steps") + 2 :]]
     assert exit_code(lambda: tune.main(too_long)) == 2 and not out.exists()
     assert "--trial-steps 5 is longer than the winners' runs (train.steps=4)" in capsys.readouterr().err
@@ -214,6 +224,7 @@ def test_equal_budget_tuning_gives_every_optimizer_the_same_trials_and_reruns_th
     report = (out / "tuning.md").read_text()
     assert report.count("**(winner)**") == 2 and "## The winners on fresh seeds" in report
     assert "2 trials x 2 steps" in report and "1 fresh seeds (1) for the winner, 4 steps each" in report
+    assert interim[0].count("**(winner)**") == 2 and f"Running: 2 runs in {out / 'final'}" in interim[0]
     assert (out / "tuning.png").read_bytes()[:4] == PNG
     comparison_report([out], tmp_path / "report")
     assert (tmp_path / "report" / "tuning.png").read_bytes()[:4] == PNG
