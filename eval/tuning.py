@@ -60,9 +60,9 @@ class Tuning:
     trial_steps: int | None = None  # None: the trials run as many steps as the winners
 
     @property
-    def trial_overrides(self) -> list[str]:
+    def trial_overrides(self) -> tuple[str, ...]:
         """What a trial adds to every run's overrides: the shorter horizon, when one is set."""
-        return [f"train.steps={self.trial_steps}"] if self.trial_steps else []
+        return (f"train.steps={self.trial_steps}",) if self.trial_steps else ()
 
     @property
     def run_overrides(self) -> list[str]:
@@ -86,7 +86,7 @@ class Tuning:
         settings: dict[str, float],
         seeds: list[int],
         index: int | None = None,
-        extra: list[str] = (),
+        extra: tuple[str, ...] = (),
     ) -> list[Point]:
         """The composed runs of one setting of an optimizer, a run per seed, in out/<kind>/."""
         name = f"{optimizer}-t{index}" if index is not None else optimizer
@@ -184,7 +184,7 @@ def trial_table(optimizer: str, trials: list[tuple[dict, Point]], winner: int) -
         for key, edge in winner_at_edge([settings for settings, _ in trials], winner).items():
             lines.append(
                 f"\nThe winner has the {edge} {key} tried: the best may lie outside the searched space "
-                f"(widen optim.search.{key} in conf/optim/{optimizer}.yaml to know)."
+                f"(widen optim.search.{key} in {optimizer}'s config to know)."
             )
     return "\n".join(lines)
 
@@ -320,8 +320,8 @@ def tuning_report(
 def tune(tuning: Tuning, command: list[str], backend: Backend | None = None) -> tuple[str, list[Path | None]]:
     """Run every trial, then each winner on the fresh seeds (a rerun resumes), through `backend`
     (LocalRuns by default), and write PLAN, REPORT and FIGURE into tuning.out (PLAN, FIGURE and a
-    first REPORT as soon as the trials are done); returns the report
-    and what it wrote (None: no figure), the sweep index last. `command` goes into the sweep index."""
+    first REPORT as soon as the trials are done); returns the report and what it wrote (None: no
+    figure), the sweep index last. `command` goes into the sweep index."""
     if tuning.trial_steps and tuning.trial_steps > tuning.final_steps:
         raise ValueError(
             f"--trial-steps {tuning.trial_steps} is longer than the winners' runs (train.steps={tuning.final_steps}): "
