@@ -7,25 +7,23 @@ its command, and its docstring says what each file holds. The metrics are train/
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from eval.plots import pyplot, save_figure
-from eval.report import markdown_table, shared_value, spread
+from eval.report import markdown_table, shared_value, spread, worst_blocks
 from eval.runs import Run, label_runs, load_runs, optimizer_rank
 from train.diagnostics import LEVERAGE_HIST_EDGES, LOW_LEVERAGE_THRESHOLD
 from train.metric_names import (
-    ACT_DEAD_FRAC,
     DEAD,
+    DEAD_BLOCK,
     LEVERAGE_CV_UP,
     LEVERAGE_HIST_UP,
-    MLP_HIDDEN,
     MLP_UP,
     NEARLY_DEAD,
     STARVED_DOWN,
-    STARVED_FRAC,
     STARVED_UP,
+    STARVED_UP_BLOCK,
     TOKENS_PER_S,
     WEIGHT_ROW_NORM_REL_MIN,
     every_block,
@@ -34,8 +32,6 @@ from train.metric_names import (
 TABLE_STEPS = (100, 500)
 HISTOGRAM_STEP = 500
 ROW_NORM_MIN_UP = every_block(MLP_UP, WEIGHT_ROW_NORM_REL_MIN)
-DEAD_BLOCK = every_block(MLP_HIDDEN, ACT_DEAD_FRAC)
-STARVED_UP_BLOCK = every_block(MLP_UP, STARVED_FRAC)
 OUTPUTS = ("neuron_death.md", "death_vs_step.png", "leverage_hist.png")
 OWN_COLUMNS = ("model.mlp_expansion",)  # its own column, so never a "setting"
 
@@ -70,16 +66,6 @@ def cell(run: Run, key: str, step: int | None = None) -> str:
     return f"{value:.3f}" if step is None or logged == step else f"{value:.3f} (@{logged})"
 
 
-def over_blocks(run: Run, pattern: re.Pattern, reduce) -> float | None:
-    """`reduce` (min or max) over the blocks of a per-block metric, at the last diagnostic that
-    logged it: the worst block, where a pooled fraction can hide one block's collapse."""
-    for record in reversed(run.records):
-        found = [value for key, value in record.items() if pattern.fullmatch(key)]
-        if found:
-            return reduce(found)
-    return None
-
-
 def number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -87,9 +73,9 @@ def number(value: float | None) -> str:
 def worst_block_cells(run: Run) -> list[str]:
     """Exactly dead and starved `up` rows in the worst block, and the smallest up row norm."""
     return [
-        number(over_blocks(run, DEAD_BLOCK, max)),
-        number(over_blocks(run, STARVED_UP_BLOCK, max)),
-        number(over_blocks(run, ROW_NORM_MIN_UP, min)),
+        number(run.over_blocks(DEAD_BLOCK, max)),
+        number(run.over_blocks(STARVED_UP_BLOCK, max)),
+        number(run.over_blocks(ROW_NORM_MIN_UP, min)),
     ]
 
 
@@ -142,9 +128,6 @@ def seed_table(runs: list[Run], with_variant: bool) -> str | None:
     def at_end(group: list[Run], key: str) -> list[float]:
         return [found[1] for found in (run.near(key, None) for run in group) if found is not None]
 
-    def worst(group: list[Run], pattern: re.Pattern) -> list[float]:
-        return [value for value in (over_blocks(run, pattern, max) for run in group) if value is not None]
-
     header = identity_header(with_variant) + [
         "steps",
         "seeds",
@@ -163,7 +146,7 @@ def seed_table(runs: list[Run], with_variant: bool) -> str | None:
             identity_cells(group[0], with_variant)
             + [str(group[0].steps), ", ".join(str(run.seed) for run in group)]
             + [spread(at_end(group, key), 3) for key in (DEAD, NEARLY_DEAD, STARVED_UP, LEVERAGE_CV_UP)]
-            + [spread(worst(group, DEAD_BLOCK), 3), spread(worst(group, STARVED_UP_BLOCK), 3)]
+            + [spread(worst_blocks(group, DEAD_BLOCK), 3), spread(worst_blocks(group, STARVED_UP_BLOCK), 3)]
             + [spread(losses, 4)]
         )
     return markdown_table(header, rows)

@@ -12,6 +12,7 @@ the verdict INCOMPLETE.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ from eval import stats
 from eval.runs import FAILED, FINISHED, UNFINISHED, Run, not_finished, with_outcome
 from train.metric_names import (
     DEAD,
+    DEAD_BLOCK,
     LEVERAGE_CV_UP,
     NEARLY_DEAD,
     OPTIM_STEP_MS,
     STARVED_UP,
+    STARVED_UP_BLOCK,
     TOKENS,
     TOKENS_PER_S,
     VAL_LOSS,
@@ -36,6 +39,7 @@ PROBLEMS_HEADING = (
 UNDEFINED = "–"  # a statistic that does not exist for these values (the std of one, a t-test without spread)
 # The pairwise rule's margin assumes the track's seed σ; measured σ this many times larger makes it too lenient.
 SIGMA_MISFIT_RATIO = 2.0
+STEP_COST_REFERENCE = "adamw"  # the group whose optimizer step the others' are a multiple of, when there is one
 
 
 @dataclass
@@ -70,6 +74,16 @@ class Group:
 
     def end_values(self, key: str) -> list[float]:
         return [value for value in (run.last(key) for run in self.finished) if value is not None]
+
+    @property
+    def optim_step_ms(self) -> float | None:
+        """The median over its runs of each run's median optimizer step."""
+        return _median([run.median(OPTIM_STEP_MS) for run in self.runs])
+
+
+def worst_blocks(runs: Sequence[Run], pattern: re.Pattern) -> list[float]:
+    """Each run's worst block at its last diagnostic: the largest value of a per-block fraction."""
+    return [value for value in (run.over_blocks(pattern, max) for run in runs) if value is not None]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -152,8 +166,18 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
     if base is not None:
         header += [f"tokens to {base.label}'s final loss", f"speedup vs {base.label} (tokens to its final loss)"]
     header += ["tokens/s", "optimizer step (ms)"]
+    reference = next((g for g in groups if g.label == STEP_COST_REFERENCE and g.optim_step_ms), None)
+    if reference is not None:
+        header.append(f"optimizer step / {reference.label}'s")
     if any_diag:
-        header += ["exactly dead", "nearly dead", "starved up rows", "up leverage CV"]
+        header += [
+            "exactly dead",
+            "exactly dead, worst block",
+            "nearly dead",
+            "starved up rows",
+            "starved up rows, worst block",
+            "up leverage CV",
+        ]
     if any_hellaswag:
         header += ["HellaSwag acc_norm llmc", "HellaSwag acc_norm lm_eval"]
     rows = []
@@ -181,11 +205,20 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
             ]
         row += [
             _format(_median([r.median(TOKENS_PER_S) for r in group.runs]), ",.0f"),
-            _format(_median([r.median(OPTIM_STEP_MS) for r in group.runs]), ".1f"),
+            _format(group.optim_step_ms, ".1f"),
         ]
+        if reference is not None:
+            step_ms = group.optim_step_ms
+            row.append("-" if step_ms is None else f"{step_ms / reference.optim_step_ms:.1f}×")
         if any_diag:
-            row += [percent_spread(group.end_values(k)) for k in (DEAD, NEARLY_DEAD, STARVED_UP)]
-            row.append(spread(group.end_values(LEVERAGE_CV_UP), 3))
+            row += [
+                percent_spread(group.end_values(DEAD)),
+                percent_spread(worst_blocks(group.finished, DEAD_BLOCK)),
+                percent_spread(group.end_values(NEARLY_DEAD)),
+                percent_spread(group.end_values(STARVED_UP)),
+                percent_spread(worst_blocks(group.finished, STARVED_UP_BLOCK)),
+                spread(group.end_values(LEVERAGE_CV_UP), 3),
+            ]
         if any_hellaswag:
             scores = [r.hellaswag() for r in finished if r.hellaswag()]
             row += [spread([s[c] for s in scores], 4) for c in ("llmc", "lm_eval")]

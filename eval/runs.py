@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,16 @@ class Run:
         if step is None:
             return points[-1]
         return min(points, key=lambda point: abs(point[0] - step))
+
+    def over_blocks(self, pattern: re.Pattern, reduce: Callable[[list[float]], float]) -> float | None:
+        """`reduce` (min or max) over the blocks of a per-block metric (keys matching `pattern`), at
+        the last diagnostic that logged it: the worst block, where a pooled fraction can hide one
+        block's collapse."""
+        for record in reversed(self.records):
+            found = [value for key, value in record.items() if pattern.fullmatch(key)]
+            if found:
+                return reduce(found)
+        return None
 
     def median(self, key: str) -> float | None:
         values = [r[key] for r in self.records if key in r]

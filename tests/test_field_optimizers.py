@@ -194,7 +194,7 @@ def test_the_main_job_reports_loss_and_neuron_death_for_the_field_optimizers(mic
     assert sorted(rows) == sorted(names)
     for name, row in rows.items():
         assert row["final val loss (mean ± 95% CI)"] != "-", name
-        for column in ("exactly dead", "starved up rows", "up leverage CV"):
+        for column in ("exactly dead", "exactly dead, worst block", "starved up rows", "up leverage CV"):
             assert row[column] not in ("", "-"), (name, column)
 
 

@@ -20,6 +20,16 @@ from eval.report import PROBLEMS_HEADING, comparison_table, difference, findings
 from eval.runs import group_runs, load_runs
 from tests.conftest import compose_config
 from tests.test_scripts import load_script
+from train.metric_names import (
+    ACT_DEAD_FRAC,
+    DEAD,
+    MLP_HIDDEN,
+    MLP_UP,
+    STARVED_FRAC,
+    STARVED_UP,
+    block_module,
+    diagnostic,
+)
 
 TARGET = 1.80  # speedrun_tiny's
 STEPS = 250
@@ -34,9 +44,19 @@ def tiny_config() -> dict:
     return compose_config("experiment=speedrun_tiny")
 
 
-def write_run(path: Path, cfg: dict, optimizer: str, seed: int, curve: dict[int, float], train_loss: float = 2.0):
+def write_run(
+    path: Path,
+    cfg: dict,
+    optimizer: str,
+    seed: int,
+    curve: dict[int, float],
+    train_loss: float = 2.0,
+    optim_step_ms: float = 1.0,
+    diagnostics: dict[int, dict[str, float]] | None = None,
+):
     """A run directory as train/loop.py leaves it: config.yaml and a metrics.jsonl record at each
-    validated step of `curve` ({step: val loss}); the last record's train loss is `train_loss`."""
+    validated step of `curve` ({step: val loss}), with `diagnostics[step]`'s keys where given; the
+    last record's train loss is `train_loss`."""
     config = {**cfg, "seed": seed, "out_dir": str(path), "optim": {**cfg["optim"], "name": optimizer}}
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -50,7 +70,8 @@ def write_run(path: Path, cfg: dict, optimizer: str, seed: int, curve: dict[int,
             "elapsed_s": step / 10,
             "train_loss": train_loss if step == steps[-1] else 2.0,
             "tokens_per_s": 1000.0,
-            "optim_step_ms": 1.0,
+            "optim_step_ms": optim_step_ms,
+            **(diagnostics or {}).get(step, {}),
         }
         for step in steps
     ]
@@ -347,6 +368,37 @@ def test_a_crossing_at_the_first_validation_is_a_lower_bound_on_the_speedup(tiny
     aurora = table_row(table, "aurora")
     assert aurora["tokens to muon's final loss"] == aurora["tokens to 1.86"] == f"≤ {100 * BATCH:,.0f}"
     assert aurora[SPEEDUP] == f"≥ {250 / 100:.2f}×"  # the baseline reaches 1.85 at 250, the candidate by 100
+
+
+def dead_and_starved(dead: Sequence[float], starved: Sequence[float]) -> dict[str, float]:
+    """A diagnostic record's MLP keys: `dead[i]` and `starved[i]` in block i, and their pooled means."""
+    blocks = range(len(dead))
+    return {
+        **{diagnostic(block_module(i, MLP_HIDDEN), ACT_DEAD_FRAC): dead[i] for i in blocks},
+        **{diagnostic(block_module(i, MLP_UP), STARVED_FRAC): starved[i] for i in blocks},
+        DEAD: float(np.mean(dead)),
+        STARVED_UP: float(np.mean(starved)),
+    }
+
+
+def test_the_table_shows_each_seeds_worst_block_and_the_step_cost_against_adamw(tiny_config, tmp_path):
+    runs = tmp_path / "runs"
+    # per seed: the last diagnostic's blocks; an earlier one, worse, must not count
+    muon = [([0.1, 0.3], [0.2, 0.6]), ([0.0, 0.5], [0.4, 0.0])]
+    for seed, (dead, starved) in enumerate(muon):
+        diagnostics = {200: dead_and_starved([0.9, 0.9], [0.9, 0.9]), 250: dead_and_starved(dead, starved)}
+        write_run(runs / f"muon-seed{seed}", tiny_config, "muon", seed, ending(1.8), 2.0, 5.0, diagnostics)
+    write_run(runs / "adamw-seed0", tiny_config, "adamw", 0, ending(1.9), 2.0, 2.0)
+    table = comparison_table(groups_of(group_runs(load_runs([runs]))))
+    muon_row, adamw_row = table_row(table, "muon"), table_row(table, "adamw")
+    assert muon_row["exactly dead"] == "22.5% (20.0–25.0)"  # the pooled fraction hides a block at 50%
+    assert muon_row["exactly dead, worst block"] == "40.0% (30.0–50.0)"
+    assert muon_row["starved up rows"] == "30.0% (20.0–40.0)"
+    assert muon_row["starved up rows, worst block"] == "50.0% (40.0–60.0)"
+    assert adamw_row["exactly dead, worst block"] == "-"
+    assert muon_row["optimizer step / adamw's"] == "2.5×" and adamw_row["optimizer step / adamw's"] == "1.0×"
+    without_adamw = comparison_table(groups_of(group_runs(load_runs([runs / "muon-seed0", runs / "muon-seed1"]))))
+    assert "adamw's" not in without_adamw
 
 
 def test_the_report_script_prints_the_problem_runs_and_never_ranks_them(tiny_config, tmp_path, capsys):

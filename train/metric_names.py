@@ -107,3 +107,6 @@ STARVED_UP = diagnostic(MLP_UP, STARVED_FRAC)
 STARVED_DOWN = diagnostic(MLP_DOWN, STARVED_FRAC)
 LEVERAGE_CV_UP = diagnostic(MLP_UP, LEVERAGE_CV)
 LEVERAGE_HIST_UP = diagnostic(MLP_UP, LEVERAGE_HIST)
+# ... and their per-block keys, for the worst block, where a pooled fraction can hide one block's collapse.
+DEAD_BLOCK = every_block(MLP_HIDDEN, ACT_DEAD_FRAC)
+STARVED_UP_BLOCK = every_block(MLP_UP, STARVED_FRAC)
