@@ -39,7 +39,7 @@ PROBLEMS_HEADING = (
 UNDEFINED = "–"  # a statistic that does not exist for these values (the std of one, a t-test without spread)
 # The pairwise rule's margin assumes the track's seed σ; measured σ this many times larger makes it too lenient.
 SIGMA_MISFIT_RATIO = 2.0
-STEP_COST_REFERENCE = "adamw"  # the group whose optimizer step the others' are a multiple of, when there is one
+STEP_COST_REFERENCE = "adamw"  # the optimizer whose step the others' are a multiple of, when one group has it
 
 
 @dataclass
@@ -166,7 +166,8 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
     if base is not None:
         header += [f"tokens to {base.label}'s final loss", f"speedup vs {base.label} (tokens to its final loss)"]
     header += ["tokens/s", "optimizer step (ms)"]
-    reference = next((g for g in groups if g.label == STEP_COST_REFERENCE and g.optim_step_ms), None)
+    references = [g for g in groups if g.runs[0].optimizer == STEP_COST_REFERENCE and g.optim_step_ms]
+    reference = references[0] if len(references) == 1 else None
     if reference is not None:
         header.append(f"optimizer step / {reference.label}'s")
     if any_diag:
@@ -227,7 +228,7 @@ def comparison_table(groups: Sequence[Group], baseline: str | None = None, targe
     partial = [f"{group.label} over {group.seeds}" for group in groups if group.final_losses and not group.all_finished]
     if partial:
         pooled = "; ".join(partial)
-        table += f"\n\nEvery column but tokens/s and optimizer step pools the finished seeds only: {pooled}."
+        table += f"\n\nEvery column but tokens/s and the optimizer step's pools the finished seeds only: {pooled}."
     return table
 
 

@@ -11,7 +11,7 @@ not) or folders holding run directories. Writes into --out:
                loss, steps and tokens, tokens to --target (default: the runs' protocol target) and
                to the --baseline group's final loss with the speedup against it (first arrival
                on both curves; "≥"/"≤" where one is below it at its first validation), tokens/s,
-               optimizer step ms (and / AdamW's when an adamw group is there), exactly-dead /
+               optimizer step ms (and as a multiple of AdamW's, when one group is AdamW), exactly-dead /
                nearly-dead / starved fractions (dead and starved in the worst block too) and
                HellaSwag (both conventions) when measured; what it found; the pairwise statistics of
                --compare A B (the optimization track's pairwise rule read both ways round, with

@@ -289,7 +289,7 @@ def test_a_diverged_seed_is_a_problem_and_the_group_statistics_say_n_of_n(tiny_c
     aurora = table_row(table, "aurora")
     assert aurora["seeds (finished/all)"] == "4/5"
     assert aurora["final val loss (mean ± 95% CI)"] == ci_text(finals) + " (4 of 5)"
-    note = "Every column but tokens/s and optimizer step pools the finished seeds only: aurora over 4 of 5."
+    note = "Every column but tokens/s and the optimizer step's pools the finished seeds only: aurora over 4 of 5."
     assert table.endswith(note)
     assert problems(list(groups.values())) == [f"{tmp_path}/runs/aurora-seed2: diverged (sweep index: {DIVERGED_LINE})"]
     found = findings(list(groups.values()))
@@ -398,7 +398,16 @@ def test_the_table_shows_each_seeds_worst_block_and_the_step_cost_against_adamw(
     assert adamw_row["exactly dead, worst block"] == "-"
     assert muon_row["optimizer step / adamw's"] == "2.5×" and adamw_row["optimizer step / adamw's"] == "1.0×"
     without_adamw = comparison_table(groups_of(group_runs(load_runs([runs / "muon-seed0", runs / "muon-seed1"]))))
-    assert "adamw's" not in without_adamw
+    assert "optimizer step /" not in without_adamw
+    # two AdamW groups (another lr): no one reference, so no column
+    other_lr = {
+        **tiny_config,
+        "optim": {**tiny_config["optim"], "matrix": {**tiny_config["optim"]["matrix"], "lr": 0.5}},
+    }
+    write_run(runs / "adamw-other-seed0", other_lr, "adamw", 0, ending(1.9), 2.0, 4.0)
+    two_adamw = groups_of(group_runs(load_runs([runs])))
+    assert len([g for g in two_adamw if g.label.startswith("adamw")]) == 2
+    assert "optimizer step /" not in comparison_table(two_adamw)
 
 
 def test_the_report_script_prints_the_problem_runs_and_never_ranks_them(tiny_config, tmp_path, capsys):
