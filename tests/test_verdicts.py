@@ -242,7 +242,7 @@ def report_groups(tmp_path, cfg, groups: dict[str, list[dict[int, float]]], dive
     return {group.label: group for group in groups_of(group_runs(load_runs([runs])))}
 
 
-def table_row(table: str, label: str) -> list[str]:
+def table_row(table: str, label: str) -> dict[str, str]:
     header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
     row = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
     return dict(zip(header, (cell.strip() for cell in row.strip("|").split("|"))))
