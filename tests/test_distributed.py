@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,3 +161,21 @@ def test_hydra_multirun_inside_one_torchrun_runs_every_point(micro_shards, tmp_p
     torchrun("-m", *micro_overrides(micro_shards, f"out_dir={tmp_path}/seed" + "${seed}", "seed=0,1", "train.steps=2"))
     first, second = (curve(tmp_path / f"seed{s}", "train_loss") for s in (0, 1))
     assert len(first) == len(second) == 2 and first != second
+
+
+def test_every_rank_leaves_its_process_group_before_interpreter_teardown(tmp_path):
+    # Registered before init_runtime, so it runs after init_runtime's exit hook (atexit is LIFO).
+    script = tmp_path / "join.py"
+    script.write_text(
+        "import atexit\n"
+        "import torch.distributed as dist\n"
+        "from train.dist import init_runtime\n"
+        "atexit.register(lambda: print('still in the group' if dist.is_initialized() else 'left the group'))\n"
+        "init_runtime('cpu')\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    done = subprocess.run(
+        command, cwd=REPO, env=torch_env() | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n").count("left the group") == 2, done.stdout
